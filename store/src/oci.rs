@@ -1,0 +1,312 @@
+//! OCI and Docker schema2 image types: descriptors, manifests, indexes,
+//! configs and their media types. Unknown fields are kept where a document
+//! may be written back (configs are stored as the original bytes anyway).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_FOREIGN_LAYER_GZIP: &str =
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// Annotation naming an image in an OCI layout's index.json.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's annotation carrying the full image name.
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type declares, or None when the media
+    /// type is not a layer type this store can apply.
+    pub fn from_layer_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            OCI_LAYER_TAR
+            | DOCKER_LAYER_TAR
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
+            OCI_LAYER_GZIP
+            | DOCKER_LAYER_GZIP
+            | DOCKER_FOREIGN_LAYER_GZIP
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
+                Some(Compression::Gzip)
+            }
+            OCI_LAYER_ZSTD
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+
+    /// The compression the first bytes of a blob show.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+            || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18])
+        {
+            // A zstd frame, or a skippable frame (zstd:chunked starts with one).
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    pub fn oci_layer_media_type(self) -> &'static str {
+        match self {
+            Compression::None => OCI_LAYER_TAR,
+            Compression::Gzip => OCI_LAYER_GZIP,
+            Compression::Zstd => OCI_LAYER_ZSTD,
+        }
+    }
+}
+
+/// An OCI content descriptor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            urls: None,
+            annotations: None,
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// The platform an image runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_version: Option<String>,
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An image manifest, OCI or Docker schema2 (same shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// An image index or Docker manifest list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The parts of an image config the store needs. The config blob itself is
+/// kept byte for byte; this is only a view of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    pub rootfs: RootFs,
+    #[serde(default)]
+    pub history: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<Digest>,
+}
+
+impl ImageConfig {
+    pub fn platform(&self) -> Platform {
+        Platform {
+            architecture: self.architecture.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone().filter(|v| !v.is_empty()),
+            ..Platform::default()
+        }
+    }
+}
+
+/// What a JSON document says it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    Manifest(Manifest),
+    Index(Index),
+}
+
+/// Why a document could not be read as a manifest or index.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported manifest media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("legacy Docker schema 1 manifests are not supported")]
+    Schema1,
+    #[error("document is neither an image manifest nor an index")]
+    Ambiguous,
+}
+
+/// Reads a manifest or index. `media_type` is what the transport said (HTTP
+/// Content-Type or a descriptor); the document's own `mediaType` wins when
+/// present. A document with both `manifests` and `layers` is refused (the
+/// ambiguity of GO-2022-0360).
+pub fn parse_document(bytes: &[u8], media_type: Option<&str>) -> Result<Document, DocumentError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let own = value.get("mediaType").and_then(|v| v.as_str());
+    if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
+        return Err(DocumentError::Schema1);
+    }
+    let has_manifests = value.get("manifests").is_some();
+    let has_layers = value.get("layers").is_some() || value.get("config").is_some();
+    if has_manifests && has_layers {
+        return Err(DocumentError::Ambiguous);
+    }
+    let kind = own.or(media_type.filter(|m| !m.is_empty() && *m != "application/json"));
+    match kind {
+        Some(OCI_INDEX) | Some(DOCKER_MANIFEST_LIST) => {
+            Ok(Document::Index(serde_json::from_value(value)?))
+        }
+        Some(OCI_MANIFEST) | Some(DOCKER_MANIFEST) => {
+            Ok(Document::Manifest(serde_json::from_value(value)?))
+        }
+        Some(m) if m.contains("schema1") || m.contains("prettyjws") => Err(DocumentError::Schema1),
+        Some(m) if own.is_some() => Err(DocumentError::UnsupportedMediaType(m.to_string())),
+        _ if has_manifests => Ok(Document::Index(serde_json::from_value(value)?)),
+        _ if has_layers => Ok(Document::Manifest(serde_json::from_value(value)?)),
+        _ => Err(DocumentError::Ambiguous),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_compression() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
+        assert_eq!(
+            Compression::sniff(&[0x50, 0x2a, 0x4d, 0x18]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::sniff(b"etc/"), Compression::None);
+    }
+
+    #[test]
+    fn parses_manifest_and_index() {
+        let d = Digest::of(b"c");
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        assert!(matches!(
+            parse_document(m.as_bytes(), None).unwrap(),
+            Document::Manifest(_)
+        ));
+        let i = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
+        );
+        match parse_document(i.as_bytes(), Some(OCI_INDEX)).unwrap() {
+            Document::Index(ix) => assert_eq!(
+                ix.manifests[0].platform.as_ref().unwrap().variant.as_deref(),
+                Some("v8")
+            ),
+            _ => panic!("not an index"),
+        }
+    }
+
+    #[test]
+    fn refuses_ambiguous_and_schema1() {
+        let d = Digest::of(b"c");
+        let both = format!(
+            r#"{{"schemaVersion":2,"manifests":[],"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        assert!(matches!(
+            parse_document(both.as_bytes(), None),
+            Err(DocumentError::Ambiguous)
+        ));
+        assert!(matches!(
+            parse_document(br#"{"schemaVersion":1,"fsLayers":[]}"#, None),
+            Err(DocumentError::Schema1)
+        ));
+        assert!(parse_document(b"garbage", None).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Platforms: parsing, containerd's normalisation, matching an index.

@@ -1,0 +1,1 @@
+//! Image references: Docker's grammar and normalisation.

@@ -1,0 +1,1 @@
+//! Layer extraction: decompress, hash and apply a layer tar safely.
