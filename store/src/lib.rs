@@ -11,4 +11,3 @@ pub mod reference;
 pub mod unpack;
 
 pub use digest::Digest;
-pub use reference::Reference;
