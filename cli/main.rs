@@ -1,1 +1,248 @@
-fn main() {}
+//! `lstore`: the command line. It parses arguments, calls the library and
+//! formats what comes back; nothing else.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lstore::images::{DiskUsage, ImageSummary, Removal, Stored};
+use lstore::{Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(name = "lstore", version, about = "A content-addressed container image store")]
+struct Cli {
+    /// Store root (default: $LSTORE_ROOT, else /var/lib/lstore for root,
+    /// else $XDG_DATA_HOME/lstore).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load images from a docker-archive tar or an OCI layout (dir or tar).
+    Load {
+        #[arg(short = 'i', long = "input", value_name = "PATH")]
+        input: PathBuf,
+        /// Name the image of a single-image archive.
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List images, one row per tag.
+    Images {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show an image as JSON.
+    Inspect { reference: String },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Remove image names; images no name holds are removed.
+    Rmi {
+        #[arg(required = true)]
+        references: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Image commands (`lstore image rm`).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Remove everything no tag, mount or running command uses.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Disk use: blobs, layers, shared and unique bytes.
+    Df {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Same as `lstore rmi`.
+    Rm {
+        #[arg(required = true)]
+        references: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(root: Option<PathBuf>) -> lstore::Result<Store> {
+    let root = root.unwrap_or_else(Store::default_root);
+    let opts = StoreOptions {
+        on_wait: Arc::new(|msg: &str| eprintln!("{msg}")),
+        ..StoreOptions::default()
+    };
+    Store::open(&root, opts)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> lstore::Result<()> {
+    let s = serde_json::to_string_pretty(value).map_err(|e| lstore::Error::Invalid(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn run(cli: Cli) -> lstore::Result<()> {
+    let store = open(cli.root)?;
+    match cli.command {
+        Command::Load { input, tag, format } => {
+            let stored = store.load(&input, tag.as_deref(), &lstore::import::NoProgress)?;
+            if format == Format::Json {
+                return print_json(&stored);
+            }
+            print_loaded(&stored);
+        }
+        Command::Images { format } => {
+            let rows = store.images()?;
+            if format == Format::Json {
+                return print_json(&rows);
+            }
+            print_images(&rows);
+        }
+        Command::Inspect { reference } => print_json(&store.inspect(&reference)?)?,
+        Command::Tag { source, target } => store.tag(&source, &target)?,
+        Command::Rmi { references, format }
+        | Command::Image {
+            command: ImageCommand::Rm { references, format },
+        } => {
+            let report = store.rmi(&references)?;
+            if format == Format::Json {
+                return print_json(&report);
+            }
+            print_removal(&report);
+        }
+        Command::Gc { dry_run, format } => {
+            let report = store.gc(dry_run)?;
+            if format == Format::Json {
+                return print_json(&report);
+            }
+            print_removal(&report);
+        }
+        Command::Df { format } => {
+            let du = store.df()?;
+            if format == Format::Json {
+                return print_json(&du);
+            }
+            print_df(&du);
+        }
+    }
+    Ok(())
+}
+
+/// Sizes as Docker prints them (decimal units).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + UNITS[u]
+    }
+}
+
+fn print_loaded(stored: &[Stored]) {
+    for s in stored {
+        if s.names.is_empty() {
+            println!("Loaded image ID: {}", s.id);
+        }
+        for n in &s.names {
+            println!("Loaded image: {n}");
+        }
+    }
+}
+
+fn print_images(rows: &[ImageSummary]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<16} {:<14} {:<22} {:>10}",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
+    );
+    for r in rows {
+        let created = r
+            .created
+            .as_deref()
+            .map(|c| c.get(..19).unwrap_or(c).replace('T', " "))
+            .unwrap_or_else(|| "N/A".into());
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:<14} {:<22} {:>10}",
+            r.repository.as_deref().unwrap_or("<none>"),
+            r.tag.as_deref().unwrap_or("<none>"),
+            r.id.short(),
+            created,
+            human(r.size)
+        );
+    }
+}
+
+fn print_removal(r: &Removal) {
+    for t in &r.untagged {
+        println!("Untagged: {t}");
+    }
+    for d in &r.deleted_images {
+        println!("Deleted: {d}");
+    }
+    let verb = if r.dry_run { "Would free" } else { "Freed" };
+    println!(
+        "{verb} {} ({} blobs, {} layers, {} leftovers)",
+        human(r.freed_bytes),
+        r.deleted_blobs,
+        r.deleted_layers,
+        r.leftovers
+    );
+    if r.refcount_fixes > 0 {
+        println!("Corrected {} reference counts", r.refcount_fixes);
+    }
+}
+
+fn print_df(du: &DiskUsage) {
+    println!("{:<10} {:>8} {:>12}", "TYPE", "COUNT", "SIZE");
+    println!("{:<10} {:>8} {:>12}", "Images", du.images, "");
+    println!("{:<10} {:>8} {:>12}", "Blobs", du.blobs, human(du.blob_bytes));
+    println!("{:<10} {:>8} {:>12}", "Layers", du.layers, human(du.layer_bytes));
+    println!();
+    println!("Shared:   {}", human(du.shared_bytes));
+    println!("Unique:   {}", human(du.unique_bytes));
+    println!("Unused:   {}", human(du.unused_bytes));
+    let _ = std::io::stderr().is_terminal();
+}

@@ -1,0 +1,260 @@
+//! The blob store: `blobs/sha256/<hex>`, every blob exactly as distributed.
+//!
+//! A blob is written to a temporary file under `ingest/`, hashed as it is
+//! written, fsynced, checked against the expected digest and size, and only
+//! then renamed into place. A blob already present is never written again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    dir: PathBuf,
+    ingest: PathBuf,
+}
+
+impl ContentStore {
+    /// `dir` is `<root>/blobs/sha256`, `ingest` is `<root>/ingest`.
+    pub fn new(dir: PathBuf, ingest: PathBuf) -> ContentStore {
+        ContentStore { dir, ingest }
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// The blob's size on disk, if present.
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.path(digest)).ok().map(|m| m.len())
+    }
+
+    pub fn open(&self, digest: &Digest) -> Result<File> {
+        File::open(self.path(digest)).ctx(|| format!("open blob {digest}"))
+    }
+
+    /// Reads a small blob (manifest, config) whole, refusing more than `max`.
+    pub fn read(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
+        let file = self.open(digest)?;
+        let mut data = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut data)
+            .ctx(|| format!("read blob {digest}"))?;
+        if data.len() as u64 > max {
+            return Err(Error::Invalid(format!(
+                "blob {digest} is larger than {max} bytes"
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Starts writing a blob. `name` (unique per command, starting with the
+    /// command's lease id) names the temporary file under `ingest/`.
+    pub fn writer(&self, name: &str) -> Result<BlobWriter> {
+        let path = self.ingest.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .ctx(|| format!("create {}", path.display()))?;
+        Ok(BlobWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            path,
+            hasher: Hasher::new(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Stores bytes held in memory, verifying them against `expected`.
+    pub fn put_bytes(&self, name: &str, data: &[u8], expected: Option<&Digest>) -> Result<Digest> {
+        let digest = Digest::of(data);
+        if let Some(e) = expected {
+            if *e != digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("blob {name}"),
+                    expected: *e,
+                    actual: digest,
+                });
+            }
+        }
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.writer(name)?;
+        w.write_all(data).ctx(|| format!("write blob {digest}"))?;
+        w.commit(Some(&digest), Some(data.len() as u64))?;
+        Ok(digest)
+    }
+
+    /// Removes a blob; a blob already gone is not an error.
+    pub fn remove(&self, digest: &Digest) -> Result<u64> {
+        let path = self.path(digest);
+        let size = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(format!("remove blob {digest}"), e)),
+        }
+    }
+
+    /// Every blob on disk (names that are not digests are returned as junk).
+    pub fn list(&self) -> Result<(Vec<Digest>, Vec<PathBuf>)> {
+        let mut digests = Vec::new();
+        let mut junk = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((digests, junk)),
+            Err(e) => return Err(Error::io(format!("read {}", self.dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("read {}", self.dir.display()))?;
+            match entry.file_name().to_str().and_then(Digest::from_hex) {
+                Some(d) => digests.push(d),
+                None => junk.push(entry.path()),
+            }
+        }
+        Ok((digests, junk))
+    }
+}
+
+/// A blob being written. Dropped without `commit`, its temp file is removed.
+pub struct BlobWriter {
+    file: io::BufWriter<File>,
+    path: PathBuf,
+    hasher: Hasher,
+    dir: PathBuf,
+}
+
+impl BlobWriter {
+    pub fn written(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// Flushes, fsyncs and verifies the blob, then renames it into place.
+    /// Returns its digest and size.
+    pub fn commit(mut self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
+        self.file
+            .flush()
+            .ctx(|| format!("write {}", self.path.display()))?;
+        let hasher = std::mem::take(&mut self.hasher);
+        let len = hasher.len();
+        let digest = hasher.finish();
+        if let Some(e) = expected {
+            if *e != digest {
+                return Err(Error::DigestMismatch {
+                    what: "blob".into(),
+                    expected: *e,
+                    actual: digest,
+                });
+            }
+        }
+        if let Some(s) = size {
+            if s != len {
+                return Err(Error::SizeMismatch {
+                    what: format!("blob {digest}"),
+                    expected: s,
+                    actual: len,
+                });
+            }
+        }
+        let target = self.dir.join(digest.hex());
+        if target.is_file() {
+            return Ok((digest, len));
+        }
+        self.file
+            .get_ref()
+            .sync_all()
+            .ctx(|| format!("fsync {}", self.path.display()))?;
+        fs::rename(&self.path, &target).ctx(|| format!("store blob {digest}"))?;
+        sync_dir(&self.dir)?;
+        Ok((digest, len))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // After a successful rename this path no longer exists.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// fsyncs a directory so a rename into it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .ctx(|| format!("fsync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ContentStore) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        fs::create_dir_all(dir.path().join("ingest")).unwrap();
+        let cs = ContentStore::new(dir.path().join("blobs/sha256"), dir.path().join("ingest"));
+        (dir, cs)
+    }
+
+    #[test]
+    fn stores_verified_blobs_once() {
+        let (dir, cs) = store();
+        let d = cs.put_bytes("t.1", b"hello", None).unwrap();
+        assert!(cs.contains(&d));
+        assert_eq!(cs.read(&d, 100).unwrap(), b"hello");
+        assert_eq!(cs.put_bytes("t.2", b"hello", Some(&d)).unwrap(), d);
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(cs.list().unwrap().0, vec![d]);
+    }
+
+    #[test]
+    fn a_mismatch_leaves_nothing() {
+        let (dir, cs) = store();
+        let wrong = Digest::of(b"other");
+        assert!(cs.put_bytes("t.1", b"hello", Some(&wrong)).is_err());
+        let mut w = cs.writer("t.2").unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(matches!(
+            w.commit(Some(&wrong), None),
+            Err(Error::DigestMismatch { .. })
+        ));
+        let mut w = cs.writer("t.3").unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(matches!(
+            w.commit(None, Some(4)),
+            Err(Error::SizeMismatch { .. })
+        ));
+        assert!(cs.list().unwrap().0.is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn read_refuses_oversized_blobs() {
+        let (_dir, cs) = store();
+        let d = cs.put_bytes("t.1", &[0u8; 100], None).unwrap();
+        assert!(cs.read(&d, 99).is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! Mark and sweep.
+//!
+//! Roots are tags, live mounts and the leases of running commands. The mark
+//! walks every kept image to the blobs and layers it uses; the counts it
+//! finds become the stored reference counts (and any stored count that
+//! disagreed is reported). Everything unmarked is swept.
+//!
+//! Crash safety: the database records go first, in one atomic batch; then,
+//! still under the root lock, layer folders are renamed into `tmp/` (one
+//! step each) and blob files unlinked; the renamed folders are deleted after
+//! the lock is released. A crash at any point leaves files that no record
+//! names, and the next gc removes them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::images::Removal;
+use crate::layers::{remove_tree, tree_size};
+use crate::lock::{lease_of_entry, live_leases};
+use crate::meta::{BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS};
+use crate::store::Store;
+
+/// What a sweep will change.
+#[derive(Debug, Default)]
+pub(crate) struct SweepPlan {
+    drop_tags: Vec<String>,
+    drop_images: Vec<Digest>,
+    blob_records: Vec<Digest>,
+    layer_records: Vec<Digest>,
+    blob_files: Vec<Digest>,
+    layer_dirs: Vec<Digest>,
+    blob_refs: Vec<(Digest, BlobRecord)>,
+    layer_refs: Vec<(Digest, LayerRecord)>,
+    refcount_fixes: u64,
+}
+
+/// Counts, over `images`, how many use each blob and each layer.
+fn mark(images: &[&ImageRecord]) -> (BTreeMap<Digest, u64>, BTreeMap<Digest, u64>) {
+    let mut blobs = BTreeMap::new();
+    let mut layers = BTreeMap::new();
+    for img in images {
+        for b in img.blobs() {
+            *blobs.entry(b).or_insert(0) += 1;
+        }
+        for l in img.chain_ids() {
+            *layers.entry(l).or_insert(0) += 1;
+        }
+    }
+    (blobs, layers)
+}
+
+/// Blobs and layers that running commands hold, and their live lease ids.
+fn leased(store: &Store) -> Result<(HashSet<Digest>, HashSet<Digest>, HashSet<String>)> {
+    let mut blobs = HashSet::new();
+    let mut layers = HashSet::new();
+    let mut ids = HashSet::new();
+    for lease in live_leases(&store.root().join("leases"))? {
+        if !lease.live {
+            continue;
+        }
+        ids.insert(lease.id.clone());
+        if let Some(c) = lease.content {
+            blobs.extend(c.blobs);
+            layers.extend(c.layers);
+        }
+    }
+    Ok((blobs, layers, ids))
+}
+
+/// Images that live mounts use (records under `mounts/`).
+fn mounted_images(store: &Store) -> BTreeSet<Digest> {
+    let mut out = BTreeSet::new();
+    if let Ok(entries) = fs::read_dir(store.root().join("mounts")) {
+        for e in entries.flatten() {
+            if let Ok(bytes) = fs::read(e.path()) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    if let Some(d) = v
+                        .get("image")
+                        .and_then(|d| d.as_str())
+                        .and_then(|s| Digest::parse(s).ok())
+                    {
+                        out.insert(d);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Plans the removal of `drop_tags` and `doomed` images. With `whole_store`
+/// every unmarked record and file is swept too, not only what the doomed
+/// images used.
+pub(crate) fn plan_sweep(
+    store: &Store,
+    meta: &Meta,
+    drop_tags: &BTreeSet<String>,
+    doomed: &BTreeSet<Digest>,
+    whole_store: bool,
+) -> Result<SweepPlan> {
+    let all = meta.images()?;
+    let mounted = mounted_images(store);
+    let doomed: BTreeSet<Digest> = doomed
+        .iter()
+        .filter(|d| !mounted.contains(d))
+        .copied()
+        .collect();
+    let kept: Vec<&ImageRecord> = all.iter().filter(|i| !doomed.contains(&i.manifest)).collect();
+    let everyone: Vec<&ImageRecord> = all.iter().collect();
+    let (blob_count, layer_count) = mark(&kept);
+    let (blob_before, layer_before) = mark(&everyone);
+    let (leased_blobs, leased_layers, _) = leased(store)?;
+
+    let mut plan = SweepPlan {
+        drop_tags: drop_tags.iter().cloned().collect(),
+        drop_images: doomed.iter().copied().collect(),
+        ..SweepPlan::default()
+    };
+
+    // Candidates: what the doomed images used, or everything.
+    let blob_records = meta.all::<BlobRecord>(CF_BLOBS)?;
+    let layer_records = meta.all::<LayerRecord>(CF_LAYERS)?;
+    let doomed_blobs: BTreeSet<Digest> = all
+        .iter()
+        .filter(|i| doomed.contains(&i.manifest))
+        .flat_map(|i| i.blobs())
+        .collect();
+    let doomed_layers: BTreeSet<Digest> = all
+        .iter()
+        .filter(|i| doomed.contains(&i.manifest))
+        .flat_map(|i| i.chain_ids())
+        .collect();
+
+    for (key, mut rec) in blob_records {
+        let Ok(bytes) = <[u8; 32]>::try_from(key.as_slice()) else {
+            continue;
+        };
+        let d = Digest::from_bytes(bytes);
+        let before = blob_before.get(&d).copied().unwrap_or(0);
+        if rec.refs != before {
+            plan.refcount_fixes += 1;
+        }
+        let now = blob_count.get(&d).copied().unwrap_or(0);
+        if now == 0 && (whole_store || doomed_blobs.contains(&d)) {
+            if !leased_blobs.contains(&d) {
+                plan.blob_records.push(d);
+                plan.blob_files.push(d);
+            }
+        } else if rec.refs != now {
+            rec.refs = now;
+            plan.blob_refs.push((d, rec));
+        }
+    }
+    for (key, mut rec) in layer_records {
+        let Ok(bytes) = <[u8; 32]>::try_from(key.as_slice()) else {
+            continue;
+        };
+        let d = Digest::from_bytes(bytes);
+        let before = layer_before.get(&d).copied().unwrap_or(0);
+        if rec.refs != before {
+            plan.refcount_fixes += 1;
+        }
+        let now = layer_count.get(&d).copied().unwrap_or(0);
+        if now == 0 && (whole_store || doomed_layers.contains(&d)) {
+            if !leased_layers.contains(&d) {
+                plan.layer_records.push(d);
+                plan.layer_dirs.push(d);
+            }
+        } else if rec.refs != now {
+            rec.refs = now;
+            plan.layer_refs.push((d, rec));
+        }
+    }
+
+    if whole_store {
+        // Files no record names: left by a crash or an interrupted command.
+        let (on_disk, _) = store.content().list()?;
+        for d in on_disk {
+            if !blob_count.contains_key(&d)
+                && !leased_blobs.contains(&d)
+                && !plan.blob_files.contains(&d)
+            {
+                plan.blob_files.push(d);
+            }
+        }
+        let (dirs, _) = store.layer_store().list()?;
+        for d in dirs {
+            if !layer_count.contains_key(&d)
+                && !leased_layers.contains(&d)
+                && !plan.layer_dirs.contains(&d)
+            {
+                plan.layer_dirs.push(d);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Applies a plan: records first (one batch), then files. Layer folders go
+/// to `trash` (already renamed into tmp/) for deletion after the lock.
+pub(crate) fn apply_sweep(
+    store: &Store,
+    meta: &Meta,
+    plan: &SweepPlan,
+    report: &mut Removal,
+    trash: &mut Vec<PathBuf>,
+) -> Result<()> {
+    report.refcount_fixes += plan.refcount_fixes;
+    report.deleted_images.extend(plan.drop_images.iter().copied());
+    report.deleted_blobs += plan.blob_files.len() as u64;
+    report.deleted_layers += plan.layer_dirs.len() as u64;
+    if report.dry_run {
+        for d in &plan.blob_files {
+            report.freed_bytes += store.content().size(d).unwrap_or(0);
+        }
+        for d in &plan.layer_dirs {
+            report.freed_bytes += tree_size(&store.layer_store().dir(d));
+        }
+        return Ok(());
+    }
+    let mut b = meta.batch();
+    for t in &plan.drop_tags {
+        b.delete(CF_TAGS, t.as_bytes())?;
+    }
+    for d in &plan.drop_images {
+        b.delete(CF_IMAGES, d.as_bytes())?;
+    }
+    for d in &plan.blob_records {
+        b.delete(CF_BLOBS, d.as_bytes())?;
+    }
+    for d in &plan.layer_records {
+        b.delete(CF_LAYERS, d.as_bytes())?;
+    }
+    for (d, rec) in &plan.blob_refs {
+        b.put(CF_BLOBS, d.as_bytes(), rec)?;
+    }
+    for (d, rec) in &plan.layer_refs {
+        b.put(CF_LAYERS, d.as_bytes(), rec)?;
+    }
+    if !b.is_empty() {
+        b.commit()?;
+    }
+    for d in &plan.blob_files {
+        report.freed_bytes += store.content().remove(d)?;
+    }
+    let tmp = store.root().join("tmp");
+    for d in &plan.layer_dirs {
+        let name = format!("trash.{}", d.hex());
+        let src = store.layer_store().dir(d);
+        let link = store.layer_store().link_path(d);
+        let _ = fs::remove_file(&link);
+        let dest = tmp.join(&name);
+        if dest.exists() {
+            remove_tree(&dest)?;
+        }
+        match fs::rename(&src, &dest) {
+            Ok(()) => trash.push(dest),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("move {} to tmp/", src.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes folders moved to tmp/ by a sweep (outside the root lock).
+pub(crate) fn empty_trash(_store: &Store, trash: Vec<PathBuf>) -> u64 {
+    trash.iter().map(|p| remove_tree(p).unwrap_or(0)).sum()
+}
+
+/// `lstore gc`.
+pub(crate) fn full(
+    store: &Store,
+    meta: &Meta,
+    dry_run: bool,
+    trash: &mut Vec<PathBuf>,
+) -> Result<Removal> {
+    let mut report = Removal {
+        dry_run,
+        ..Removal::default()
+    };
+    // Untagged images are roots no more (a moved tag's old image).
+    let tagged: BTreeSet<Digest> = meta.tags()?.into_iter().map(|(_, t)| t.image).collect();
+    let doomed: BTreeSet<Digest> = meta
+        .images()?
+        .into_iter()
+        .map(|i| i.manifest)
+        .filter(|d| !tagged.contains(d))
+        .collect();
+    let plan = plan_sweep(store, meta, &BTreeSet::new(), &doomed, true)?;
+    apply_sweep(store, meta, &plan, &mut report, trash)?;
+
+    // Leftovers of interrupted commands whose process is gone.
+    let (_, _, live) = leased(store)?;
+    let is_live = |name: &str| lease_of_entry(name).is_some_and(|l| live.contains(l));
+    for dir in ["tmp", "ingest"] {
+        let path = store.root().join(dir);
+        for entry in fs::read_dir(&path).ctx(|| format!("read {}", path.display()))? {
+            let entry = entry.ctx(|| format!("read {}", path.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let p = entry.path();
+            if is_live(&name) || trash.contains(&p) {
+                continue;
+            }
+            report.leftovers += 1;
+            if dry_run {
+                report.freed_bytes += tree_size(&p);
+            } else if p.is_dir() && !p.is_symlink() {
+                trash.push(p);
+            } else {
+                report.freed_bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+            }
+        }
+    }
+    let (_, junk_blobs) = store.content().list()?;
+    let (_, junk_dirs) = store.layer_store().list()?;
+    let dangling = store.layer_store().dangling_links()?;
+    for p in junk_blobs.into_iter().chain(junk_dirs).chain(dangling) {
+        report.leftovers += 1;
+        if dry_run {
+            continue;
+        }
+        if p.is_dir() && !p.is_symlink() {
+            report.freed_bytes += remove_tree(&p)?;
+        } else {
+            fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+        }
+    }
+    if !dry_run {
+        remove_idle_locks(store);
+    }
+    Ok(report)
+}
+
+/// Removes per-layer lock files nobody holds. (Should a process open one
+/// just before it goes, the worst outcome is a layer extracted twice, and
+/// the second copy is dropped at its rename.)
+fn remove_idle_locks(store: &Store) {
+    let Ok(entries) = fs::read_dir(store.root().join("locks")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(f) = fs::File::open(e.path()) else {
+            continue;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Storing an image: the pipeline that `load` (and `pull`) feed.
+//!
+//! 1. Under the root lock: a lease names every blob and layer the image
+//!    needs, and the store sees which of them it already has.
+//! 2. Without the lock, layers in parallel: each missing layer is read once;
+//!    the bytes are teed into the blob store while they are hashed,
+//!    decompressed, hashed again (diff_id) and applied under `tmp/`; both
+//!    digests are checked, then the blob and the layer folder are committed.
+//!    A per-layer lock keeps two processes from extracting the same layer.
+//! 3. Under the root lock: config, manifest and index blobs, the records and
+//!    reference counts and the tags, in one atomic batch.
+//!
+//! On failure, what this command created and nothing else uses is removed,
+//! so a failed import leaves the store as it was.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::digest::{chain_ids, Digest, HashingReader};
+use crate::error::{Error, Result};
+use crate::images::Stored;
+use crate::lock::{live_leases, LayerLock, Lease, LeaseContent};
+use crate::meta::{
+    BlobRecord, ImageLayer, ImageRecord, LayerRecord, Meta, TagRecord, CF_BLOBS, CF_IMAGES,
+    CF_LAYERS, CF_TAGS,
+};
+use crate::oci::{self, Compression, Descriptor, ImageConfig};
+use crate::reference::Reference;
+use crate::store::Store;
+use crate::unpack;
+
+/// Where the bytes of each layer blob come from.
+pub trait LayerSource: Sync {
+    /// Opens layer `index`'s blob from its first byte.
+    fn open(&self, index: usize) -> Result<Box<dyn Read + Send>>;
+}
+
+/// Reports progress of layers; called from several threads.
+pub trait ImportProgress: Sync {
+    fn layer_started(&self, _index: usize, _desc: Option<&Descriptor>, _reused: bool) {}
+    fn layer_bytes(&self, _index: usize, _bytes: u64) {}
+    fn layer_done(&self, _index: usize) {}
+}
+
+/// No progress reporting.
+pub struct NoProgress;
+impl ImportProgress for NoProgress {}
+
+/// An image to store.
+pub struct ImportRequest<'a> {
+    pub names: Vec<Reference>,
+    /// The digest the names resolved to at a registry (index or manifest).
+    pub repo_digest: Option<Digest>,
+    pub index: Option<(Vec<u8>, Digest)>,
+    /// The manifest as distributed; None to make a Docker schema2 manifest
+    /// (docker-archives carry none).
+    pub manifest: Option<(Vec<u8>, Digest, String)>,
+    pub config: (Vec<u8>, Digest),
+    /// Expected layer descriptors; None where only reading tells.
+    pub layers: Vec<Option<Descriptor>>,
+    pub source: &'a dyn LayerSource,
+    pub progress: &'a dyn ImportProgress,
+}
+
+/// The result of one layer.
+#[derive(Debug, Clone)]
+struct DoneLayer {
+    desc: Descriptor,
+    size: u64,
+    file_bytes: u64,
+    reused: bool,
+}
+
+/// Blobs and layers this command created, to remove again on failure.
+#[derive(Default)]
+struct Created {
+    blobs: Mutex<Vec<Digest>>,
+    layers: Mutex<Vec<Digest>>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Stores one image; see the module comment.
+pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
+    let config: ImageConfig = serde_json::from_slice(&req.config.0).map_err(|e| {
+        Error::Invalid(format!("image config {}: {e}", req.config.1))
+    })?;
+    if Digest::of(&req.config.0) != req.config.1 {
+        return Err(Error::DigestMismatch {
+            what: "image config".into(),
+            expected: req.config.1,
+            actual: Digest::of(&req.config.0),
+        });
+    }
+    let diff_ids = config.rootfs.diff_ids.clone();
+    if diff_ids.len() != req.layers.len() {
+        return Err(Error::Invalid(format!(
+            "the manifest lists {} layers but the config has {} diff_ids",
+            req.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    for d in req.layers.iter().flatten() {
+        if Compression::from_layer_media_type(&d.media_type).is_none() {
+            return Err(Error::Unsupported(format!(
+                "layer {}: unsupported media type {}",
+                d.digest, d.media_type
+            )));
+        }
+    }
+    let chains = chain_ids(&diff_ids);
+
+    // 1. Lease and inventory, under the root lock.
+    let mut wanted_blobs: Vec<Digest> = req.layers.iter().flatten().map(|d| d.digest).collect();
+    wanted_blobs.push(req.config.1);
+    let (lease, known_layers, known_blobs) = store.session(|meta| {
+        let lease = store.lease(&LeaseContent {
+            pid: std::process::id(),
+            blobs: wanted_blobs.clone(),
+            layers: chains.clone(),
+        })?;
+        let mut known_layers = BTreeMap::new();
+        for c in &chains {
+            if let Some(rec) = meta.layer(c)? {
+                if store.layers.is_present(c) {
+                    known_layers.insert(*c, rec);
+                }
+            }
+        }
+        let mut known_blobs = BTreeMap::new();
+        for d in &wanted_blobs {
+            if let Some(rec) = meta.blob(d)? {
+                if store.content.contains(d) {
+                    known_blobs.insert(*d, rec);
+                }
+            }
+        }
+        Ok((lease, known_layers, known_blobs))
+    })?;
+
+    let created = Created::default();
+    let result = import_with_lease(
+        store,
+        &req,
+        &config,
+        &diff_ids,
+        &chains,
+        &lease,
+        &known_layers,
+        &known_blobs,
+        &created,
+    );
+    match result {
+        Ok(stored) => Ok(stored),
+        Err(e) => {
+            let _ = clean_up_failed(store, &lease, &created);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn import_with_lease(
+    store: &Store,
+    req: &ImportRequest<'_>,
+    config: &ImageConfig,
+    diff_ids: &[Digest],
+    chains: &[Digest],
+    lease: &Lease,
+    known_layers: &BTreeMap<Digest, LayerRecord>,
+    known_blobs: &BTreeMap<Digest, BlobRecord>,
+    created: &Created,
+) -> Result<Stored> {
+    // 2. Layers, in parallel.
+    let done: Vec<DoneLayer> = (0..req.layers.len())
+        .into_par_iter()
+        .map(|i| {
+            let r = store_layer(
+                store,
+                req,
+                i,
+                &diff_ids[i],
+                chains,
+                lease,
+                known_layers,
+                known_blobs,
+                created,
+            );
+            req.progress.layer_done(i);
+            r
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    // The manifest: as distributed, or made for a docker-archive.
+    let (manifest_bytes, manifest_digest, manifest_type) = match &req.manifest {
+        Some(m) => m.clone(),
+        None => docker_manifest(&req.config, &done)?,
+    };
+
+    // 3. Records, under the root lock.
+    let names = req.names.clone();
+    store.session(|meta| {
+        commit(
+            store,
+            meta,
+            req,
+            config,
+            chains,
+            &done,
+            (&manifest_bytes, manifest_digest, &manifest_type),
+            &names,
+            lease,
+        )
+    })?;
+    Ok(Stored {
+        id: req.config.1,
+        digest: manifest_digest,
+        names: names.iter().map(|n| n.familiar()).collect(),
+        layers_new: done.iter().filter(|d| !d.reused).count(),
+        layers_reused: done.iter().filter(|d| d.reused).count(),
+        bytes_read: done
+            .iter()
+            .filter(|d| !d.reused)
+            .map(|d| d.desc.size)
+            .sum(),
+    })
+}
+
+/// Makes the Docker schema2 manifest of a docker-archive image.
+fn docker_manifest(
+    config: &(Vec<u8>, Digest),
+    layers: &[DoneLayer],
+) -> Result<(Vec<u8>, Digest, String)> {
+    let m = oci::Manifest {
+        schema_version: 2,
+        media_type: Some(oci::DOCKER_MANIFEST.into()),
+        artifact_type: None,
+        config: Descriptor::new(oci::DOCKER_CONFIG, config.1, config.0.len() as u64),
+        layers: layers.iter().map(|l| l.desc.clone()).collect(),
+        subject: None,
+        annotations: None,
+    };
+    let bytes = serde_json::to_vec(&m).map_err(|e| Error::Invalid(e.to_string()))?;
+    let digest = Digest::of(&bytes);
+    Ok((bytes, digest, oci::DOCKER_MANIFEST.into()))
+}
+
+/// Peeks at the first bytes of a stream without losing them.
+fn sniff(mut r: Box<dyn Read + Send>) -> io::Result<(Compression, Box<dyn Read + Send>)> {
+    let mut head = [0u8; 8];
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let kind = Compression::sniff(&head[..n]);
+    Ok((kind, Box::new(io::Cursor::new(head[..n].to_vec()).chain(r))))
+}
+
+/// Copies everything read into a blob writer.
+struct Tee<'a, R> {
+    inner: R,
+    sink: Option<&'a mut crate::content::BlobWriter>,
+    progress: &'a dyn ImportProgress,
+    index: usize,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(w) = self.sink.as_deref_mut() {
+            w.write_all(&buf[..n])?;
+        }
+        self.progress.layer_bytes(self.index, n as u64);
+        Ok(n)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_layer(
+    store: &Store,
+    req: &ImportRequest<'_>,
+    i: usize,
+    diff_id: &Digest,
+    chains: &[Digest],
+    lease: &Lease,
+    known_layers: &BTreeMap<Digest, LayerRecord>,
+    known_blobs: &BTreeMap<Digest, BlobRecord>,
+    created: &Created,
+) -> Result<DoneLayer> {
+    let chain = chains[i];
+    let expected = req.layers[i].as_ref();
+    let layer_name = expected
+        .map(|d| d.digest.to_string())
+        .unwrap_or_else(|| format!("#{}", i + 1));
+    let have_blob = expected.is_some_and(|d| known_blobs.contains_key(&d.digest));
+    if let (Some(rec), Some(desc), true) = (known_layers.get(&chain), expected, have_blob) {
+        req.progress.layer_started(i, expected, true);
+        return Ok(DoneLayer {
+            desc: desc.clone(),
+            size: rec.size,
+            file_bytes: rec.file_bytes,
+            reused: true,
+        });
+    }
+    req.progress.layer_started(i, expected, false);
+    let _layer_lock = LayerLock::acquire(&store.locks_dir(), &chain, &*store.opts.on_wait)?;
+
+    // Read from the store when the blob is here, else from the source.
+    let (reader, mut writer): (Box<dyn Read + Send>, _) = if have_blob {
+        let d = expected.map(|d| d.digest).ok_or_else(|| Error::Invalid("no digest".into()))?;
+        (Box::new(store.content.open(&d)?), None)
+    } else {
+        (
+            req.source.open(i)?,
+            Some(store.content.writer(&store.unique(lease, "blob"))?),
+        )
+    };
+    let (sniffed, reader) =
+        sniff(reader).map_err(|e| Error::io(format!("read layer {layer_name}"), e))?;
+    let (declared, media_type) = match expected {
+        Some(d) => (
+            Compression::from_layer_media_type(&d.media_type).unwrap_or(sniffed),
+            d.media_type.clone(),
+        ),
+        None => (
+            sniffed,
+            match sniffed {
+                Compression::Gzip => oci::DOCKER_LAYER_GZIP.to_string(),
+                Compression::None => oci::DOCKER_LAYER_TAR.to_string(),
+                Compression::Zstd => oci::OCI_LAYER_ZSTD.to_string(),
+            },
+        ),
+    };
+    let mut tee = Tee {
+        inner: reader,
+        sink: writer.as_mut(),
+        progress: req.progress,
+        index: i,
+    };
+
+    let present = store.layers.is_present(&chain);
+    let (unpacked_digest, csize, got_diff_id, size, file_bytes) = if present {
+        // Another command extracted it while we waited: only the blob and
+        // the sizes are needed, so hash without applying.
+        let m = measure(&mut tee, declared).map_err(|source| Error::Unpack {
+            layer: layer_name.clone(),
+            source,
+        })?;
+        (m.0, m.1, m.2, m.3, 0)
+    } else {
+        let staging = store.layers.stage(&store.unique(lease, "layer"))?;
+        let u = unpack::unpack_layer(&mut tee, declared, &staging.diff(), &store.opts.limits)
+            .map_err(|source| Error::Unpack {
+                layer: layer_name.clone(),
+                source,
+            })?;
+        verify_layer(&layer_name, expected, diff_id, &u.compressed_digest, u.compressed_size, &u.diff_id)?;
+        let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
+        if let Some(w) = writer.take() {
+            let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
+            created.blobs.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(d);
+        }
+        store.layers.commit(staging, &chain, &parents)?;
+        created.layers.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(chain);
+        (u.compressed_digest, u.compressed_size, u.diff_id, u.size, u.file_bytes)
+    };
+    verify_layer(&layer_name, expected, diff_id, &unpacked_digest, csize, &got_diff_id)?;
+    if let Some(w) = writer.take() {
+        let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
+        created.blobs.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(d);
+    }
+    let file_bytes = if present {
+        known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
+    } else {
+        file_bytes
+    };
+    Ok(DoneLayer {
+        desc: Descriptor::new(&media_type, unpacked_digest, csize),
+        size,
+        file_bytes,
+        reused: false,
+    })
+}
+
+fn verify_layer(
+    name: &str,
+    expected: Option<&Descriptor>,
+    diff_id: &Digest,
+    digest: &Digest,
+    size: u64,
+    got_diff_id: &Digest,
+) -> Result<()> {
+    if let Some(e) = expected {
+        if e.digest != *digest {
+            return Err(Error::DigestMismatch {
+                what: format!("layer {name}"),
+                expected: e.digest,
+                actual: *digest,
+            });
+        }
+        if e.size != size {
+            return Err(Error::SizeMismatch {
+                what: format!("layer {name}"),
+                expected: e.size,
+                actual: size,
+            });
+        }
+    }
+    if got_diff_id != diff_id {
+        return Err(Error::DigestMismatch {
+            what: format!("layer {name}: uncompressed content (diff_id)"),
+            expected: *diff_id,
+            actual: *got_diff_id,
+        });
+    }
+    Ok(())
+}
+
+/// Hashes a layer blob and its uncompressed stream without applying it:
+/// (digest, size, diff_id, uncompressed size).
+fn measure(
+    blob: &mut dyn Read,
+    declared: Compression,
+) -> std::result::Result<(Digest, u64, Digest, u64), unpack::UnpackError> {
+    let mut outer = HashingReader::new(blob);
+    let (diff_id, size) = {
+        let inner: Box<dyn Read + '_> = match declared {
+            Compression::None => Box::new(&mut outer),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 16, &mut outer))),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(&mut outer).map_err(unpack::UnpackError::from)?,
+            ),
+        };
+        HashingReader::new(inner)
+            .drain_and_finish()
+            .map_err(unpack::UnpackError::from)?
+    };
+    let (digest, csize) = outer.drain_and_finish().map_err(unpack::UnpackError::from)?;
+    Ok((digest, csize, diff_id, size))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    store: &Store,
+    meta: &Meta,
+    req: &ImportRequest<'_>,
+    config: &ImageConfig,
+    chains: &[Digest],
+    done: &[DoneLayer],
+    manifest: (&[u8], Digest, &str),
+    names: &[Reference],
+    lease: &Lease,
+) -> Result<()> {
+    let (manifest_bytes, manifest_digest, manifest_type) = manifest;
+    // Small blobs: written here, under the lock, so gc cannot miss them.
+    store
+        .content
+        .put_bytes(&store.unique(lease, "config"), &req.config.0, Some(&req.config.1))?;
+    store
+        .content
+        .put_bytes(&store.unique(lease, "manifest"), manifest_bytes, Some(&manifest_digest))?;
+    if let Some((bytes, d)) = &req.index {
+        store.content.put_bytes(&store.unique(lease, "index"), bytes, Some(d))?;
+    }
+    // Everything the image needs must be here (the lease kept gc away).
+    for (i, c) in chains.iter().enumerate() {
+        if !store.layers.is_present(c) {
+            return Err(Error::Invalid(format!("layer {} vanished while storing", done[i].desc.digest)));
+        }
+        if !store.content.contains(&done[i].desc.digest) {
+            return Err(Error::Invalid(format!("blob {} vanished while storing", done[i].desc.digest)));
+        }
+    }
+
+    let image = ImageRecord {
+        manifest: manifest_digest,
+        manifest_media_type: manifest_type.to_string(),
+        manifest_size: manifest_bytes.len() as u64,
+        config: req.config.1,
+        config_size: req.config.0.len() as u64,
+        index: req.index.as_ref().map(|(_, d)| *d),
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        variant: config.variant.clone().filter(|v| !v.is_empty()),
+        created: config.created.clone(),
+        layers: done
+            .iter()
+            .zip(chains)
+            .zip(&config.rootfs.diff_ids)
+            .map(|((l, c), diff_id)| ImageLayer {
+                digest: l.desc.digest,
+                diff_id: *diff_id,
+                chain_id: *c,
+                media_type: l.desc.media_type.clone(),
+                compressed_size: l.desc.size,
+                size: l.size,
+            })
+            .collect(),
+        stored_at: now_secs(),
+    };
+
+    let mut batch = meta.batch();
+    let existing = meta.image(&manifest_digest)?;
+    if existing.is_none() {
+        // New image: count its uses of every blob and layer.
+        let mut sizes: BTreeMap<Digest, (u64, String)> = BTreeMap::new();
+        sizes.insert(manifest_digest, (manifest_bytes.len() as u64, manifest_type.to_string()));
+        let config_type = if manifest_type == oci::DOCKER_MANIFEST {
+            oci::DOCKER_CONFIG
+        } else {
+            oci::OCI_CONFIG
+        };
+        sizes.insert(req.config.1, (req.config.0.len() as u64, config_type.to_string()));
+        if let Some((bytes, d)) = &req.index {
+            sizes.insert(*d, (bytes.len() as u64, oci::OCI_INDEX.to_string()));
+        }
+        for l in done {
+            sizes.insert(l.desc.digest, (l.desc.size, l.desc.media_type.clone()));
+        }
+        for b in image.blobs() {
+            let mut rec = meta.blob(&b)?.unwrap_or_else(|| {
+                let (size, media_type) = sizes.get(&b).cloned().unwrap_or((0, String::new()));
+                BlobRecord {
+                    size,
+                    media_type,
+                    refs: 0,
+                }
+            });
+            rec.refs += 1;
+            batch.put(CF_BLOBS, b.as_bytes(), &rec)?;
+        }
+        for (i, c) in chains.iter().enumerate() {
+            if chains[..i].contains(c) {
+                continue;
+            }
+            let mut rec = meta.layer(c)?.unwrap_or(LayerRecord {
+                diff_id: config.rootfs.diff_ids[i],
+                parent: if i == 0 { None } else { Some(chains[i - 1]) },
+                size: done[i].size,
+                file_bytes: done[i].file_bytes,
+                refs: 0,
+            });
+            if rec.file_bytes == 0 && done[i].file_bytes > 0 {
+                rec.file_bytes = done[i].file_bytes;
+            }
+            rec.refs += 1;
+            batch.put(CF_LAYERS, c.as_bytes(), &rec)?;
+        }
+        batch.put(CF_IMAGES, manifest_digest.as_bytes(), &image)?;
+    }
+    for n in names {
+        batch.put(
+            CF_TAGS,
+            n.to_string().as_bytes(),
+            &TagRecord {
+                image: manifest_digest,
+                repo_digest: req.repo_digest,
+            },
+        )?;
+    }
+    batch.commit()
+}
+
+/// Removes what a failed import created that nothing else uses or holds.
+fn clean_up_failed(store: &Store, lease: &Lease, created: &Created) -> Result<()> {
+    let blobs = created.blobs.lock().map(|v| v.clone()).unwrap_or_default();
+    let layers = created.layers.lock().map(|v| v.clone()).unwrap_or_default();
+    if blobs.is_empty() && layers.is_empty() {
+        return Ok(());
+    }
+    store.session(|meta| {
+        let others: Vec<LeaseContent> = live_leases(&store.root().join("leases"))?
+            .into_iter()
+            .filter(|l| l.live && l.id != lease.id())
+            .filter_map(|l| l.content)
+            .collect();
+        for d in &blobs {
+            if meta.blob(d)?.is_none() && !others.iter().any(|o| o.blobs.contains(d)) {
+                store.content.remove(d)?;
+            }
+        }
+        for c in &layers {
+            if meta.layer(c)?.is_none() && !others.iter().any(|o| o.layers.contains(c)) {
+                store.layers.remove(c, &store.unique(lease, "trash"))?;
+            }
+        }
+        Ok(())
+    })
+}

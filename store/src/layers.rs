@@ -1,0 +1,334 @@
+//! overlay2 layer folders: `overlay2/<chain-hex>/{diff/,link,lower,work/}`
+//! and the short links `overlay2/l/<id> -> ../<chain-hex>/diff`.
+//!
+//! A layer is extracted under `tmp/`, completed (link, lower, work/, one
+//! `syncfs`), then renamed into `overlay2/` in one step: a folder under its
+//! final name is always complete.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+/// Length of a short link id, as Docker's overlay2 driver uses.
+pub const SHORT_ID_LEN: usize = 26;
+
+/// The short link id of a layer: 26 characters of base32 (A-Z, 2-7), made
+/// from the chain id so that it never needs to be looked up.
+pub fn short_id(chain_id: &Digest) -> String {
+    let mut input = b"lstore overlay2 link ".to_vec();
+    input.extend_from_slice(chain_id.as_bytes());
+    let bytes = Digest::of(&input);
+    base32(bytes.as_bytes())[..SHORT_ID_LEN].to_string()
+}
+
+fn base32(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(data.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in data {
+        buffer = (buffer << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            out.push(ALPHABET[((buffer >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    overlay: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LayerStore {
+    /// `overlay` is `<root>/overlay2`, `tmp` is `<root>/tmp`.
+    pub fn new(overlay: PathBuf, tmp: PathBuf) -> LayerStore {
+        LayerStore { overlay, tmp }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.overlay
+    }
+
+    pub fn dir(&self, chain_id: &Digest) -> PathBuf {
+        self.overlay.join(chain_id.hex())
+    }
+
+    pub fn diff_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.dir(chain_id).join("diff")
+    }
+
+    pub fn link_path(&self, chain_id: &Digest) -> PathBuf {
+        self.overlay.join("l").join(short_id(chain_id))
+    }
+
+    /// A finished folder exists for the layer (the rename is the commit).
+    pub fn is_present(&self, chain_id: &Digest) -> bool {
+        self.dir(chain_id).join("link").is_file()
+    }
+
+    /// A fresh staging folder `tmp/<name>/diff` to extract into.
+    pub fn stage(&self, name: &str) -> Result<Staging> {
+        let path = self.tmp.join(name);
+        if path.exists() {
+            fs::remove_dir_all(&path).ctx(|| format!("clear {}", path.display()))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o710)
+            .create(&path)
+            .ctx(|| format!("create {}", path.display()))?;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(path.join("diff"))
+            .ctx(|| format!("create {}/diff", path.display()))?;
+        Ok(Staging {
+            path,
+            done: false,
+        })
+    }
+
+    /// Completes a staged layer and moves it to `overlay2/<chain-hex>`.
+    /// `parents` are the chain ids below it, nearest first.
+    pub fn commit(&self, mut staging: Staging, chain_id: &Digest, parents: &[Digest]) -> Result<()> {
+        let p = &staging.path;
+        let short = short_id(chain_id);
+        fs::write(p.join("link"), &short).ctx(|| format!("write {}/link", p.display()))?;
+        if !parents.is_empty() {
+            let lower: Vec<String> = parents
+                .iter()
+                .map(|c| format!("l/{}", short_id(c)))
+                .collect();
+            fs::write(p.join("lower"), lower.join(":"))
+                .ctx(|| format!("write {}/lower", p.display()))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(p.join("work"))
+            .ctx(|| format!("create {}/work", p.display()))?;
+        // One syncfs for the whole layer instead of an fsync per file: the
+        // folder becomes visible (rename) only once all of it is durable.
+        let dir = fs::File::open(p).ctx(|| format!("open {}", p.display()))?;
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| Error::io(format!("syncfs {}", p.display()), e.into()))?;
+        // The short link first: dangling until the rename, so a crash in
+        // between leaves only a dangling link, which gc removes.
+        let link = self.link_path(chain_id);
+        let target = format!("../{}/diff", chain_id.hex());
+        match fs::read_link(&link) {
+            Ok(t) if t == Path::new(&target) => {}
+            Ok(_) => {
+                fs::remove_file(&link).ctx(|| format!("replace {}", link.display()))?;
+                symlink(&target, &link).ctx(|| format!("create {}", link.display()))?;
+            }
+            Err(_) => symlink(&target, &link).ctx(|| format!("create {}", link.display()))?,
+        }
+        let dest = self.dir(chain_id);
+        match fs::rename(p, &dest) {
+            Ok(()) => {}
+            // Someone else finished it first (ENOTEMPTY/EEXIST): theirs is as
+            // good as ours; ours is dropped.
+            Err(e) if dest.join("link").is_file() => {
+                let _ = e;
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(format!("rename into {}", dest.display()), e)),
+        }
+        staging.done = true;
+        crate::content::sync_dir(&self.overlay)?;
+        Ok(())
+    }
+
+    /// Removes a layer folder and its short link: first renamed into
+    /// `tmp/<trash>` (one step, so no half-deleted folder stays under its
+    /// final name), then deleted. Returns the bytes freed.
+    pub fn remove(&self, chain_id: &Digest, trash: &str) -> Result<u64> {
+        let link = self.link_path(chain_id);
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", link.display()), e)),
+        }
+        let dir = self.dir(chain_id);
+        let dest = self.tmp.join(trash);
+        match fs::rename(&dir, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(format!("move {} to tmp/", dir.display()), e)),
+        }
+        remove_tree(&dest)
+    }
+
+    /// Folder names under `overlay2/`: layers (by chain id) and anything else.
+    pub fn list(&self) -> Result<(Vec<Digest>, Vec<PathBuf>)> {
+        let mut layers = Vec::new();
+        let mut junk = Vec::new();
+        let entries = match fs::read_dir(&self.overlay) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((layers, junk)),
+            Err(e) => return Err(Error::io(format!("read {}", self.overlay.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("read {}", self.overlay.display()))?;
+            let name = entry.file_name();
+            if name == "l" {
+                continue;
+            }
+            match name.to_str().and_then(Digest::from_hex) {
+                Some(d) => layers.push(d),
+                None => junk.push(entry.path()),
+            }
+        }
+        Ok((layers, junk))
+    }
+
+    /// Short links in `l/` whose layer folder is not complete (dangling).
+    pub fn dangling_links(&self) -> Result<Vec<PathBuf>> {
+        let l = self.overlay.join("l");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&l) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("read {}", l.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("read {}", l.display()))?;
+            let path = entry.path();
+            // A link is good when it points at ../<hex>/diff of a finished layer.
+            let good = fs::read_link(&path)
+                .ok()
+                .and_then(|t| {
+                    let t = t.to_str()?.to_string();
+                    let hex = t.strip_prefix("../")?.strip_suffix("/diff")?.to_string();
+                    Digest::from_hex(&hex)
+                })
+                .map(|chain| {
+                    self.is_present(&chain)
+                        && short_id(&chain) == entry.file_name().to_string_lossy()
+                })
+                .unwrap_or(false);
+            if !good {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A layer being extracted under `tmp/`; removed on drop unless committed.
+pub struct Staging {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    pub fn diff(&self) -> PathBuf {
+        self.path.join("diff")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = remove_tree(&self.path);
+        }
+    }
+}
+
+/// Bytes a tree uses (apparent sizes of regular files), never following links.
+pub fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+/// Deletes a tree (never following symlinks, making read-only dirs
+/// writable first) and returns the bytes it held.
+pub fn remove_tree(path: &Path) -> Result<u64> {
+    let size = tree_size(path);
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(size),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> (tempfile::TempDir, LayerStore) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("overlay2/l")).unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let ls = LayerStore::new(dir.path().join("overlay2"), dir.path().join("tmp"));
+        (dir, ls)
+    }
+
+    #[test]
+    fn short_ids_look_like_dockers() {
+        let id = short_id(&Digest::of(b"x"));
+        assert_eq!(id.len(), 26);
+        assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+        assert_ne!(id, short_id(&Digest::of(b"y")));
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+
+    #[test]
+    fn commit_makes_a_complete_folder_and_remove_takes_it_away() {
+        let (dir, ls) = layers();
+        let base = Digest::of(b"base");
+        let top = Digest::of(b"top");
+        let s = ls.stage("lease.base").unwrap();
+        fs::write(s.diff().join("f"), b"hello").unwrap();
+        ls.commit(s, &base, &[]).unwrap();
+        let s = ls.stage("lease.top").unwrap();
+        ls.commit(s, &top, &[base]).unwrap();
+        assert!(ls.is_present(&base) && ls.is_present(&top));
+        assert!(!ls.dir(&base).join("lower").exists());
+        assert_eq!(
+            fs::read_to_string(ls.dir(&top).join("lower")).unwrap(),
+            format!("l/{}", short_id(&base))
+        );
+        assert_eq!(
+            fs::read(ls.link_path(&base).join("f")).unwrap(),
+            b"hello".to_vec()
+        );
+        assert!(ls.dangling_links().unwrap().is_empty());
+        assert_eq!(ls.list().unwrap().0.len(), 2);
+        assert_eq!(ls.remove(&base, "lease.trash").unwrap(), 5);
+        assert!(!ls.is_present(&base));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(ls.dangling_links().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_staging_folder_is_removed() {
+        let (dir, ls) = layers();
+        {
+            let s = ls.stage("lease.x").unwrap();
+            fs::write(s.diff().join("f"), b"x").unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

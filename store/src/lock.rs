@@ -1,0 +1,263 @@
+//! Cross-process coordination without a daemon.
+//!
+//! * `RootLock`: an exclusive `flock` on `<root>/lock`, held only for short
+//!   metadata sessions (RocksDB admits one writer process at a time).
+//! * `Lease`: a file under `leases/` naming the blobs and layers a running
+//!   command is about to write; the command holds a `flock` on it for its
+//!   whole life. gc protects whatever a live lease names; a lease whose lock
+//!   can be taken belongs to a dead process and is removed.
+//! * `LayerLock`: per chain id, so one layer is never extracted by two
+//!   processes at once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{flock, FlockOperation};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+/// How long a process waits silently before it says it is waiting.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ctx(|| format!("open lock file {}", path.display()))
+}
+
+/// Takes an exclusive flock, calling `on_wait` once if it has to wait more
+/// than a second.
+fn lock_exclusive(file: &File, path: &Path, on_wait: &dyn Fn(&str)) -> Result<()> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {
+                if !told && start.elapsed() >= QUIET_WAIT {
+                    on_wait(&format!(
+                        "waiting for another lstore process to release {}",
+                        path.display()
+                    ));
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(Error::io(format!("lock {}", path.display()), e.into())),
+        }
+    }
+}
+
+/// The store-wide lock for metadata sessions. Released on drop.
+pub struct RootLock {
+    _file: File,
+}
+
+impl RootLock {
+    pub fn acquire(root: &Path, on_wait: &dyn Fn(&str)) -> Result<RootLock> {
+        let path = root.join("lock");
+        let file = open_lock_file(&path)?;
+        lock_exclusive(&file, &path, on_wait)?;
+        Ok(RootLock { _file: file })
+    }
+}
+
+/// Serialises extraction of one layer across processes. Released on drop.
+pub struct LayerLock {
+    _file: File,
+}
+
+impl LayerLock {
+    pub fn acquire(locks_dir: &Path, chain_id: &Digest, on_wait: &dyn Fn(&str)) -> Result<LayerLock> {
+        let path = locks_dir.join(chain_id.hex());
+        let file = open_lock_file(&path)?;
+        lock_exclusive(&file, &path, on_wait)?;
+        Ok(LayerLock { _file: file })
+    }
+}
+
+/// What a running command protects from gc.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LeaseContent {
+    pub pid: u32,
+    pub blobs: Vec<Digest>,
+    pub layers: Vec<Digest>,
+}
+
+/// A live lease: the file exists and this process holds its lock.
+pub struct Lease {
+    id: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl Lease {
+    /// Creates a lease with a fresh id under `leases_dir`.
+    pub fn create(leases_dir: &Path, content: &LeaseContent) -> Result<Lease> {
+        let id = new_lease_id();
+        let path = leases_dir.join(&id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .ctx(|| format!("create lease {}", path.display()))?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| Error::io(format!("lock lease {}", path.display()), e.into()))?;
+        let mut lease = Lease { id, path, file };
+        lease.update(content)?;
+        Ok(lease)
+    }
+
+    /// The lease id; names of this command's entries in `tmp/` and
+    /// `ingest/` start with it, so gc knows whose they are.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Rewrites what the lease protects (callers only ever add to it).
+    pub fn update(&mut self, content: &LeaseContent) -> Result<()> {
+        let json = serde_json::to_vec(content).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.file
+            .set_len(0)
+            .and_then(|_| {
+                use std::io::Seek;
+                self.file.seek(io::SeekFrom::Start(0))?;
+                self.file.write_all(&json)?;
+                self.file.sync_data()
+            })
+            .ctx(|| format!("write lease {}", self.path.display()))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Remove the file while still holding its lock, so gc never sees a
+        // half-dead lease of ours.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A lease found on disk by gc.
+pub struct FoundLease {
+    pub id: String,
+    pub content: Option<LeaseContent>,
+    pub live: bool,
+}
+
+/// Lists the leases under `leases_dir`, removing those whose process died.
+pub fn live_leases(leases_dir: &Path) -> Result<Vec<FoundLease>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(leases_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(format!("read {}", leases_dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.ctx(|| format!("read {}", leases_dir.display()))?;
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let file = match OpenOptions::new().read(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        };
+        let live = match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => false,
+            Err(rustix::io::Errno::WOULDBLOCK) => true,
+            Err(e) => return Err(Error::io(format!("lock {}", path.display()), e.into())),
+        };
+        if !live {
+            let _ = fs::remove_file(&path);
+            out.push(FoundLease {
+                id,
+                content: None,
+                live: false,
+            });
+            continue;
+        }
+        let content = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LeaseContent>(&b).ok());
+        out.push(FoundLease { id, content, live });
+    }
+    Ok(out)
+}
+
+fn new_lease_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom(&mut bytes);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff,
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut f = File::open("/dev/urandom")?;
+    io::Read::read_exact(&mut f, buf)
+}
+
+/// The lease id an entry name of `tmp/` or `ingest/` starts with, if any.
+pub fn lease_of_entry(name: &str) -> Option<&str> {
+    // Lease ids are `<pid>-<hex>-<hex>`; entries are `<lease>.<rest>`.
+    name.split_once('.').map(|(lease, _)| lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_is_live_while_held_and_stale_after_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = LeaseContent {
+            pid: 1,
+            blobs: vec![Digest::of(b"a")],
+            layers: vec![],
+        };
+        let lease = Lease::create(dir.path(), &content).unwrap();
+        let found = live_leases(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].live);
+        assert_eq!(found[0].content.as_ref(), Some(&content));
+        assert_eq!(found[0].id, lease.id());
+        drop(lease);
+        assert!(live_leases(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lease_left_by_a_dead_process_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("123-abc-def"), b"{}").unwrap();
+        let found = live_leases(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].live);
+        assert!(!dir.path().join("123-abc-def").exists());
+    }
+
+    #[test]
+    fn lease_id_is_recovered_from_entry_names() {
+        assert_eq!(lease_of_entry("12-ab-cd.layer-x"), Some("12-ab-cd"));
+        assert_eq!(lease_of_entry("junk"), None);
+    }
+}

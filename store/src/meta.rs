@@ -1,0 +1,281 @@
+//! Metadata in RocksDB: one column family per kind of record, values encoded
+//! with postcard behind a one-byte format version.
+//!
+//! | family  | key                         | value          |
+//! |---------|-----------------------------|----------------|
+//! | blobs   | digest (32 bytes)           | `BlobRecord`   |
+//! | layers  | chain id (32 bytes)         | `LayerRecord`  |
+//! | images  | manifest digest (32 bytes)  | `ImageRecord`  |
+//! | tags    | normalised reference (utf8) | `TagRecord`    |
+//!
+//! `refs` counts the images that use a blob or layer. A database is only
+//! opened while the process holds the root lock (`lock::RootLock`).
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+const FORMAT_VERSION: u8 = 1;
+pub const CF_BLOBS: &str = "blobs";
+pub const CF_LAYERS: &str = "layers";
+pub const CF_IMAGES: &str = "images";
+pub const CF_TAGS: &str = "tags";
+const FAMILIES: [&str; 4] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub media_type: String,
+    pub refs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    /// Uncompressed tar size.
+    pub size: u64,
+    /// Bytes of file content in diff/.
+    pub file_bytes: u64,
+    pub refs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageLayer {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    pub media_type: String,
+    pub compressed_size: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub manifest: Digest,
+    pub manifest_media_type: String,
+    pub manifest_size: u64,
+    pub config: Digest,
+    pub config_size: u64,
+    /// The index the manifest was chosen from, when there was one.
+    pub index: Option<Digest>,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub created: Option<String>,
+    pub layers: Vec<ImageLayer>,
+    /// Seconds since the epoch when the image was stored.
+    pub stored_at: u64,
+}
+
+impl ImageRecord {
+    /// Every blob the image holds on to, each once.
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut v = vec![self.manifest, self.config];
+        v.extend(self.index);
+        v.extend(self.layers.iter().map(|l| l.digest));
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Every layer (chain id) the image holds on to, each once.
+    pub fn chain_ids(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.layers.iter().map(|l| l.chain_id).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Uncompressed size of all layers, as `docker images` shows.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub image: Digest,
+    /// The digest the name resolved to at the registry (an index or the
+    /// manifest itself), as `docker images --digests` shows.
+    pub repo_digest: Option<Digest>,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![FORMAT_VERSION];
+    let body = postcard::to_allocvec(value).map_err(|e| Error::Db(format!("encode: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt {
+        key: String::from_utf8(key.to_vec()).unwrap_or_else(|_| {
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        }),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| corrupt(format!("undecodable: {e}")))
+        }
+        Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+/// An open metadata database.
+pub struct Meta {
+    db: DB,
+}
+
+impl Meta {
+    pub fn open(path: &Path) -> Result<Meta> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(2);
+        opts.set_max_log_file_size(1 << 20);
+        let cfs = FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Meta { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Db(format!("column family {name} missing")))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf)?, key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a family, in key order.
+    pub fn all<T: DeserializeOwned>(&self, cf: &str) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let value = decode(&k, &v)?;
+            out.push((k.into_vec(), value));
+        }
+        Ok(out)
+    }
+
+    pub fn blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
+        self.get(CF_BLOBS, d.as_bytes())
+    }
+    pub fn layer(&self, d: &Digest) -> Result<Option<LayerRecord>> {
+        self.get(CF_LAYERS, d.as_bytes())
+    }
+    pub fn image(&self, d: &Digest) -> Result<Option<ImageRecord>> {
+        self.get(CF_IMAGES, d.as_bytes())
+    }
+    pub fn tag(&self, name: &str) -> Result<Option<TagRecord>> {
+        self.get(CF_TAGS, name.as_bytes())
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.all(CF_IMAGES)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    pub fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
+        Ok(self
+            .all::<TagRecord>(CF_TAGS)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            meta: self,
+            batch: WriteBatch::default(),
+        }
+    }
+}
+
+/// Writes that must land together: applied atomically and synced.
+pub struct Batch<'a> {
+    meta: &'a Meta,
+    batch: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> Result<()> {
+        let bytes = encode(value)?;
+        self.batch.put_cf(self.meta.cf(cf)?, key, bytes);
+        Ok(())
+    }
+    pub fn delete(&mut self, cf: &str, key: &[u8]) -> Result<()> {
+        self.batch.delete_cf(self.meta.cf(cf)?, key);
+        Ok(())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+    pub fn commit(self) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.meta.db.write_opt(self.batch, &opts)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"x");
+        {
+            let meta = Meta::open(dir.path()).unwrap();
+            let mut b = meta.batch();
+            let rec = BlobRecord {
+                size: 5,
+                media_type: "m".into(),
+                refs: 2,
+            };
+            b.put(CF_BLOBS, d.as_bytes(), &rec).unwrap();
+            b.put(
+                CF_TAGS,
+                b"docker.io/library/x:latest",
+                &TagRecord {
+                    image: d,
+                    repo_digest: None,
+                },
+            )
+            .unwrap();
+            b.commit().unwrap();
+        }
+        let meta = Meta::open(dir.path()).unwrap();
+        assert_eq!(meta.blob(&d).unwrap().unwrap().refs, 2);
+        assert_eq!(meta.tags().unwrap()[0].0, "docker.io/library/x:latest");
+        assert!(meta.layer(&d).unwrap().is_none());
+    }
+
+    #[test]
+    fn decoding_checks_the_version_byte() {
+        assert!(decode::<BlobRecord>(b"k", &[]).is_err());
+        assert!(decode::<BlobRecord>(b"k", &[9, 1, 2]).is_err());
+        let good = encode(&TagRecord {
+            image: Digest::of(b"a"),
+            repo_digest: None,
+        })
+        .unwrap();
+        assert!(decode::<TagRecord>(b"k", &good).is_ok());
+        assert!(decode::<BlobRecord>(b"k", &good[..3]).is_err());
+    }
+}

@@ -1,0 +1,539 @@
+//! The store: its folders, metadata sessions, and the operations a tool
+//! calls (`load`, `images`, `inspect`, `tag`, `rmi`, `gc`, `df`).
+//!
+//! Concurrency: RocksDB admits one writing process, so metadata is touched
+//! only in short sessions under the root lock. Long work (reading blobs,
+//! extracting layers) happens outside it, protected from gc by a lease.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::content::ContentStore;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::images::{DiskUsage, ImageInspect, ImageSummary, LayerInfo, PlatformInfo, Removal};
+use crate::layers::LayerStore;
+use crate::lock::{Lease, LeaseContent, RootLock};
+use crate::meta::{ImageRecord, Meta, TagRecord, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS};
+use crate::reference::Reference;
+use crate::unpack::Limits;
+
+/// Hooks the application gives the store.
+pub struct StoreOptions {
+    /// Called with a message when a command has to wait for another one.
+    pub on_wait: Arc<dyn Fn(&str) + Send + Sync>,
+    pub limits: Limits,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            on_wait: Arc::new(|_| {}),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// An open store root.
+pub struct Store {
+    root: PathBuf,
+    pub(crate) content: ContentStore,
+    pub(crate) layers: LayerStore,
+    pub(crate) opts: StoreOptions,
+    counter: AtomicU64,
+}
+
+const SUBDIRS: [&str; 9] = [
+    "db",
+    "blobs/sha256",
+    "overlay2/l",
+    "ingest",
+    "tmp",
+    "leases",
+    "locks",
+    "containers",
+    "mounts",
+];
+
+impl Store {
+    /// The root used without `--root`: `$LSTORE_ROOT`, else
+    /// `/var/lib/lstore` for root, else `$XDG_DATA_HOME/lstore`.
+    pub fn default_root() -> PathBuf {
+        if let Some(r) = std::env::var_os("LSTORE_ROOT").filter(|r| !r.is_empty()) {
+            return PathBuf::from(r);
+        }
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from("/var/lib/lstore");
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("lstore");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        PathBuf::from(home).join(".local/share/lstore")
+    }
+
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path, opts: StoreOptions) -> Result<Store> {
+        let root_err = |reason: String| Error::Root {
+            path: root.to_path_buf(),
+            reason,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .map_err(|e| root_err(format!("cannot create it: {e}")))?;
+        for sub in SUBDIRS {
+            let p = root.join(sub);
+            if !p.is_dir() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&p)
+                    .map_err(|e| root_err(format!("cannot create {sub}/: {e}")))?;
+            }
+        }
+        if rustix::fs::access(root.join("tmp"), rustix::fs::Access::WRITE_OK).is_err() {
+            return Err(root_err("not writable".into()));
+        }
+        let root = fs::canonicalize(root).map_err(|e| root_err(e.to_string()))?;
+        Ok(Store {
+            content: ContentStore::new(root.join("blobs/sha256"), root.join("ingest")),
+            layers: LayerStore::new(root.join("overlay2"), root.join("tmp")),
+            root,
+            opts,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    pub fn layer_store(&self) -> &LayerStore {
+        &self.layers
+    }
+
+    /// A metadata session: the root lock and the database, for `f` only.
+    pub(crate) fn session<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
+        let _lock = RootLock::acquire(&self.root, &*self.opts.on_wait)?;
+        let meta = Meta::open(&self.root.join("db"))?;
+        f(&meta)
+    }
+
+    /// Creates a lease; must be called inside a session so that gc (which
+    /// runs inside one) sees it before anything is checked for presence.
+    pub(crate) fn lease(&self, content: &LeaseContent) -> Result<Lease> {
+        Lease::create(&self.root.join("leases"), content)
+    }
+
+    /// A name unique within this process, for tmp/ and ingest/ entries.
+    pub(crate) fn unique(&self, lease: &Lease, what: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{what}-{n}", lease.id())
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    // ---- reading -------------------------------------------------------
+
+    /// Finds the image a user's word names: a reference (`redis`,
+    /// `host/x:tag`, `x@sha256:…`), an image id or manifest digest
+    /// (`sha256:…`), or a unique prefix of an image id.
+    pub(crate) fn resolve(&self, meta: &Meta, word: &str) -> Result<ImageRecord> {
+        let not_found = || Error::ImageNotFound(word.to_string());
+        let images = meta.images()?;
+        let hex = word.strip_prefix("sha256:").unwrap_or(word);
+        let is_hex = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_hex && (word.starts_with("sha256:") || hex.len() >= 4) {
+            let hex = hex.to_ascii_lowercase();
+            let matches: Vec<&ImageRecord> = images
+                .iter()
+                .filter(|i| i.config.hex().starts_with(&hex) || i.manifest.hex() == hex)
+                .collect();
+            match matches.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [first, rest @ ..] if rest.iter().all(|i| i.config == first.config) => {
+                    return Ok((*first).clone())
+                }
+                [] if word.starts_with("sha256:") => return Err(not_found()),
+                [] => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{word} matches more than one image; give more of the id"
+                    )))
+                }
+            }
+        }
+        let r = Reference::parse(word)?;
+        if let Some(d) = r.digest() {
+            let repo = r.repository();
+            let tagged_here = meta
+                .tags()?
+                .into_iter()
+                .any(|(name, t)| t.image == *d || t.repo_digest == Some(*d) && name.starts_with(&repo));
+            if let Some(img) = images.iter().find(|i| i.manifest == *d || i.index == Some(*d)) {
+                if tagged_here || images.iter().any(|i| i.manifest == *d) {
+                    return Ok(img.clone());
+                }
+            }
+            return Err(not_found());
+        }
+        let tag = meta.tag(&r.to_string())?.ok_or_else(not_found)?;
+        meta.image(&tag.image)?.ok_or_else(|| Error::Corrupt {
+            key: r.to_string(),
+            reason: format!("tag points at missing image {}", tag.image),
+        })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageSummary>> {
+        self.session(|meta| {
+            let images: HashMap<Digest, ImageRecord> =
+                meta.images()?.into_iter().map(|i| (i.manifest, i)).collect();
+            let mut rows = Vec::new();
+            let mut tagged = BTreeSet::new();
+            for (name, tag) in meta.tags()? {
+                let Some(img) = images.get(&tag.image) else {
+                    continue;
+                };
+                tagged.insert(img.manifest);
+                let r = Reference::parse(&name)?;
+                rows.push(ImageSummary {
+                    repository: Some(r.familiar_repository()),
+                    tag: r.tag().map(str::to_string),
+                    id: img.config,
+                    digest: tag.repo_digest.unwrap_or(img.manifest),
+                    created: img.created.clone(),
+                    size: img.size(),
+                });
+            }
+            for img in images.values().filter(|i| !tagged.contains(&i.manifest)) {
+                rows.push(ImageSummary {
+                    repository: None,
+                    tag: None,
+                    id: img.config,
+                    digest: img.manifest,
+                    created: img.created.clone(),
+                    size: img.size(),
+                });
+            }
+            rows.sort_by(|a, b| {
+                (b.created.as_deref(), &a.repository, &a.tag).cmp(&(
+                    a.created.as_deref(),
+                    &b.repository,
+                    &b.tag,
+                ))
+            });
+            Ok(rows)
+        })
+    }
+
+    pub fn inspect(&self, word: &str) -> Result<ImageInspect> {
+        self.session(|meta| {
+            let img = self.resolve(meta, word)?;
+            let mut repo_tags: Vec<String> = meta
+                .tags()?
+                .into_iter()
+                .filter(|(_, t)| t.image == img.manifest)
+                .filter_map(|(name, _)| Reference::parse(&name).ok())
+                .filter(|r| r.tag().is_some())
+                .map(|r| r.familiar())
+                .collect();
+            repo_tags.sort();
+            Ok(self.describe(&img, repo_tags))
+        })
+    }
+
+    fn describe(&self, img: &ImageRecord, repo_tags: Vec<String>) -> ImageInspect {
+        let layers: Vec<LayerInfo> = img
+            .layers
+            .iter()
+            .map(|l| LayerInfo {
+                digest: l.digest,
+                diff_id: l.diff_id,
+                chain_id: l.chain_id,
+                media_type: l.media_type.clone(),
+                compressed_size: l.compressed_size,
+                size: l.size,
+                path: self.layers.diff_dir(&l.chain_id).display().to_string(),
+            })
+            .collect();
+        let lowerdir = layers
+            .iter()
+            .rev()
+            .map(|l| l.path.as_str())
+            .collect::<Vec<_>>()
+            .join(":");
+        ImageInspect {
+            id: img.config,
+            digest: img.manifest,
+            repo_tags,
+            platform: PlatformInfo {
+                os: img.os.clone(),
+                architecture: img.architecture.clone(),
+                variant: img.variant.clone(),
+            },
+            size: img.size(),
+            layers,
+            lowerdir,
+        }
+    }
+
+    // ---- naming --------------------------------------------------------
+
+    /// `lstore tag SRC DEST`: DEST names the image SRC names (a tag that
+    /// named another image moves; that image stays until rmi or gc).
+    pub fn tag(&self, src: &str, dest: &str) -> Result<()> {
+        let dest = Reference::parse(dest)?;
+        if dest.digest().is_some() {
+            return Err(Error::Invalid(format!(
+                "{dest}: a tag cannot contain a digest"
+            )));
+        }
+        self.session(|meta| {
+            let img = self.resolve(meta, src)?;
+            let mut b = meta.batch();
+            b.put(
+                CF_TAGS,
+                dest.to_string().as_bytes(),
+                &TagRecord {
+                    image: img.manifest,
+                    repo_digest: None,
+                },
+            )?;
+            b.commit()
+        })
+    }
+
+    // ---- removal -------------------------------------------------------
+
+    /// `lstore rmi`: removes the names; an image no name holds any more is
+    /// removed, and what no remaining image uses is swept at once.
+    pub fn rmi(&self, words: &[String]) -> Result<Removal> {
+        let mut trash = Vec::new();
+        let report = self.session(|meta| {
+            let mut report = Removal::default();
+            let tags = meta.tags()?;
+            let mut drop_tags: BTreeSet<String> = BTreeSet::new();
+            let mut candidates: BTreeSet<Digest> = BTreeSet::new();
+            for word in words {
+                let img = self.resolve(meta, word)?;
+                // A name removes that name; an id removes every name.
+                let by_name = Reference::parse(word)
+                    .ok()
+                    .map(|r| r.to_string())
+                    .filter(|n| tags.iter().any(|(t, _)| t == n));
+                match by_name {
+                    Some(n) => {
+                        drop_tags.insert(n);
+                    }
+                    None => {
+                        for (name, t) in &tags {
+                            if t.image == img.manifest {
+                                drop_tags.insert(name.clone());
+                            }
+                        }
+                    }
+                }
+                candidates.insert(img.manifest);
+            }
+            let remaining_tagged: BTreeSet<Digest> = tags
+                .iter()
+                .filter(|(n, _)| !drop_tags.contains(n))
+                .map(|(_, t)| t.image)
+                .collect();
+            let doomed: BTreeSet<Digest> = candidates
+                .into_iter()
+                .filter(|d| !remaining_tagged.contains(d))
+                .collect();
+            for n in &drop_tags {
+                report.untagged.push(
+                    Reference::parse(n)
+                        .map(|r| r.familiar())
+                        .unwrap_or_else(|_| n.clone()),
+                );
+            }
+            let plan = crate::gc::plan_sweep(self, meta, &drop_tags, &doomed, false)?;
+            crate::gc::apply_sweep(self, meta, &plan, &mut report, &mut trash)?;
+            Ok(report)
+        })?;
+        let mut report = report;
+        report.freed_bytes += crate::gc::empty_trash(self, trash);
+        Ok(report)
+    }
+
+    /// `lstore gc`: sweeps everything no tag, mount or running command
+    /// holds, and the leftovers of interrupted commands.
+    pub fn gc(&self, dry_run: bool) -> Result<Removal> {
+        let mut trash = Vec::new();
+        let mut report =
+            self.session(|meta| crate::gc::full(self, meta, dry_run, &mut trash))?;
+        report.freed_bytes += crate::gc::empty_trash(self, trash);
+        Ok(report)
+    }
+
+    /// `lstore df`: bytes of blobs and layers, shared vs unique.
+    pub fn df(&self) -> Result<DiskUsage> {
+        self.session(|meta| {
+            let mut du = DiskUsage {
+                images: meta.images()?.len() as u64,
+                ..DiskUsage::default()
+            };
+            for (_, b) in meta.all::<crate::meta::BlobRecord>(CF_BLOBS)? {
+                du.blobs += 1;
+                du.blob_bytes += b.size;
+                classify(&mut du, b.refs, b.size);
+            }
+            for (_, l) in meta.all::<crate::meta::LayerRecord>(CF_LAYERS)? {
+                du.layers += 1;
+                du.layer_bytes += l.file_bytes;
+                classify(&mut du, l.refs, l.file_bytes);
+            }
+            Ok(du)
+        })
+    }
+
+    /// Image records in the database, for tools that want them all.
+    pub fn image_records(&self) -> Result<BTreeMap<Digest, ImageRecord>> {
+        self.session(|meta| {
+            Ok(meta
+                .all::<ImageRecord>(CF_IMAGES)?
+                .into_iter()
+                .map(|(_, i)| (i.manifest, i))
+                .collect())
+        })
+    }
+}
+
+fn classify(du: &mut DiskUsage, refs: u64, bytes: u64) {
+    match refs {
+        0 => du.unused_bytes += bytes,
+        1 => du.unique_bytes += bytes,
+        _ => du.shared_bytes += bytes,
+    }
+}
+
+/// Creates a directory if missing (used for per-command folders).
+pub(crate) fn ensure_dir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).ctx(|| format!("create {}", p.display()))
+}
+
+// ---- loading archives --------------------------------------------------
+
+/// Layer bytes from an archive member.
+struct ArchiveSource<'a> {
+    files: &'a crate::archive::ArchiveFiles,
+    members: Vec<String>,
+}
+
+impl crate::import::LayerSource for ArchiveSource<'_> {
+    fn open(&self, index: usize) -> Result<Box<dyn std::io::Read + Send>> {
+        let member = self
+            .members
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("no layer #{index}")))?;
+        self.files.reader(member)
+    }
+}
+
+impl Store {
+    /// `lstore load`: every image of an OCI layout (directory or tar) or a
+    /// docker-archive. `tag` names the image of a single-image archive.
+    pub fn load(
+        &self,
+        path: &Path,
+        tag: Option<&str>,
+        progress: &dyn crate::import::ImportProgress,
+    ) -> Result<Vec<crate::images::Stored>> {
+        let tag = tag.map(Reference::parse).transpose()?;
+        let files = crate::archive::ArchiveFiles::open(path)?;
+        let host = crate::platform::host();
+        let images = crate::archive::read_images(&files, &|descs| {
+            crate::platform::select(descs, &host)
+                .map(|d| d.clone())
+                .map_err(|e| Error::Invalid(e.to_string()))
+        })?;
+        if tag.is_some() && images.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "--tag names one image, but {} holds {}",
+                path.display(),
+                images.len()
+            )));
+        }
+        let mut out = Vec::new();
+        for img in images {
+            let mut names = img.names.clone();
+            if let Some(t) = &tag {
+                names = vec![t.clone()];
+            }
+            // Uncompressed docker-archive layers: their digest is the diff_id,
+            // known without reading them (so a reload reads nothing).
+            let config: crate::oci::ImageConfig = serde_json::from_slice(&img.config.0)
+                .map_err(|e| Error::Invalid(format!("image config {}: {e}", img.config.1)))?;
+            let mut layers = Vec::new();
+            for (i, l) in img.layers.iter().enumerate() {
+                let desc = match &l.descriptor {
+                    Some(d) => Some(d.clone()),
+                    None => docker_archive_descriptor(&files, &l.member, config.rootfs.diff_ids.get(i))?,
+                };
+                layers.push(desc);
+            }
+            let source = ArchiveSource {
+                files: &files,
+                members: img.layers.iter().map(|l| l.member.clone()).collect(),
+            };
+            let stored = crate::import::import(
+                self,
+                crate::import::ImportRequest {
+                    names,
+                    repo_digest: None,
+                    index: img.index.clone(),
+                    manifest: img.manifest.clone(),
+                    config: img.config.clone(),
+                    layers,
+                    source: &source,
+                    progress,
+                },
+            )?;
+            out.push(stored);
+        }
+        Ok(out)
+    }
+}
+
+/// The descriptor of an uncompressed docker-archive layer (digest =
+/// diff_id); None for a compressed one, whose digest only reading tells.
+fn docker_archive_descriptor(
+    files: &crate::archive::ArchiveFiles,
+    member: &str,
+    diff_id: Option<&Digest>,
+) -> Result<Option<crate::oci::Descriptor>> {
+    let (Some(diff_id), Some(size)) = (diff_id, files.size(member)) else {
+        return Ok(None);
+    };
+    let mut head = [0u8; 8];
+    let mut r = files.reader(member)?;
+    let n = std::io::Read::read(&mut r, &mut head).unwrap_or(0);
+    if crate::oci::Compression::sniff(&head[..n]) != crate::oci::Compression::None {
+        return Ok(None);
+    }
+    Ok(Some(crate::oci::Descriptor::new(
+        crate::oci::DOCKER_LAYER_TAR,
+        *diff_id,
+        size,
+    )))
+}
