@@ -11,3 +11,17 @@ pub mod reference;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use reference::Reference;
+pub mod archive;
+pub mod content;
+pub mod error;
+pub mod gc;
+pub mod images;
+pub mod import;
+pub mod layers;
+pub mod lock;
+pub mod meta;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use store::{Store, StoreOptions};
