@@ -10,8 +10,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lstore::images::{DiskUsage, ImageSummary, Removal, Stored};
 use lstore::{Store, StoreOptions};
 
+mod progress;
+
 #[derive(Parser)]
-#[command(name = "lstore", version, about = "A content-addressed container image store")]
+#[command(
+    name = "lstore",
+    version,
+    about = "A content-addressed container image store"
+)]
 struct Cli {
     /// Store root (default: $LSTORE_ROOT, else /var/lib/lstore for root,
     /// else $XDG_DATA_HOME/lstore).
@@ -36,8 +42,18 @@ enum Command {
         /// Name the image of a single-image archive.
         #[arg(long)]
         tag: Option<String>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Save images as an OCI layout tar (docker load and skopeo read it).
+    Save {
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: PathBuf,
+        #[arg(required = true)]
+        references: Vec<String>,
     },
     /// List images, one row per tag.
     Images {
@@ -64,6 +80,27 @@ enum Command {
     Gc {
         #[arg(long)]
         dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Mount an image (read-only, or copy-on-write with --rw).
+    Mount {
+        reference: String,
+        target: PathBuf,
+        #[arg(long)]
+        rw: bool,
+    },
+    /// Unmount what `lstore mount` mounted.
+    Umount { target: PathBuf },
+    /// List live mounts.
+    Mounts {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Re-verify digests and the indexes; exit 1 if anything is wrong.
+    Fsck {
+        #[arg(long)]
+        repair: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -107,7 +144,8 @@ fn open(root: Option<PathBuf>) -> lstore::Result<Store> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> lstore::Result<()> {
-    let s = serde_json::to_string_pretty(value).map_err(|e| lstore::Error::Invalid(e.to_string()))?;
+    let s =
+        serde_json::to_string_pretty(value).map_err(|e| lstore::Error::Invalid(e.to_string()))?;
     println!("{s}");
     Ok(())
 }
@@ -115,12 +153,22 @@ fn print_json<T: serde::Serialize>(value: &T) -> lstore::Result<()> {
 fn run(cli: Cli) -> lstore::Result<()> {
     let store = open(cli.root)?;
     match cli.command {
-        Command::Load { input, tag, format } => {
-            let stored = store.load(&input, tag.as_deref(), &lstore::import::NoProgress)?;
+        Command::Load {
+            input,
+            tag,
+            quiet,
+            format,
+        } => {
+            let progress = progress::Progress::new(quiet || format == Format::Json);
+            let stored = store.load(&input, tag.as_deref(), &progress)?;
+            progress.summary("load");
             if format == Format::Json {
                 return print_json(&stored);
             }
             print_loaded(&stored);
+        }
+        Command::Save { output, references } => {
+            store.save(&references, &output)?;
         }
         Command::Images { format } => {
             let rows = store.images()?;
@@ -148,6 +196,60 @@ fn run(cli: Cli) -> lstore::Result<()> {
             }
             print_removal(&report);
         }
+        Command::Mount {
+            reference,
+            target,
+            rw,
+        } => {
+            let m = store.mount(&reference, &target, rw)?;
+            println!("{}", m.target);
+        }
+        Command::Umount { target } => store.umount(&target)?,
+        Command::Mounts { format } => {
+            let mounts = store.mounts()?;
+            if format == Format::Json {
+                return print_json(&mounts);
+            }
+            println!("{:<40} {:<30} {:<14} MODE", "TARGET", "IMAGE", "IMAGE ID");
+            for m in mounts {
+                let mode = if m.rw { "rw" } else { "ro" };
+                println!(
+                    "{:<40} {:<30} {:<14} {mode}",
+                    m.target,
+                    m.reference,
+                    m.id.short()
+                );
+            }
+        }
+        Command::Fsck { repair, format } => {
+            let report = store.fsck(repair)?;
+            if format == Format::Json {
+                print_json(&report)?;
+            } else {
+                for p in &report.problems {
+                    let fixed = if p.repaired { " (repaired)" } else { "" };
+                    println!("{}{fixed}", p.what);
+                }
+                println!(
+                    "checked {} blobs ({}), {} layers, {} images: {}",
+                    report.blobs_checked,
+                    human(report.bytes_hashed),
+                    report.layers_checked,
+                    report.images_checked,
+                    if report.clean() {
+                        "clean"
+                    } else {
+                        "problems found"
+                    }
+                );
+            }
+            if !report.clean() {
+                return Err(lstore::Error::Invalid(format!(
+                    "fsck found {} problems",
+                    report.problems.iter().filter(|p| !p.repaired).count()
+                )));
+            }
+        }
         Command::Df { format } => {
             let du = store.df()?;
             if format == Format::Json {
@@ -160,7 +262,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
 }
 
 /// Sizes as Docker prints them (decimal units).
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -238,8 +340,18 @@ fn print_removal(r: &Removal) {
 fn print_df(du: &DiskUsage) {
     println!("{:<10} {:>8} {:>12}", "TYPE", "COUNT", "SIZE");
     println!("{:<10} {:>8} {:>12}", "Images", du.images, "");
-    println!("{:<10} {:>8} {:>12}", "Blobs", du.blobs, human(du.blob_bytes));
-    println!("{:<10} {:>8} {:>12}", "Layers", du.layers, human(du.layer_bytes));
+    println!(
+        "{:<10} {:>8} {:>12}",
+        "Blobs",
+        du.blobs,
+        human(du.blob_bytes)
+    );
+    println!(
+        "{:<10} {:>8} {:>12}",
+        "Layers",
+        du.layers,
+        human(du.layer_bytes)
+    );
     println!();
     println!("Shared:   {}", human(du.shared_bytes));
     println!("Unique:   {}", human(du.unique_bytes));

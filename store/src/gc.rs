@@ -20,7 +20,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::images::Removal;
 use crate::layers::{remove_tree, tree_size};
 use crate::lock::{lease_of_entry, live_leases};
-use crate::meta::{BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS};
+use crate::meta::{
+    BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS,
+};
 use crate::store::Store;
 
 /// What a sweep will change.
@@ -108,7 +110,10 @@ pub(crate) fn plan_sweep(
         .filter(|d| !mounted.contains(d))
         .copied()
         .collect();
-    let kept: Vec<&ImageRecord> = all.iter().filter(|i| !doomed.contains(&i.manifest)).collect();
+    let kept: Vec<&ImageRecord> = all
+        .iter()
+        .filter(|i| !doomed.contains(&i.manifest))
+        .collect();
     let everyone: Vec<&ImageRecord> = all.iter().collect();
     let (blob_count, layer_count) = mark(&kept);
     let (blob_before, layer_before) = mark(&everyone);
@@ -209,7 +214,9 @@ pub(crate) fn apply_sweep(
     trash: &mut Vec<PathBuf>,
 ) -> Result<()> {
     report.refcount_fixes += plan.refcount_fixes;
-    report.deleted_images.extend(plan.drop_images.iter().copied());
+    report
+        .deleted_images
+        .extend(plan.drop_images.iter().copied());
     report.deleted_blobs += plan.blob_files.len() as u64;
     report.deleted_layers += plan.layer_dirs.len() as u64;
     if report.dry_run {

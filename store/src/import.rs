@@ -90,9 +90,8 @@ fn now_secs() -> u64 {
 
 /// Stores one image; see the module comment.
 pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
-    let config: ImageConfig = serde_json::from_slice(&req.config.0).map_err(|e| {
-        Error::Invalid(format!("image config {}: {e}", req.config.1))
-    })?;
+    let config: ImageConfig = serde_json::from_slice(&req.config.0)
+        .map_err(|e| Error::Invalid(format!("image config {}: {e}", req.config.1)))?;
     if Digest::of(&req.config.0) != req.config.1 {
         return Err(Error::DigestMismatch {
             what: "image config".into(),
@@ -226,11 +225,7 @@ fn import_with_lease(
         names: names.iter().map(|n| n.familiar()).collect(),
         layers_new: done.iter().filter(|d| !d.reused).count(),
         layers_reused: done.iter().filter(|d| d.reused).count(),
-        bytes_read: done
-            .iter()
-            .filter(|d| !d.reused)
-            .map(|d| d.desc.size)
-            .sum(),
+        bytes_read: done.iter().filter(|d| !d.reused).map(|d| d.desc.size).sum(),
     })
 }
 
@@ -318,7 +313,9 @@ fn store_layer(
 
     // Read from the store when the blob is here, else from the source.
     let (reader, mut writer): (Box<dyn Read + Send>, _) = if have_blob {
-        let d = expected.map(|d| d.digest).ok_or_else(|| Error::Invalid("no digest".into()))?;
+        let d = expected
+            .map(|d| d.digest)
+            .ok_or_else(|| Error::Invalid("no digest".into()))?;
         (Box::new(store.content.open(&d)?), None)
     } else {
         (
@@ -365,20 +362,52 @@ fn store_layer(
                 layer: layer_name.clone(),
                 source,
             })?;
-        verify_layer(&layer_name, expected, diff_id, &u.compressed_digest, u.compressed_size, &u.diff_id)?;
+        verify_layer(
+            &layer_name,
+            expected,
+            diff_id,
+            &u.compressed_digest,
+            u.compressed_size,
+            &u.diff_id,
+        )?;
         let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
         if let Some(w) = writer.take() {
             let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
-            created.blobs.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(d);
+            created
+                .blobs
+                .lock()
+                .map_err(|_| Error::Invalid("poisoned".into()))?
+                .push(d);
         }
         store.layers.commit(staging, &chain, &parents)?;
-        created.layers.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(chain);
-        (u.compressed_digest, u.compressed_size, u.diff_id, u.size, u.file_bytes)
+        created
+            .layers
+            .lock()
+            .map_err(|_| Error::Invalid("poisoned".into()))?
+            .push(chain);
+        (
+            u.compressed_digest,
+            u.compressed_size,
+            u.diff_id,
+            u.size,
+            u.file_bytes,
+        )
     };
-    verify_layer(&layer_name, expected, diff_id, &unpacked_digest, csize, &got_diff_id)?;
+    verify_layer(
+        &layer_name,
+        expected,
+        diff_id,
+        &unpacked_digest,
+        csize,
+        &got_diff_id,
+    )?;
     if let Some(w) = writer.take() {
         let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
-        created.blobs.lock().map_err(|_| Error::Invalid("poisoned".into()))?.push(d);
+        created
+            .blobs
+            .lock()
+            .map_err(|_| Error::Invalid("poisoned".into()))?
+            .push(d);
     }
     let file_bytes = if present {
         known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
@@ -437,7 +466,9 @@ fn measure(
     let (diff_id, size) = {
         let inner: Box<dyn Read + '_> = match declared {
             Compression::None => Box::new(&mut outer),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 16, &mut outer))),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+                io::BufReader::with_capacity(1 << 16, &mut outer),
+            )),
             Compression::Zstd => Box::new(
                 zstd::stream::read::Decoder::new(&mut outer).map_err(unpack::UnpackError::from)?,
             ),
@@ -446,7 +477,9 @@ fn measure(
             .drain_and_finish()
             .map_err(unpack::UnpackError::from)?
     };
-    let (digest, csize) = outer.drain_and_finish().map_err(unpack::UnpackError::from)?;
+    let (digest, csize) = outer
+        .drain_and_finish()
+        .map_err(unpack::UnpackError::from)?;
     Ok((digest, csize, diff_id, size))
 }
 
@@ -464,22 +497,34 @@ fn commit(
 ) -> Result<()> {
     let (manifest_bytes, manifest_digest, manifest_type) = manifest;
     // Small blobs: written here, under the lock, so gc cannot miss them.
-    store
-        .content
-        .put_bytes(&store.unique(lease, "config"), &req.config.0, Some(&req.config.1))?;
-    store
-        .content
-        .put_bytes(&store.unique(lease, "manifest"), manifest_bytes, Some(&manifest_digest))?;
+    store.content.put_bytes(
+        &store.unique(lease, "config"),
+        &req.config.0,
+        Some(&req.config.1),
+    )?;
+    store.content.put_bytes(
+        &store.unique(lease, "manifest"),
+        manifest_bytes,
+        Some(&manifest_digest),
+    )?;
     if let Some((bytes, d)) = &req.index {
-        store.content.put_bytes(&store.unique(lease, "index"), bytes, Some(d))?;
+        store
+            .content
+            .put_bytes(&store.unique(lease, "index"), bytes, Some(d))?;
     }
     // Everything the image needs must be here (the lease kept gc away).
     for (i, c) in chains.iter().enumerate() {
         if !store.layers.is_present(c) {
-            return Err(Error::Invalid(format!("layer {} vanished while storing", done[i].desc.digest)));
+            return Err(Error::Invalid(format!(
+                "layer {} vanished while storing",
+                done[i].desc.digest
+            )));
         }
         if !store.content.contains(&done[i].desc.digest) {
-            return Err(Error::Invalid(format!("blob {} vanished while storing", done[i].desc.digest)));
+            return Err(Error::Invalid(format!(
+                "blob {} vanished while storing",
+                done[i].desc.digest
+            )));
         }
     }
 
@@ -515,13 +560,19 @@ fn commit(
     if existing.is_none() {
         // New image: count its uses of every blob and layer.
         let mut sizes: BTreeMap<Digest, (u64, String)> = BTreeMap::new();
-        sizes.insert(manifest_digest, (manifest_bytes.len() as u64, manifest_type.to_string()));
+        sizes.insert(
+            manifest_digest,
+            (manifest_bytes.len() as u64, manifest_type.to_string()),
+        );
         let config_type = if manifest_type == oci::DOCKER_MANIFEST {
             oci::DOCKER_CONFIG
         } else {
             oci::OCI_CONFIG
         };
-        sizes.insert(req.config.1, (req.config.0.len() as u64, config_type.to_string()));
+        sizes.insert(
+            req.config.1,
+            (req.config.0.len() as u64, config_type.to_string()),
+        );
         if let Some((bytes, d)) = &req.index {
             sizes.insert(*d, (bytes.len() as u64, oci::OCI_INDEX.to_string()));
         }

@@ -8,6 +8,7 @@ pub mod digest;
 pub mod oci;
 pub mod platform;
 pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 pub use digest::Digest;
@@ -15,12 +16,15 @@ pub use reference::Reference;
 pub mod archive;
 pub mod content;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod images;
 pub mod import;
 pub mod layers;
 pub mod lock;
 pub mod meta;
+pub mod mount;
+pub mod save;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -182,11 +182,13 @@ impl Store {
         let r = Reference::parse(word)?;
         if let Some(d) = r.digest() {
             let repo = r.repository();
-            let tagged_here = meta
-                .tags()?
-                .into_iter()
-                .any(|(name, t)| t.image == *d || t.repo_digest == Some(*d) && name.starts_with(&repo));
-            if let Some(img) = images.iter().find(|i| i.manifest == *d || i.index == Some(*d)) {
+            let tagged_here = meta.tags()?.into_iter().any(|(name, t)| {
+                t.image == *d || t.repo_digest == Some(*d) && name.starts_with(&repo)
+            });
+            if let Some(img) = images
+                .iter()
+                .find(|i| i.manifest == *d || i.index == Some(*d))
+            {
                 if tagged_here || images.iter().any(|i| i.manifest == *d) {
                     return Ok(img.clone());
                 }
@@ -202,8 +204,11 @@ impl Store {
 
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
         self.session(|meta| {
-            let images: HashMap<Digest, ImageRecord> =
-                meta.images()?.into_iter().map(|i| (i.manifest, i)).collect();
+            let images: HashMap<Digest, ImageRecord> = meta
+                .images()?
+                .into_iter()
+                .map(|i| (i.manifest, i))
+                .collect();
             let mut rows = Vec::new();
             let mut tagged = BTreeSet::new();
             for (name, tag) in meta.tags()? {
@@ -380,8 +385,7 @@ impl Store {
     /// holds, and the leftovers of interrupted commands.
     pub fn gc(&self, dry_run: bool) -> Result<Removal> {
         let mut trash = Vec::new();
-        let mut report =
-            self.session(|meta| crate::gc::full(self, meta, dry_run, &mut trash))?;
+        let mut report = self.session(|meta| crate::gc::full(self, meta, dry_run, &mut trash))?;
         report.freed_bytes += crate::gc::empty_trash(self, trash);
         Ok(report)
     }
@@ -488,7 +492,9 @@ impl Store {
             for (i, l) in img.layers.iter().enumerate() {
                 let desc = match &l.descriptor {
                     Some(d) => Some(d.clone()),
-                    None => docker_archive_descriptor(&files, &l.member, config.rootfs.diff_ids.get(i))?,
+                    None => {
+                        docker_archive_descriptor(&files, &l.member, config.rootfs.diff_ids.get(i))?
+                    }
                 };
                 layers.push(desc);
             }
