@@ -90,15 +90,17 @@ impl LayerStore {
             .mode(0o755)
             .create(path.join("diff"))
             .ctx(|| format!("create {}/diff", path.display()))?;
-        Ok(Staging {
-            path,
-            done: false,
-        })
+        Ok(Staging { path, done: false })
     }
 
     /// Completes a staged layer and moves it to `overlay2/<chain-hex>`.
     /// `parents` are the chain ids below it, nearest first.
-    pub fn commit(&self, mut staging: Staging, chain_id: &Digest, parents: &[Digest]) -> Result<()> {
+    pub fn commit(
+        &self,
+        mut staging: Staging,
+        chain_id: &Digest,
+        parents: &[Digest],
+    ) -> Result<()> {
         let p = &staging.path;
         let short = short_id(chain_id);
         fs::write(p.join("link"), &short).ctx(|| format!("write {}/link", p.display()))?;
@@ -289,7 +291,9 @@ mod tests {
     fn short_ids_look_like_dockers() {
         let id = short_id(&Digest::of(b"x"));
         assert_eq!(id.len(), 26);
-        assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
         assert_ne!(id, short_id(&Digest::of(b"y")));
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
     }
@@ -316,7 +320,8 @@ mod tests {
         );
         assert!(ls.dangling_links().unwrap().is_empty());
         assert_eq!(ls.list().unwrap().0.len(), 2);
-        assert_eq!(ls.remove(&base, "lease.trash").unwrap(), 5);
+        // The file and the 26-byte link file.
+        assert_eq!(ls.remove(&base, "lease.trash").unwrap(), 5 + 26);
         assert!(!ls.is_present(&base));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(ls.dangling_links().unwrap().len(), 0);

@@ -203,6 +203,7 @@ impl ImageConfig {
 }
 
 /// What a JSON document says it is.
+#[allow(clippy::large_enum_variant)] // short-lived, one at a time
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
     Manifest(Manifest),
@@ -286,7 +287,12 @@ mod tests {
         );
         match parse_document(i.as_bytes(), Some(OCI_INDEX)).unwrap() {
             Document::Index(ix) => assert_eq!(
-                ix.manifests[0].platform.as_ref().unwrap().variant.as_deref(),
+                ix.manifests[0]
+                    .platform
+                    .as_ref()
+                    .unwrap()
+                    .variant
+                    .as_deref(),
                 Some("v8")
             ),
             _ => panic!("not an index"),

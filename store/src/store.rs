@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::content::ContentStore;
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::images::{DiskUsage, ImageInspect, ImageSummary, LayerInfo, PlatformInfo, Removal};
 use crate::layers::LayerStore;
 use crate::lock::{Lease, LeaseContent, RootLock};
@@ -139,10 +139,6 @@ impl Store {
     pub(crate) fn unique(&self, lease: &Lease, what: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}.{what}-{n}", lease.id())
-    }
-
-    pub(crate) fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
     }
 
     pub(crate) fn locks_dir(&self) -> PathBuf {
@@ -431,11 +427,6 @@ fn classify(du: &mut DiskUsage, refs: u64, bytes: u64) {
     }
 }
 
-/// Creates a directory if missing (used for per-command folders).
-pub(crate) fn ensure_dir(p: &Path) -> Result<()> {
-    fs::create_dir_all(p).ctx(|| format!("create {}", p.display()))
-}
-
 // ---- loading archives --------------------------------------------------
 
 /// Layer bytes from an archive member.
@@ -468,7 +459,7 @@ impl Store {
         let host = crate::platform::host();
         let images = crate::archive::read_images(&files, &|descs| {
             crate::platform::select(descs, &host)
-                .map(|d| d.clone())
+                .cloned()
                 .map_err(|e| Error::Invalid(e.to_string()))
         })?;
         if tag.is_some() && images.len() != 1 {
