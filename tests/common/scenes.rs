@@ -1,0 +1,245 @@
+//! Ready-made layer sets shared by several test files.
+
+use super::image::{Image, ImageBuilder, ManifestKind};
+use super::tarball::{Compression, Layer, TarBuilder, DEFAULT_MTIME};
+
+pub const T1: u64 = DEFAULT_MTIME;
+pub const T2: u64 = DEFAULT_MTIME + 86_400;
+pub const T3: u64 = DEFAULT_MTIME + 2 * 86_400;
+pub const T4: u64 = DEFAULT_MTIME + 3 * 86_400;
+
+/// Deterministic pseudo-random bytes (xorshift), for content that does not
+/// compress to nothing.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A name component of `len` characters, for long-name entries.
+pub fn long_component(prefix: &str, len: usize) -> String {
+    let mut name = prefix.to_string();
+    while name.len() < len {
+        name.push((b'a' + (name.len() % 26) as u8) as char);
+    }
+    name
+}
+
+/// The base layer of the "everything" image: every entry kind and every
+/// piece of metadata a layer can carry.
+pub fn everything_base() -> TarBuilder {
+    let mut t = TarBuilder::new();
+    t.dir("etc").mtime(T1);
+    t.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    t.file("etc/hostname", "box\n");
+    t.file("etc/xattrs", "has xattrs\n")
+        .xattr("user.comment", "hello")
+        .xattr("user.binary", [0u8, 1, 2, 255])
+        .xattr("trusted.note", "kept by root");
+    t.dir("bin");
+    t.file("bin/sh", "#!/bin/true\n").mode(0o755);
+    t.symlink("bin/ash", "sh").mtime(T2);
+    t.dir("usr");
+    t.dir("usr/bin");
+    t.file("usr/bin/su", "setuid\n").mode(0o4755);
+    t.file("usr/bin/wall", "setgid\n").mode(0o2755).owner(0, 5);
+    t.file("usr/bin/both", "setuid+setgid\n")
+        .mode(0o6750)
+        .owner(0, 7);
+    t.file("usr/bin/a", "three names, one inode\n").mode(0o755);
+    // Hardlink headers carry their target's metadata, as tar writes them.
+    t.hardlink("usr/bin/b", "usr/bin/a").mode(0o755);
+    t.hardlink("usr/bin/c", "usr/bin/a").mode(0o755);
+    t.symlink("usr/lib64", "lib");
+    t.symlink("usr/passwd-abs", "/etc/passwd");
+    t.symlink("usr/dangling", "../nowhere/at/all");
+    t.dir("tmp").mode(0o1777);
+    t.dir("dev");
+    t.char_dev("dev/null", 1, 3).mode(0o666);
+    t.char_dev("dev/tty", 5, 0).mode(0o620).owner(0, 5);
+    t.block_dev("dev/loop0", 7, 0).mode(0o660).owner(0, 6);
+    t.fifo("dev/initctl").mode(0o600);
+    t.dir("home");
+    t.dir("home/user").mode(0o700).owner(1000, 1000);
+    t.file("home/user/.profile", "export PS1='$ '\n")
+        .owner(1000, 1000)
+        .mtime(T3);
+    // Read-only directories with content: modes must be set after content.
+    t.dir("ro").mode(0o555);
+    t.dir("ro/inner").mode(0o500);
+    t.file("ro/inner/deep", "deep\n").mode(0o400);
+    t.file("ro/file", "read only\n").mode(0o444);
+    t.dir("var").xattr("user.dirattr", "on a dir");
+    t.dir("var/cache");
+    t.file("var/cache/item", "cached\n");
+    // Hidden by layer 2: a whole directory, a file, an opaque directory, a
+    // directory and a file that are removed and re-created.
+    t.dir("old");
+    t.file("old/a", "a\n");
+    t.dir("old/sub");
+    t.file("old/sub/b", "b\n");
+    t.file("gone", "gone\n");
+    t.dir("opq");
+    t.file("opq/lower1", "lower\n");
+    t.dir("opq/lowerdir");
+    t.file("opq/lowerdir/x", "x\n");
+    t.dir("redir");
+    t.file("redir/lower", "lower\n");
+    t.file("refile", "old content\n");
+    t.dir("deep");
+    t.dir("deep/keep");
+    t.file("deep/keep/lower", "lower\n");
+    // Out of order: the file comes before its directory's header.
+    t.file("late/child", "child\n");
+    t.dir("late").mode(0o750).mtime(T3);
+    // Duplicates: the last entry wins.
+    t.file("dup", "first\n").mode(0o600);
+    t.file("dup", "second\n").mode(0o640);
+    t.dir("dupdir").mode(0o700);
+    t.dir("dupdir").mode(0o755).mtime(T4);
+    // Long names and link targets, PAX and GNU encodings.
+    let long_pax = format!("long/{}", long_component("pax-", 140));
+    let long_gnu = format!("long/{}", long_component("gnu-", 130));
+    let long_dir = format!("long/{}", long_component("dir-", 90));
+    t.dir("long");
+    t.file(&long_pax, "pax long name\n");
+    t.file(&long_gnu, "gnu long name\n").gnu_long_names();
+    t.dir(&long_dir);
+    t.file(
+        format!("{long_dir}/{}", long_component("f-", 40)),
+        "nested\n",
+    );
+    t.symlink("long/link-pax", format!("../{long_pax}"));
+    t.symlink("long/link-gnu", format!("../{long_gnu}"))
+        .gnu_long_names();
+    t.hardlink("long/hardlink-to-long", &long_pax);
+    // Non-ASCII names.
+    t.dir("unicode");
+    t.file("unicode/naïve café.txt", "accents\n");
+    t.file("unicode/日本語.txt", "kanji\n");
+    t.dir("unicode/Ωmega");
+    t.symlink("unicode/rocket-🚀", "naïve café.txt");
+    // Owners beyond the ustar fields (PAX uid/gid) and names that must be
+    // ignored in favour of numeric ids.
+    t.dir("ids");
+    t.file("ids/big", "big ids\n").owner(3_000_000, 3_000_001);
+    t.file("ids/named", "named\n")
+        .owner(1234, 5678)
+        .names("no-such-user", "no-such-group");
+    // Content of several blocks, an empty file, extreme mtimes.
+    t.file("data/noise.bin", noise(200_000, 7));
+    t.dir("data");
+    t.file("data/empty", b"");
+    t.file("data/epoch", "1970\n").mtime(0);
+    t.file("data/future", "2100\n").mtime(4_102_444_800);
+    t
+}
+
+/// Layer 2: whiteouts, opaque directories, re-creations, replacements.
+pub fn everything_changes() -> TarBuilder {
+    let mut t = TarBuilder::new();
+    t.dir("etc").mtime(T2);
+    t.whiteout("etc/hostname");
+    t.file("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
+        .mode(0o600)
+        .mtime(T2);
+    t.whiteout("old");
+    t.whiteout("gone");
+    // Opaque marker after the directory's new content.
+    t.dir("opq").mtime(T2);
+    t.file("opq/upper", "upper\n");
+    t.opaque("opq");
+    // Removed and re-created in the same layer.
+    t.whiteout("redir");
+    t.dir("redir").mtime(T2);
+    t.file("redir/fresh", "fresh\n");
+    t.whiteout("refile");
+    t.file("refile", "new content\n").mode(0o600);
+    // Content added to a read-only directory of a lower layer.
+    t.dir("ro").mode(0o555);
+    t.file("ro/added", "added\n").mode(0o444);
+    // A directory's attributes replaced.
+    t.dir("home");
+    t.dir("home/user").mode(0o750).owner(1000, 100).mtime(T2);
+    // A directory replaced by a file (no whiteout needed).
+    t.dir("var").xattr("user.dirattr", "changed");
+    t.file("var/cache", "now a file\n");
+    // One name of a hardlinked file hidden; new hardlinks.
+    t.dir("usr");
+    t.dir("usr/bin");
+    t.whiteout("usr/bin/b");
+    t.file("usr/bin/new", "new\n");
+    t.hardlink("usr/bin/new2", "usr/bin/new");
+    t
+}
+
+/// Layer 4: an opaque marker far from its directory's entries, and a
+/// whiteout of something that never existed.
+pub fn everything_late() -> TarBuilder {
+    let mut t = TarBuilder::new();
+    t.dir("deep").mtime(T4);
+    t.dir("deep/new").mtime(T4);
+    t.file("deep/new/file", "upper\n");
+    t.dir("late").mode(0o750).mtime(T3);
+    t.file("late/child2", "second child\n");
+    t.whiteout("never-existed");
+    t.opaque("deep");
+    t
+}
+
+/// An empty layer: only the end-of-archive blocks.
+pub fn empty_layer() -> TarBuilder {
+    TarBuilder::new()
+}
+
+/// The "everything" image: base (gzip), changes (zstd), empty (none), late
+/// (none) with OCI media types; all gzip for Docker schema2.
+pub fn everything_image(kind: ManifestKind) -> Image {
+    let compressions = match kind {
+        ManifestKind::Oci => [
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::None,
+            Compression::None,
+        ],
+        ManifestKind::Docker => [Compression::Gzip; 4],
+    };
+    let tars = [
+        everything_base(),
+        everything_changes(),
+        empty_layer(),
+        everything_late(),
+    ];
+    let mut builder = ImageBuilder::new().kind(kind);
+    for (tar, compression) in tars.iter().zip(compressions) {
+        builder = builder.tar(tar, compression);
+    }
+    builder.build()
+}
+
+/// A small base layer shared by several images.
+pub fn small_base() -> Layer {
+    let mut t = TarBuilder::new();
+    t.dir("etc");
+    t.file("etc/os-release", "ID=lstore-test\n");
+    t.dir("bin");
+    t.file("bin/tool", noise(20_000, 1)).mode(0o755);
+    t.symlink("bin/alias", "tool");
+    t.layer(Compression::Gzip)
+}
+
+/// A small layer with content unique to `name`.
+pub fn small_app(name: &str) -> Layer {
+    let mut t = TarBuilder::new();
+    t.dir("app");
+    t.file(format!("app/{name}"), noise(10_000, name.len() as u64 + 11));
+    t.file("app/name", format!("{name}\n"));
+    t.whiteout("bin/alias");
+    t.layer(Compression::Gzip)
+}

@@ -1,0 +1,294 @@
+//! Sharing and removal: a base layer shared by two images is stored once,
+//! `rmi` sweeps what no remaining image references, `tag` adds names, `gc`
+//! removes orphans and unfinished work, `gc --dry-run` removes nothing.
+
+mod common;
+
+use common::checks::assert_matches_umoci;
+use common::image::{write_oci_layout, Image};
+use common::scenes;
+use common::tarball::sha256_hex;
+use common::{scratch, ImageBuilder, LayoutNames, Lstore};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const A: &str = "example.com/lstore/a:1";
+const B: &str = "example.com/lstore/b:1";
+
+fn image(app: &str) -> Image {
+    ImageBuilder::new()
+        .layer(scenes::small_base())
+        .layer(scenes::small_app(app))
+        .build()
+}
+
+fn layout(scratch: &Path, dir: &str, image: &Image, name: &str) -> PathBuf {
+    let path = scratch.join(dir);
+    write_oci_layout(&path, &[(image, LayoutNames::containerd(name))]);
+    path
+}
+
+fn hex(digest: &str) -> String {
+    digest.trim_start_matches("sha256:").to_string()
+}
+
+fn set<I: IntoIterator<Item = String>>(items: I) -> BTreeSet<String> {
+    items.into_iter().collect()
+}
+
+/// Every run of digits in `text`, as numbers.
+fn numbers(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+fn assert_store_empty(store: &Lstore) {
+    assert_eq!(store.images(), Vec::<Value>::new(), "images");
+    assert_eq!(store.blobs(), Vec::<String>::new(), "blobs/sha256");
+    assert_eq!(
+        store.layer_dirs(),
+        Vec::<String>::new(),
+        "overlay2 layer folders"
+    );
+    assert_eq!(store.short_links(), Vec::<String>::new(), "overlay2/l");
+}
+
+/// Each short link names a layer folder that exists.
+fn assert_links_resolve(store: &Lstore) {
+    for link in store.short_links() {
+        let target = fs::read_link(store.path("overlay2/l").join(&link)).unwrap();
+        assert!(
+            store.path("overlay2/l").join(&target).is_dir(),
+            "overlay2/l/{link} -> {} dangles",
+            target.display()
+        );
+    }
+}
+
+#[test]
+fn shared_base_layer_is_stored_once_and_kept_until_the_last_image_goes() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let (a, b) = (image("a"), image("b"));
+    let layout_a = layout(scratch.path(), "a", &a, A);
+    let layout_b = layout(scratch.path(), "b", &b, B);
+
+    store.load(&layout_a, None);
+    let chains_a = set(a.chain_ids().iter().map(|c| hex(c)));
+    assert_eq!(set(store.layer_dirs()), chains_a);
+    assert_eq!(store.short_links().len(), 2);
+    let blobs_a = set(store.blobs());
+    for digest in [
+        &a.layers[0].digest,
+        &a.layers[1].digest,
+        &a.config_digest,
+        &a.manifest_digest,
+    ] {
+        assert!(blobs_a.contains(&hex(digest)), "blob {digest} stored");
+    }
+
+    store.load(&layout_b, None);
+    let chains_b = set(b.chain_ids().iter().map(|c| hex(c)));
+    assert_eq!(
+        chains_a.intersection(&chains_b).count(),
+        1,
+        "the base is shared"
+    );
+    assert_eq!(
+        set(store.layer_dirs()),
+        &chains_a | &chains_b,
+        "one new layer folder"
+    );
+    assert_eq!(store.short_links().len(), 3);
+    let added: BTreeSet<String> = set(store.blobs()).difference(&blobs_a).cloned().collect();
+    for digest in [&b.layers[1].digest, &b.config_digest, &b.manifest_digest] {
+        assert!(added.contains(&hex(digest)), "blob {digest} stored");
+    }
+    let layer_blobs: BTreeSet<String> = [&a.layers[0], &a.layers[1], &b.layers[1]]
+        .iter()
+        .map(|l| hex(&l.digest))
+        .collect();
+    assert_eq!(
+        set(store.blobs()).intersection(&layer_blobs).count(),
+        3,
+        "three layer blobs for two images sharing a base"
+    );
+
+    let out = store.ok(&["rmi", A]);
+    assert!(
+        numbers(&out.stdout).iter().any(|&n| n > 0),
+        "rmi prints the bytes it freed: {:?}",
+        out.stdout
+    );
+    assert!(!store.run(&["inspect", A]).success(), "{A} is gone");
+    assert_eq!(
+        set(store.layer_dirs()),
+        chains_b,
+        "a's own layer swept, the base kept"
+    );
+    assert_eq!(store.short_links().len(), 2);
+    assert_links_resolve(&store);
+    let blobs = set(store.blobs());
+    for digest in [&a.layers[1].digest, &a.config_digest, &a.manifest_digest] {
+        assert!(!blobs.contains(&hex(digest)), "blob {digest} swept");
+    }
+    assert!(
+        blobs.contains(&hex(&a.layers[0].digest)),
+        "shared base blob kept"
+    );
+    assert_matches_umoci(&store, B, &b);
+
+    store.ok(&["rmi", B]);
+    assert_store_empty(&store);
+    let out = store.ok(&["gc"]);
+    assert!(
+        numbers(&out.stdout).iter().all(|&n| n == 0),
+        "gc on a clean store frees 0 bytes: {:?}",
+        out.stdout
+    );
+}
+
+#[test]
+fn rmi_of_one_of_two_tags_keeps_the_image() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let a = image("tags");
+    store.load(&layout(scratch.path(), "a", &a, A), None);
+    let alias = "127.0.0.1:5000/alias/a:2";
+    store.ok(&["tag", A, alias]);
+    let images = store.images();
+    assert_eq!(images.len(), 2, "one entry per tag: {images:?}");
+    assert!(images.iter().all(|i| i["id"] == a.config_digest.as_str()));
+    let tags = store.inspect(alias)["repo_tags"].clone();
+    let tags: BTreeSet<&str> = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tags, BTreeSet::from([A, alias]));
+
+    let (blobs, layers) = (store.blobs(), store.layer_dirs());
+    store.ok(&["rmi", A]);
+    assert!(!store.run(&["inspect", A]).success());
+    assert_eq!(store.inspect(alias)["id"], a.config_digest.as_str());
+    assert_eq!(
+        (store.blobs(), store.layer_dirs()),
+        (blobs, layers),
+        "nothing swept"
+    );
+    let images = store.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["repository"], "127.0.0.1:5000/alias/a");
+    assert_eq!(images[0]["tag"], "2");
+
+    store.ok(&["image", "rm", alias]);
+    assert_store_empty(&store);
+}
+
+#[test]
+fn rmi_of_several_references_and_of_unknown_ones() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    store.load(&layout(scratch.path(), "a", &image("a"), A), None);
+    store.load(&layout(scratch.path(), "b", &image("b"), B), None);
+    store.fails(&["rmi", "example.com/lstore/missing:1"]);
+    assert_eq!(store.images().len(), 2, "a failed rmi removes nothing");
+    store.ok(&["rmi", A, B]);
+    assert_store_empty(&store);
+    store.fails(&["tag", A, "example.com/lstore/c:1"]);
+}
+
+#[test]
+fn gc_removes_orphans_and_unfinished_work_but_dry_run_does_not() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let a = image("gc");
+    let layout_a = layout(scratch.path(), "a", &a, A);
+    store.load(&layout_a, None);
+    let (blobs, layers, links) = (store.blobs(), store.layer_dirs(), store.short_links());
+
+    // Leftovers of killed processes.
+    fs::create_dir_all(store.path("tmp/extract-junk/diff/etc")).unwrap();
+    fs::write(store.path("tmp/extract-junk/diff/etc/file"), "junk").unwrap();
+    fs::create_dir_all(store.path("ingest")).unwrap();
+    fs::write(store.path("ingest/partial-download"), vec![7u8; 4096]).unwrap();
+    let orphan_blob = store.path("blobs/sha256").join(sha256_hex(b"orphan blob"));
+    fs::write(&orphan_blob, b"orphan blob").unwrap();
+    let orphan_layer = store.path("overlay2").join(sha256_hex(b"orphan layer"));
+    fs::create_dir_all(orphan_layer.join("diff")).unwrap();
+    fs::write(orphan_layer.join("diff/file"), "orphan").unwrap();
+    fs::write(orphan_layer.join("link"), "ORPHANORPHANORPHANORPHAN22").unwrap();
+    let orphan_link = store.path("overlay2/l/ORPHANORPHANORPHANORPHAN22");
+    std::os::unix::fs::symlink(
+        format!("../{}/diff", sha256_hex(b"orphan layer")),
+        &orphan_link,
+    )
+    .unwrap();
+    let unfinished = store.unfinished();
+    assert_eq!(unfinished.len(), 2);
+
+    store.ok(&["gc", "--dry-run"]);
+    assert!(orphan_blob.exists() && orphan_layer.exists() && orphan_link.exists());
+    assert_eq!(store.unfinished(), unfinished, "--dry-run removes nothing");
+    assert_eq!(store.blobs().len(), blobs.len() + 1);
+    assert_eq!(store.layer_dirs().len(), layers.len() + 1);
+
+    let out = store.ok(&["gc"]);
+    assert!(
+        numbers(&out.stdout).iter().any(|&n| n > 0),
+        "gc prints what it freed: {:?}",
+        out.stdout
+    );
+    assert!(!orphan_blob.exists(), "orphan blob swept");
+    assert!(!orphan_layer.exists(), "orphan layer folder swept");
+    assert!(
+        fs::symlink_metadata(&orphan_link).is_err(),
+        "orphan short link swept"
+    );
+    assert_eq!(
+        store.unfinished(),
+        Vec::<String>::new(),
+        "tmp/ and ingest/ emptied"
+    );
+    assert_eq!(
+        (store.blobs(), store.layer_dirs(), store.short_links()),
+        (blobs, layers, links),
+        "everything the image uses is kept"
+    );
+    assert_matches_umoci(&store, A, &a);
+    let out = store.ok(&["gc"]);
+    assert!(
+        numbers(&out.stdout).iter().all(|&n| n == 0),
+        "a second gc frees nothing: {:?}",
+        out.stdout
+    );
+}
+
+#[test]
+fn df_reports_blobs_layers_shared_and_unique_bytes() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let out = store.ok(&["df"]);
+    assert!(
+        numbers(&out.stdout).iter().all(|&n| n == 0),
+        "an empty store uses 0 bytes: {:?}",
+        out.stdout
+    );
+    store.load(&layout(scratch.path(), "a", &image("a"), A), None);
+    store.load(&layout(scratch.path(), "b", &image("b"), B), None);
+    let out = store.ok(&["df"]);
+    let text = out.stdout.to_lowercase();
+    for word in ["blob", "layer", "shared", "unique"] {
+        assert!(text.contains(word), "df mentions {word}: {}", out.stdout);
+    }
+    assert!(
+        numbers(&out.stdout).iter().any(|&n| n > 0),
+        "df: {}",
+        out.stdout
+    );
+}
