@@ -9,6 +9,7 @@ pub mod oci;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+pub mod registry;
 pub mod unpack;
 
 pub use digest::Digest;
