@@ -35,6 +35,44 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pull an image from a registry.
+    Pull {
+        reference: String,
+        /// OS/ARCH[/VARIANT] to pick from a multi-platform index.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Allow plain HTTP with this registry (loopback ones always may).
+        #[arg(long)]
+        plain_http: bool,
+        /// A PEM file of CA certificates to trust besides the system's.
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Layers downloaded at once.
+        #[arg(long, default_value_t = 3)]
+        jobs: usize,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Store credentials for a registry in ~/.docker/config.json.
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: Option<String>,
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        plain_http: bool,
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Remove stored credentials for a registry.
+    Logout { registry: String },
     /// Load images from a docker-archive tar or an OCI layout (dir or tar).
     Load {
         #[arg(short = 'i', long = "input", value_name = "PATH")]
@@ -167,6 +205,79 @@ fn run(cli: Cli) -> lstore::Result<()> {
             }
             print_loaded(&stored);
         }
+        Command::Pull {
+            reference,
+            platform,
+            plain_http,
+            ca_file,
+            jobs,
+            quiet,
+            format,
+        } => {
+            let opts = lstore::pull::PullOptions {
+                platform: platform
+                    .as_deref()
+                    .map(lstore::platform::parse)
+                    .transpose()
+                    .map_err(|e| lstore::Error::Invalid(e.to_string()))?,
+                client: client_options(plain_http, ca_file),
+                jobs,
+            };
+            let progress = progress::Progress::new(quiet || format == Format::Json);
+            let pulled = store.pull(&reference, &opts, &progress)?;
+            if format == Format::Json {
+                return print_json(&pulled);
+            }
+            if pulled.up_to_date {
+                println!("Image is up to date for {}", pulled.reference);
+            } else {
+                progress.summary("pull");
+                println!("Digest: {}", pulled.digest);
+                println!("Pulled {} ({})", pulled.reference, pulled.id);
+            }
+        }
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+            plain_http,
+            ca_file,
+        } => {
+            let username = match username {
+                Some(u) => u,
+                None => prompt("Username: ")?,
+            };
+            let password = match (password, password_stdin) {
+                (Some(p), false) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    std::io::stdin()
+                        .read_line(&mut p)
+                        .map_err(|e| lstore::Error::io("read password", e))?;
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => prompt("Password: ")?,
+                (Some(_), true) => {
+                    return Err(lstore::Error::Invalid(
+                        "--password and --password-stdin are exclusive".into(),
+                    ))
+                }
+            };
+            let client =
+                lstore::registry::RegistryClient::new(client_options(plain_http, ca_file))?;
+            let host = client.login(&registry, &username, &password)?;
+            println!("Login Succeeded ({host})");
+        }
+        Command::Logout { registry } => {
+            let client =
+                lstore::registry::RegistryClient::new(lstore::registry::ClientOptions::default())?;
+            if client.logout(&registry)? {
+                println!("Removed login credentials for {registry}");
+            } else {
+                println!("Not logged in to {registry}");
+            }
+        }
         Command::Save { output, references } => {
             store.save(&references, &output)?;
         }
@@ -259,6 +370,24 @@ fn run(cli: Cli) -> lstore::Result<()> {
         }
     }
     Ok(())
+}
+
+fn client_options(plain_http: bool, ca_file: Option<PathBuf>) -> lstore::registry::ClientOptions {
+    lstore::registry::ClientOptions {
+        plain_http,
+        ca_file,
+        ..Default::default()
+    }
+}
+
+fn prompt(what: &str) -> lstore::Result<String> {
+    eprint!("{what}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| lstore::Error::io("read from standard input", e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Sizes as Docker prints them (decimal units).

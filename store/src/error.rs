@@ -50,6 +50,8 @@ pub enum Error {
     },
     #[error("invalid archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Registry(String),
     #[error("image not known: {0}")]
     ImageNotFound(String),
     #[error("{0}")]

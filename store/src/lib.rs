@@ -7,8 +7,8 @@
 pub mod digest;
 pub mod oci;
 pub mod platform;
+pub mod pull;
 pub mod reference;
-pub mod registry;
 pub mod registry;
 pub mod unpack;
 

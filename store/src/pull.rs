@@ -1,0 +1,321 @@
+//! `lstore pull`: resolve a reference at its registry (an index to this
+//! host's platform), then feed the image to the import pipeline, which
+//! downloads, verifies and extracts each missing layer in one pass as the
+//! bytes arrive, several layers at once. A layer or blob already in the
+//! store costs no request; a tag that still names the image it named costs
+//! one manifest request.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::import::{import, ImportProgress, ImportRequest, LayerSource};
+use crate::oci::{self, Descriptor, Document, Platform};
+use crate::platform::PlatformMatcher;
+use crate::reference::Reference;
+use crate::registry::{ClientOptions, RegistryClient, RegistryError};
+use crate::store::Store;
+
+/// Largest config blob accepted.
+const MAX_CONFIG: u64 = 16 << 20;
+/// Times one blob download is resumed after a dropped connection.
+const RESUMES: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// None: this host's platform.
+    pub platform: Option<Platform>,
+    pub client: ClientOptions,
+    /// Layers downloaded at once (Docker's default is 3).
+    pub jobs: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: None,
+            client: ClientOptions::default(),
+            jobs: 3,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Pulled {
+    pub reference: String,
+    /// The digest the reference resolved to (index or manifest).
+    pub digest: Digest,
+    pub id: Digest,
+    pub manifest: Digest,
+    pub up_to_date: bool,
+    pub layers_new: usize,
+    pub layers_reused: usize,
+    pub bytes_fetched: u64,
+}
+
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Error {
+        Error::Registry(e.to_string())
+    }
+}
+
+/// Layer blobs from the registry, resumed with Range requests when a
+/// connection drops.
+struct RegistrySource<'a> {
+    client: &'a Arc<RegistryClient>,
+    repo: &'a Reference,
+    layers: &'a [Descriptor],
+}
+
+impl LayerSource for RegistrySource<'_> {
+    fn open(&self, index: usize) -> Result<Box<dyn Read + Send>> {
+        let desc = self
+            .layers
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("no layer #{index}")))?;
+        let first = self.client.fetch_blob(self.repo, &desc.digest, 0)?;
+        Ok(Box::new(ResumingReader {
+            client: self.client.clone(),
+            repo: self.repo.clone(),
+            digest: desc.digest,
+            size: desc.size,
+            offset: 0,
+            inner: first.reader,
+            resumes_left: RESUMES,
+        }))
+    }
+}
+
+/// Reads a blob, reconnecting from where it stopped when the connection
+/// breaks or ends early. Never yields more than the descriptor's size plus
+/// one byte (so an overlong body is caught by the size check, not stored).
+struct ResumingReader {
+    client: Arc<RegistryClient>,
+    repo: Reference,
+    digest: Digest,
+    size: u64,
+    offset: u64,
+    inner: Box<dyn Read + Send>,
+    resumes_left: u32,
+}
+
+impl ResumingReader {
+    fn resume(&mut self, why: io::Error) -> io::Result<()> {
+        if self.resumes_left == 0 {
+            return Err(why);
+        }
+        self.resumes_left -= 1;
+        let fetched = self
+            .client
+            .fetch_blob(&self.repo, &self.digest, self.offset)
+            .map_err(|e| io::Error::other(format!("{why}; resuming failed: {e}")))?;
+        let mut reader = fetched.reader;
+        if fetched.offset < self.offset {
+            // The registry sent the whole blob again: skip what we have.
+            let skip = self.offset - fetched.offset;
+            let copied = io::copy(&mut (&mut reader).take(skip), &mut io::sink())?;
+            if copied != skip {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob ended early",
+                ));
+            }
+        }
+        self.inner = reader;
+        Ok(())
+    }
+}
+
+impl Read for ResumingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = (self.size + 1).saturating_sub(self.offset);
+        if room == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(room as usize);
+        loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) if self.offset < self.size => {
+                    let why = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "blob {} ended after {} of {} bytes",
+                            self.digest, self.offset, self.size
+                        ),
+                    );
+                    self.resume(why)?;
+                }
+                Ok(n) => {
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.resume(e)?,
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Pulls `word` (a reference) from its registry.
+    pub fn pull(
+        &self,
+        word: &str,
+        opts: &PullOptions,
+        progress: &dyn ImportProgress,
+    ) -> Result<Pulled> {
+        let r = Reference::parse(word)?;
+        let client = Arc::new(RegistryClient::new(opts.client.clone())?);
+        let top = client.get_manifest(&r)?;
+
+        // Already here under this name? Then one request was all it took.
+        let known = self.session(|meta| {
+            if let Some(tag) = meta.tag(&r.to_string())? {
+                if tag.repo_digest == Some(top.digest) {
+                    if let Some(img) = meta.image(&tag.image)? {
+                        return Ok(Some(img));
+                    }
+                }
+            }
+            Ok(None)
+        })?;
+        if let Some(img) = known {
+            return Ok(Pulled {
+                reference: r.familiar(),
+                digest: top.digest,
+                id: img.config,
+                manifest: img.manifest,
+                up_to_date: true,
+                layers_new: 0,
+                layers_reused: img.layers.len(),
+                bytes_fetched: 0,
+            });
+        }
+
+        let doc = oci::parse_document(&top.bytes, Some(&top.media_type)).map_err(|source| {
+            Error::Document {
+                what: format!("manifest of {r}"),
+                source,
+            }
+        })?;
+        let (index, manifest, manifest_bytes, manifest_digest, manifest_type) = match doc {
+            Document::Manifest(m) => (
+                None,
+                m,
+                top.bytes.clone(),
+                top.digest,
+                top.media_type.clone(),
+            ),
+            Document::Index(ix) => {
+                let wanted = opts.platform.clone().unwrap_or_else(crate::platform::host);
+                let chosen = PlatformMatcher::new(&wanted)
+                    .select(&ix.manifests)
+                    .map_err(|e| Error::Invalid(format!("{r}: {e}")))?
+                    .clone();
+                let m = client.get_manifest(&r.with_digest(chosen.digest))?;
+                match oci::parse_document(&m.bytes, Some(&m.media_type)) {
+                    Ok(Document::Manifest(manifest)) => (
+                        Some((top.bytes.clone(), top.digest)),
+                        manifest,
+                        m.bytes,
+                        m.digest,
+                        m.media_type,
+                    ),
+                    Ok(Document::Index(_)) => {
+                        return Err(Error::Unsupported(format!(
+                            "{r}: nested indexes are not supported"
+                        )))
+                    }
+                    Err(source) => {
+                        return Err(Error::Document {
+                            what: format!("manifest {} of {r}", chosen.digest),
+                            source,
+                        })
+                    }
+                }
+            }
+        };
+        let manifest_type = manifest.media_type.clone().unwrap_or(manifest_type);
+        let config = self.fetch_config(&client, &r, &manifest.config)?;
+
+        // A digest-pinned reference is recorded as `repo@digest`, untagged.
+        let names = vec![r.clone()];
+        let source = RegistrySource {
+            client: &client,
+            repo: &r,
+            layers: &manifest.layers,
+        };
+        let request = ImportRequest {
+            names,
+            repo_digest: Some(top.digest),
+            index,
+            manifest: Some((manifest_bytes, manifest_digest, manifest_type)),
+            config: (config, manifest.config.digest),
+            layers: manifest.layers.iter().cloned().map(Some).collect(),
+            source: &source,
+            progress,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.max(1))
+            .build()
+            .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
+        let stored = pool.install(|| import(self, request))?;
+        Ok(Pulled {
+            reference: r.familiar(),
+            digest: top.digest,
+            id: stored.id,
+            manifest: stored.digest,
+            up_to_date: false,
+            layers_new: stored.layers_new,
+            layers_reused: stored.layers_reused,
+            bytes_fetched: stored.bytes_read,
+        })
+    }
+
+    /// The config blob: from the store when present, else the registry.
+    fn fetch_config(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>> {
+        if desc.size > MAX_CONFIG {
+            return Err(Error::Invalid(format!(
+                "{r}: config {} is larger than {MAX_CONFIG} bytes",
+                desc.digest
+            )));
+        }
+        if self.content().contains(&desc.digest) {
+            if let Ok(bytes) = self.content().read(&desc.digest, MAX_CONFIG) {
+                if Digest::of(&bytes) == desc.digest {
+                    return Ok(bytes);
+                }
+            }
+        }
+        let fetched = client.fetch_blob(r, &desc.digest, 0)?;
+        let mut bytes = Vec::new();
+        fetched
+            .reader
+            .take(desc.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("download config {}", desc.digest), e))?;
+        let actual = Digest::of(&bytes);
+        if actual != desc.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("config of {r}"),
+                expected: desc.digest,
+                actual,
+            });
+        }
+        if bytes.len() as u64 != desc.size {
+            return Err(Error::SizeMismatch {
+                what: format!("config of {r}"),
+                expected: desc.size,
+                actual: bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+}
