@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a sample made here (no internet): load two images that
-# share a base layer, list and inspect them, mount one with overlayfs,
+# The main job on a sample made here (no internet): serve two images that
+# share a base layer from a local docker-registry this script starts, pull
+# them, list and inspect them, mount one with overlayfs, save and load it,
 # remove them and collect garbage. Needs root (overlay mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,30 +13,55 @@ lstore() { "$CARGO_TARGET_DIR/debug/lstore" --root "$ROOT" "$@"; }
 demo=$(mktemp -d /var/tmp/lstore-demo.XXXXXX)
 ROOT="$demo/store"
 mnt="$demo/mnt"
-cleanup() { mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"; rm -rf "$demo"; }
+reg_pid=""
+cleanup() {
+  mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
+  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
+  rm -rf "$demo"
+}
 trap cleanup EXIT
 step() { printf '\n\033[1m$ lstore %s\033[0m\n' "$*"; }
 
 bash scripts/make-sample.sh "$demo/sample" >/dev/null
-echo "sample OCI layout: $demo/sample (2 images sharing a base layer); store: $ROOT"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+reg="127.0.0.1:$port"
+cat > "$demo/registry.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $demo/registry}}
+http: {addr: $reg}
+YML
+docker-registry serve "$demo/registry.yml" >"$demo/registry.log" 2>&1 & reg_pid=$!
+for _ in $(seq 50); do curl -fs "http://$reg/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+for img in app:latest tool:1.0; do
+  skopeo copy -q --dest-tls-verify=false "oci:$demo/sample:${img#*:}" "docker://$reg/sample/$img"
+done
+echo "sample: 2 images sharing a base layer, served by docker-registry at $reg; store: $ROOT"
 
-step load -i sample;                      lstore load -i "$demo/sample"
+step pull $reg/sample/app;                lstore pull "$reg/sample/app"
+step pull $reg/sample/tool:1.0;           lstore pull "$reg/sample/tool:1.0"
+step pull $reg/sample/app "(again)";      lstore pull "$reg/sample/app"
 step images;                              lstore images
 step images --format json;                lstore images --format json
-step inspect sample/app;                  lstore inspect sample/app | tee "$demo/inspect.json"
+step inspect $reg/sample/app;             lstore inspect "$reg/sample/app" | tee "$demo/inspect.json"
 step df;                                  lstore df
 
-lower=$(jq -r .lowerdir "$demo/inspect.json")
 mkdir -p "$mnt"
-printf '\n\033[1m$ mount -t overlay overlay -o lowerdir=<inspect .lowerdir> %s\033[0m\n' "$mnt"
-mount -t overlay overlay -o "ro,lowerdir=$lower" "$mnt"
+step mount $reg/sample/app "$mnt";        lstore mount "$reg/sample/app" "$mnt"
+step mounts;                              lstore mounts
 ls -l "$mnt" "$mnt/opt/app"
 sh "$mnt/opt/app/run.sh"
 echo "file1.txt deleted by the app layer's whiteout: $( [ -e "$mnt/usr/share/doc/sample/file1.txt" ] && echo present || echo absent)"
-umount "$mnt"
+printf '\n\033[1m$ mount -t overlay overlay -o ro,lowerdir="$(lstore inspect … | jq -r .lowerdir)" (by hand)\033[0m\n'
+lstore umount "$mnt"
+mount -t overlay overlay -o "ro,lowerdir=$(jq -r .lowerdir "$demo/inspect.json")" "$mnt"
+ls "$mnt/opt/app"; umount "$mnt"
 
-step rmi sample/app;                      lstore rmi sample/app
+step save -o app.tar $reg/sample/app;     lstore save -o "$demo/app.tar" "$reg/sample/app"
+ls -l "$demo/app.tar"
+step rmi $reg/sample/app;                 lstore rmi "$reg/sample/app"
 echo "layer folders left (shared base + tool): $(ls "$ROOT/overlay2" | grep -vc '^l$')"
-step rmi sample/tool:1.0;                 lstore rmi sample/tool:1.0
+step load -i app.tar;                     lstore load -i "$demo/app.tar"
+step rmi $reg/sample/app $reg/sample/tool:1.0; lstore rmi "$reg/sample/app" "$reg/sample/tool:1.0"
 step gc;                                  lstore gc
 echo "left in the store: $(find "$ROOT/blobs" "$ROOT/overlay2" -mindepth 1 | wc -l) entries under blobs/ and overlay2/ (blobs/sha256 and overlay2/l dirs only)"

@@ -37,6 +37,13 @@ fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> i
     b.append_data(&mut h, name, data)
 }
 
+fn current_umask() -> u32 {
+    // umask can only be read by setting it; set it straight back.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(old);
+    old.as_raw_mode()
+}
+
 impl Store {
     /// Writes the images `words` name into an OCI layout tar at `out`.
     pub fn save(&self, words: &[String], out: &Path) -> Result<usize> {
@@ -70,6 +77,10 @@ impl Store {
             .prefix(".lstore-save-")
             .tempfile_in(dir)
             .ctx(|| format!("create a file in {}", dir.display()))?;
+        // Readable like any file the user writes (temp files start 0600).
+        let mode = 0o666 & !current_umask();
+        fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .ctx(|| format!("chmod {}", tmp.path().display()))?;
         let file = tmp.reopen().ctx(|| "reopen output".to_string())?;
         let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
         let werr = |e: io::Error| Error::io(format!("write {}", out.display()), e);
