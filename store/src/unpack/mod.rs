@@ -1,1 +1,206 @@
 //! Layer extraction: decompress, hash and apply a layer tar safely.
+//!
+//! [`unpack_layer`] reads a layer blob once: it hashes the compressed bytes
+//! (the manifest digest), decompresses them, hashes the tar stream (the
+//! config's diff id) and applies every entry to an empty directory that
+//! becomes the layer's overlay2 `diff/`.
+//!
+//! The parts, one concern each:
+//! - `decompress`: magic-byte check, gzip/zstd decoding, both digests, the
+//!   uncompressed size limit;
+//! - `tar_reader`: a streaming tar parser with bounded extension headers and
+//!   no parser differential on sizes (the PAX size always wins);
+//! - `path`: name normalisation and the whiteout naming rules;
+//! - `apply`: fd-relative creation that never follows a symlink and never
+//!   leaves the layer directory, whiteouts, metadata.
+
+mod apply;
+mod decompress;
+mod path;
+mod tar_reader;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testtar;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, CWD};
+
+use crate::digest::Digest;
+use crate::oci::Compression;
+
+/// Bounds on what one layer may make us read and create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest PAX extended header or GNU long name/link data, in bytes.
+    pub max_header_bytes: u64,
+    /// Largest uncompressed tar stream, in bytes (decompression bombs).
+    pub max_layer_size: u64,
+    /// Most entries (files, directories, links, whiteouts, ...) per layer.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // What Go's archive/tar allows since CVE-2022-2879.
+            max_header_bytes: 1 << 20,
+            max_layer_size: 64 << 30,
+            max_entries: 10_000_000,
+        }
+    }
+}
+
+/// The result of extracting one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    /// sha256 of the blob as read, to its end.
+    pub compressed_digest: Digest,
+    /// Bytes of the blob.
+    pub compressed_size: u64,
+    /// sha256 of the uncompressed tar stream, to its end.
+    pub diff_id: Digest,
+    /// Bytes of the uncompressed tar stream.
+    pub size: u64,
+    /// Entries applied (extension headers not counted).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub file_bytes: u64,
+}
+
+/// Why a layer could not be extracted. The message names the tar entry
+/// where one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("cannot open layer directory {}: {source}", path.display())]
+    Destination { path: PathBuf, source: io::Error },
+    #[error("{}", mismatch_message(*declared, *found))]
+    CompressionMismatch {
+        declared: Compression,
+        found: Compression,
+    },
+    #[error("reading {} layer data: {source}", stream_name(*compression))]
+    Read {
+        compression: Compression,
+        source: io::Error,
+    },
+    #[error("layer is larger than the limit of {limit} uncompressed bytes")]
+    TooLarge { limit: u64 },
+    #[error("layer has more than the limit of {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("invalid tar at byte {offset}: {reason}")]
+    InvalidTar { offset: u64, reason: String },
+    #[error(
+        "tar entry {path:?}: {kind} of {size} bytes is larger than the limit of {limit} bytes"
+    )]
+    HeaderTooLarge {
+        path: String,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error("tar entry {path:?}: {reason}")]
+    InvalidEntry { path: String, reason: String },
+    #[error("tar entry {path:?}: refused: {reason}")]
+    Unsafe { path: String, reason: String },
+    #[error("tar entry {path:?}: unsupported {what}")]
+    Unsupported { path: String, what: String },
+    #[error("tar entry {path:?}: {action}: {source}")]
+    Fs {
+        path: String,
+        action: String,
+        source: io::Error,
+    },
+    /// An I/O error outside any entry, for callers that read layer streams
+    /// themselves.
+    #[error("reading layer: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn stream_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "uncompressed",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+fn mismatch_message(declared: Compression, found: Compression) -> String {
+    match declared {
+        Compression::None => format!(
+            "layer declared uncompressed but is {} data",
+            stream_name(found)
+        ),
+        _ => format!(
+            "layer declared {0} but is not {0} data",
+            stream_name(declared)
+        ),
+    }
+}
+
+/// An error reading the tar stream: the size limit, or the stream itself.
+fn read_error(compression: Compression, e: io::Error) -> UnpackError {
+    if let Some(decompress::LayerTooLarge(limit)) =
+        e.get_ref().and_then(|inner| inner.downcast_ref())
+    {
+        return UnpackError::TooLarge { limit: *limit };
+    }
+    UnpackError::Read {
+        compression,
+        source: e,
+    }
+}
+
+/// Reads a whole layer blob, hashing the compressed bytes (to EOF),
+/// decompressing (declared = what the media type says; the magic bytes must
+/// agree), hashing the uncompressed tar stream to EOF (the diff id covers
+/// data after the end-of-archive blocks too), and applying the tar into
+/// `dest`, an existing empty directory (the layer's future `diff/`).
+///
+/// The caller compares the digests with the manifest and config, and
+/// removes `dest` on error.
+pub fn unpack_layer(
+    blob: &mut dyn Read,
+    declared: Compression,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
+    let destination = |source: io::Error| UnpackError::Destination {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let root = rustix::fs::openat(
+        CWD,
+        dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| destination(e.into()))?;
+    let mut applier = apply::Applier::new(root).map_err(destination)?;
+
+    let stream = decompress::open(blob, declared, limits.max_layer_size)?;
+    let mut tar = tar_reader::TarReader::new(stream, declared, limits.max_header_bytes);
+    let mut entries = 0u64;
+    let mut file_bytes = 0u64;
+    while let Some(entry) = tar.next_entry()? {
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        file_bytes += applier.apply(&entry, &mut tar)?;
+    }
+    applier.finish()?;
+    let digests = decompress::finish(tar.into_inner(), declared)?;
+    Ok(Unpacked {
+        compressed_digest: digests.compressed_digest,
+        compressed_size: digests.compressed_size,
+        diff_id: digests.diff_id,
+        size: digests.size,
+        entries,
+        file_bytes,
+    })
+}

@@ -1,0 +1,882 @@
+//! Applies tar entries to a layer directory, relative to directory fds.
+//!
+//! Nothing here builds an absolute path or follows a symlink:
+//! - the layer root is one fd, opened once; it is never looked up by name
+//!   again, so no entry can replace it;
+//! - parent directories are opened with `openat2(RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` below
+//!   the root fd; when that fails the path is walked one component at a
+//!   time (`O_NOFOLLOW | O_DIRECTORY`) to create missing directories and to
+//!   say precisely what is in the way. A symlink in a parent path is an
+//!   error, whether it came from this layer or was made earlier by it;
+//! - the last component is created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+//!   `mkdirat`, `symlinkat`, `mknodat` or `linkat(flags = 0)`, which never
+//!   follow it; whatever is already there is removed first (recursively for
+//!   a directory, fd-relative), except that a directory entry over an
+//!   existing directory only updates its attributes (OCI layer.md);
+//! - owners, modes, xattrs and times are set on the fd just created, or
+//!   with `AT_SYMLINK_NOFOLLOW`, or through `/proc/self/fd/N` of an
+//!   `O_PATH | O_NOFOLLOW` fd (what glibc does for `lchmod`).
+//!
+//! Whiteouts become overlay whiteouts: `.wh.NAME` a 0/0 character device,
+//! `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
+//! Directory modes and times are applied last, deepest first, so read-only
+//! directories can be filled and their mtimes are not disturbed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{
+    self as rfs, AtFlags, Dev, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
+    XattrFlags,
+};
+use rustix::io::Errno;
+
+use super::path::{is_within, normalize, role, split_parent, PathError, Role};
+use super::tar_reader::{Entry, Kind, TarReader, Time};
+use super::UnpackError;
+
+/// The overlay xattr that makes a directory hide lower layers' content.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Mode of directories the archive implies but does not list (as Docker).
+const IMPLIED_DIR_MODE: u32 = 0o755;
+
+fn resolve_beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
+}
+
+fn dir_open_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Attributes of a directory entry, applied when extraction ends.
+#[derive(Debug, Clone, Copy)]
+struct DirAttrs {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    atime: Time,
+    mtime: Time,
+}
+
+/// The last parent directory used, kept open so a run of entries in one
+/// directory resolves it once.
+#[derive(Default)]
+struct ParentCache {
+    entry: Option<(Vec<u8>, OwnedFd)>,
+}
+
+/// Context every filesystem operation needs, apart from the fds.
+struct State {
+    /// Directory attributes to apply at the end, by normalised path.
+    deferred: BTreeMap<Vec<u8>, DirAttrs>,
+    /// Paths whited out by this layer: a directory made there later must
+    /// be opaque, or the lower layers' old content would show through it.
+    whiteouts: HashSet<Vec<u8>>,
+    /// Running as root: any failure to chown is an error.
+    privileged: bool,
+    /// Owner a new file gets without chown, when that is predictable.
+    default_owner: Option<(u32, u32)>,
+}
+
+/// Writes entries into one layer directory.
+pub(crate) struct Applier {
+    root: OwnedFd,
+    cache: ParentCache,
+    state: State,
+}
+
+/// Errors of one entry, with its name for messages.
+struct Ctx<'a> {
+    entry: &'a Entry,
+}
+
+impl Ctx<'_> {
+    fn name(&self) -> String {
+        self.entry.display_name()
+    }
+
+    fn fs(&self, action: impl Into<String>, source: impl Into<io::Error>) -> UnpackError {
+        UnpackError::Fs {
+            path: self.name(),
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
+    fn unsafe_entry(&self, reason: impl Into<String>) -> UnpackError {
+        UnpackError::Unsafe {
+            path: self.name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> UnpackError {
+        UnpackError::InvalidEntry {
+            path: self.name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn path_error(&self, e: PathError, what: &str) -> UnpackError {
+        match e {
+            PathError::Escapes => self.unsafe_entry(format!("{what} climbs above the layer root")),
+            other => self.invalid(format!("{what}: {}", other.reason())),
+        }
+    }
+}
+
+impl Applier {
+    /// `root` is the layer directory, opened with `O_DIRECTORY | O_NOFOLLOW`.
+    pub(crate) fn new(root: OwnedFd) -> io::Result<Applier> {
+        let st = rfs::fstat(&root)?;
+        let euid = rustix::process::geteuid().as_raw();
+        let egid = rustix::process::getegid().as_raw();
+        // New entries take the directory's group when it is setgid.
+        let default_owner = (st.st_mode & 0o2000 == 0).then_some((euid, egid));
+        Ok(Applier {
+            root,
+            cache: ParentCache::default(),
+            state: State {
+                deferred: BTreeMap::new(),
+                whiteouts: HashSet::new(),
+                privileged: euid == 0,
+                default_owner,
+            },
+        })
+    }
+
+    /// Applies one entry, reading its data from `tar`. Returns the number
+    /// of file content bytes written.
+    pub(crate) fn apply<R: BufRead>(
+        &mut self,
+        entry: &Entry,
+        tar: &mut TarReader<R>,
+    ) -> Result<u64, UnpackError> {
+        let ctx = Ctx { entry };
+        let path = normalize(&entry.name).map_err(|e| ctx.path_error(e, "path"))?;
+        if path.is_empty() {
+            return self.apply_root(&ctx);
+        }
+        let (parent_path, name) = split_parent(&path);
+        match role(&path) {
+            Role::AufsMeta => Ok(0),
+            Role::InvalidWhiteout => Err(ctx.invalid("whiteout without a name")),
+            Role::Opaque => {
+                let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
+                set_opaque(parent).map_err(|e| ctx.fs("marking the directory opaque", e))?;
+                Ok(0)
+            }
+            Role::Whiteout(target) => {
+                let mut target_path = parent_path.to_vec();
+                if !target_path.is_empty() {
+                    target_path.push(b'/');
+                }
+                target_path.extend_from_slice(target);
+                let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
+                whiteout(parent, target, &ctx)?;
+                self.state.whiteouts.insert(target_path);
+                Ok(0)
+            }
+            Role::Plain => {
+                let root = self.root.as_fd();
+                let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
+                let mut removed_dir = false;
+                let op = Op {
+                    parent,
+                    name,
+                    path: &path,
+                    ctx: &ctx,
+                    removed_dir: &mut removed_dir,
+                };
+                let written = match entry.kind {
+                    Kind::File => op.file(&mut self.state, tar)?,
+                    Kind::Dir => op.dir(&mut self.state).map(|()| 0)?,
+                    Kind::Symlink => op.symlink(&mut self.state).map(|()| 0)?,
+                    Kind::Hardlink => op.hardlink(&mut self.state, root).map(|()| 0)?,
+                    Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
+                        op.special(&mut self.state).map(|()| 0)?
+                    }
+                };
+                if removed_dir {
+                    self.cache.forget_within(&path);
+                }
+                Ok(written)
+            }
+        }
+    }
+
+    /// An entry naming the layer root: only a directory may, and then only
+    /// its attributes change. The root is never replaced.
+    fn apply_root(&mut self, ctx: &Ctx<'_>) -> Result<u64, UnpackError> {
+        let entry = ctx.entry;
+        match entry.kind {
+            Kind::Dir => {
+                set_xattrs(XattrTarget::Open(self.root.as_fd()), entry, ctx)?;
+                self.state.deferred.insert(Vec::new(), dir_attrs(entry));
+                Ok(0)
+            }
+            kind => Err(ctx.unsafe_entry(format!(
+                "a {} cannot replace the layer root",
+                kind.describe()
+            ))),
+        }
+    }
+
+    /// Applies the directories' modes, owners and times, deepest first.
+    pub(crate) fn finish(self) -> Result<(), UnpackError> {
+        let mut dirs: Vec<(Vec<u8>, DirAttrs)> = self.state.deferred.into_iter().collect();
+        dirs.sort_by_key(|(path, _)| {
+            Reverse(path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty()))
+        });
+        for (path, attrs) in dirs {
+            let name = || String::from_utf8_lossy(&path).into_owned();
+            let fs_err = |action: &str, e: Errno| UnpackError::Fs {
+                path: name(),
+                action: action.to_string(),
+                source: e.into(),
+            };
+            let opened;
+            let fd = if path.is_empty() {
+                self.root.as_fd()
+            } else {
+                opened = rfs::openat2(
+                    &self.root,
+                    &path,
+                    dir_open_flags(),
+                    Mode::empty(),
+                    resolve_beneath(),
+                )
+                .map_err(|e| fs_err("reopening the directory to set its attributes", e))?;
+                opened.as_fd()
+            };
+            if self.state.default_owner != Some((attrs.uid, attrs.gid)) {
+                chown_result(
+                    rfs::fchown(fd, Some(uid(attrs.uid)), Some(gid(attrs.gid))),
+                    self.state.privileged,
+                )
+                .map_err(|e| fs_err("setting the owner", e))?;
+            }
+            rfs::fchmod(fd, Mode::from_raw_mode(attrs.mode))
+                .map_err(|e| fs_err("setting the mode", e))?;
+            rfs::futimens(fd, &timestamps(attrs.atime, attrs.mtime))
+                .map_err(|e| fs_err("setting the times", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl ParentCache {
+    /// The directory `path` (normalised, relative to the root), created
+    /// when missing.
+    fn get<'a>(
+        &'a mut self,
+        root: &'a OwnedFd,
+        path: &[u8],
+        ctx: &Ctx<'_>,
+        state: &State,
+    ) -> Result<BorrowedFd<'a>, UnpackError> {
+        if path.is_empty() {
+            return Ok(root.as_fd());
+        }
+        let hit = matches!(&self.entry, Some((cached, _)) if cached == path);
+        if !hit {
+            let fd = open_dir_beneath(root.as_fd(), path, Missing::Create, "parent", ctx, state)?;
+            self.entry = Some((path.to_vec(), fd));
+        }
+        match &self.entry {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(ctx.invalid("parent directory cache is empty")),
+        }
+    }
+
+    /// Drops the cached fd if it lies in a removed tree.
+    fn forget_within(&mut self, removed: &[u8]) {
+        if matches!(&self.entry, Some((cached, _)) if is_within(cached, removed)) {
+            self.entry = None;
+        }
+    }
+}
+
+/// What to do about a missing directory while walking a path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// Create it (a parent the archive implies).
+    Create,
+    /// Fail: the path must already exist in this layer.
+    Fail,
+}
+
+/// Opens the directory `path` below `root`. `what` names the path in
+/// messages ("parent", "hardlink target \"x\"").
+fn open_dir_beneath(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    missing: Missing,
+    what: &str,
+    ctx: &Ctx<'_>,
+    state: &State,
+) -> Result<OwnedFd, UnpackError> {
+    if let Ok(fd) = rfs::openat2(
+        root,
+        path,
+        dir_open_flags(),
+        Mode::empty(),
+        resolve_beneath(),
+    ) {
+        return Ok(fd);
+    }
+    // Walk it component by component: creates what is missing (if asked)
+    // and names what is in the way.
+    let mut current: Option<OwnedFd> = None;
+    let mut end = 0;
+    for component in path.split(|&b| b == b'/') {
+        end += component.len();
+        let walked = &path[..end];
+        end += 1;
+        let shown = || String::from_utf8_lossy(walked).into_owned();
+        let base = current.as_ref().map_or(root, |fd| fd.as_fd());
+        let next = match rfs::openat2(
+            base,
+            component,
+            dir_open_flags(),
+            Mode::empty(),
+            resolve_beneath(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if missing == Missing::Create => {
+                make_implied_dir(base, component, walked, ctx, state, false)?
+            }
+            Err(Errno::NOENT) => {
+                return Err(ctx.invalid(format!(
+                    "{what}: {:?} does not exist in this layer",
+                    shown()
+                )))
+            }
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                let st = rfs::statat(base, component, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ctx.fs(format!("inspecting {:?}", shown()), e))?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                    return Err(ctx.unsafe_entry(format!(
+                        "{what} passes through symlink {:?}; symlinks are never followed",
+                        shown()
+                    )));
+                }
+                if !(is_whiteout(&st) && missing == Missing::Create) {
+                    return Err(ctx.invalid(format!("{what}: {:?} is not a directory", shown())));
+                }
+                // A path this layer whited out and now fills again.
+                rfs::unlinkat(base, component, AtFlags::empty())
+                    .map_err(|e| ctx.fs("removing a whiteout to make a directory", e))?;
+                make_implied_dir(base, component, walked, ctx, state, true)?
+            }
+            Err(e) => return Err(ctx.fs(format!("opening {what} {:?}", shown()), e)),
+        };
+        current = Some(next);
+    }
+    current.ok_or_else(|| ctx.invalid(format!("{what}: empty path")))
+}
+
+/// Creates a directory the archive implies (a parent it does not list).
+fn make_implied_dir(
+    base: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    ctx: &Ctx<'_>,
+    state: &State,
+    replaced_whiteout: bool,
+) -> Result<OwnedFd, UnpackError> {
+    rfs::mkdirat(base, name, Mode::from_raw_mode(IMPLIED_DIR_MODE))
+        .map_err(|e| ctx.fs("creating a parent directory", e))?;
+    let fd = rfs::openat2(
+        base,
+        name,
+        dir_open_flags(),
+        Mode::empty(),
+        resolve_beneath(),
+    )
+    .map_err(|e| ctx.fs("opening a new parent directory", e))?;
+    // Explicit, so the process umask does not matter.
+    rfs::fchmod(&fd, Mode::from_raw_mode(IMPLIED_DIR_MODE))
+        .map_err(|e| ctx.fs("setting a parent's mode", e))?;
+    if replaced_whiteout || state.whiteouts.contains(path) {
+        set_opaque(fd.as_fd()).map_err(|e| ctx.fs("marking a parent directory opaque", e))?;
+    }
+    Ok(fd)
+}
+
+/// One plain entry being created in its parent directory.
+struct Op<'a> {
+    parent: BorrowedFd<'a>,
+    name: &'a [u8],
+    path: &'a [u8],
+    ctx: &'a Ctx<'a>,
+    removed_dir: &'a mut bool,
+}
+
+impl Op<'_> {
+    fn file<R: BufRead>(
+        mut self,
+        state: &mut State,
+        tar: &mut TarReader<R>,
+    ) -> Result<u64, UnpackError> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o600);
+        let fd = match rfs::openat(self.parent, self.name, flags, mode) {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => {
+                self.remove_existing(state)?;
+                rfs::openat(self.parent, self.name, flags, mode)
+                    .map_err(|e| self.ctx.fs("creating the file", e))?
+            }
+            Err(e) => return Err(self.ctx.fs("creating the file", e)),
+        };
+        let mut file = File::from(fd);
+        let mut written = 0u64;
+        while written < self.ctx.entry.size {
+            let chunk = tar.data_chunk()?;
+            if chunk.is_empty() {
+                break;
+            }
+            file.write_all(chunk)
+                .map_err(|e| self.ctx.fs("writing the file", e))?;
+            let n = chunk.len();
+            tar.consume_data(n);
+            written += n as u64;
+        }
+        let entry = self.ctx.entry;
+        let fd = file.as_fd();
+        // chown before chmod (chown clears setuid/setgid), xattrs after both
+        // (chown drops security.capability), times last.
+        if state.default_owner != Some((entry.uid, entry.gid)) {
+            chown_result(
+                rfs::fchown(fd, Some(uid(entry.uid)), Some(gid(entry.gid))),
+                state.privileged,
+            )
+            .map_err(|e| self.ctx.fs("setting the owner", e))?;
+        }
+        rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+            .map_err(|e| self.ctx.fs("setting the mode", e))?;
+        set_xattrs(XattrTarget::Open(fd), entry, self.ctx)?;
+        rfs::futimens(fd, &entry_times(entry)).map_err(|e| self.ctx.fs("setting the times", e))?;
+        Ok(written)
+    }
+
+    fn dir(mut self, state: &mut State) -> Result<(), UnpackError> {
+        let mode = Mode::from_raw_mode(IMPLIED_DIR_MODE);
+        let mut opaque = false;
+        match rfs::mkdirat(self.parent, self.name, mode) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let st = self.stat()?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    // A directory replacing a whiteout hides what it deleted.
+                    opaque = is_whiteout(&st);
+                    self.remove_existing(state)?;
+                    rfs::mkdirat(self.parent, self.name, mode)
+                        .map_err(|e| self.ctx.fs("creating the directory", e))?;
+                }
+                // An existing directory keeps its content; only its
+                // attributes change.
+            }
+            Err(e) => return Err(self.ctx.fs("creating the directory", e)),
+        }
+        opaque |= state.whiteouts.contains(self.path);
+        let entry = self.ctx.entry;
+        if opaque || !entry.xattrs.is_empty() {
+            let fd = rfs::openat2(
+                self.parent,
+                self.name,
+                dir_open_flags(),
+                Mode::empty(),
+                resolve_beneath(),
+            )
+            .map_err(|e| self.ctx.fs("opening the directory", e))?;
+            if opaque {
+                set_opaque(fd.as_fd())
+                    .map_err(|e| self.ctx.fs("marking the directory opaque", e))?;
+            }
+            set_xattrs(XattrTarget::Open(fd.as_fd()), entry, self.ctx)?;
+        }
+        state.deferred.insert(self.path.to_vec(), dir_attrs(entry));
+        Ok(())
+    }
+
+    fn symlink(mut self, state: &mut State) -> Result<(), UnpackError> {
+        let entry = self.ctx.entry;
+        if entry.link.is_empty() {
+            return Err(self.ctx.invalid("symlink with an empty target"));
+        }
+        if entry.link.contains(&0) {
+            return Err(self.ctx.invalid("symlink target contains a NUL byte"));
+        }
+        // The target text is stored as is: it is never followed here.
+        let target = entry.link.as_slice();
+        match rfs::symlinkat(target, self.parent, self.name) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                self.remove_existing(state)?;
+                rfs::symlinkat(target, self.parent, self.name)
+                    .map_err(|e| self.ctx.fs("creating the symlink", e))?;
+            }
+            Err(e) => return Err(self.ctx.fs("creating the symlink", e)),
+        }
+        self.node_metadata(state, false)
+    }
+
+    fn hardlink(mut self, state: &mut State, root: BorrowedFd<'_>) -> Result<(), UnpackError> {
+        let ctx = self.ctx;
+        let target =
+            normalize(&ctx.entry.link).map_err(|e| ctx.path_error(e, "hardlink target"))?;
+        if target.is_empty() {
+            return Err(ctx.unsafe_entry("hardlink to the layer root"));
+        }
+        if target == self.path {
+            // A link to itself: the file already is what it names.
+            return match self.stat() {
+                Ok(_) => Ok(()),
+                Err(_) => Err(ctx.invalid("hardlink to itself, which does not exist")),
+            };
+        }
+        let shown = || String::from_utf8_lossy(&target).into_owned();
+        let (target_parent, target_name) = split_parent(&target);
+        let opened;
+        let target_dir = if target_parent.is_empty() {
+            root
+        } else {
+            let what = format!("hardlink target {:?}", shown());
+            opened = open_dir_beneath(root, target_parent, Missing::Fail, &what, ctx, state)?;
+            opened.as_fd()
+        };
+        let link = |op: &Op<'_>| {
+            rfs::linkat(
+                target_dir,
+                target_name,
+                op.parent,
+                op.name,
+                AtFlags::empty(),
+            )
+        };
+        let result = match link(&self) {
+            Err(Errno::EXIST) => {
+                self.remove_existing(state)?;
+                link(&self)
+            }
+            other => other,
+        };
+        result.map_err(|e| match e {
+            Errno::NOENT => ctx.invalid(format!(
+                "hardlink target {:?} does not exist in this layer",
+                shown()
+            )),
+            Errno::PERM => ctx.invalid(format!(
+                "hardlink target {:?} is a directory or may not be linked",
+                shown()
+            )),
+            e => ctx.fs(format!("linking to {:?}", shown()), e),
+        })
+        // The linked inode keeps the metadata of its own entry, as GNU tar
+        // does: the link header describes the same file.
+    }
+
+    fn special(mut self, state: &mut State) -> Result<(), UnpackError> {
+        let entry = self.ctx.entry;
+        let (file_type, dev): (FileType, Dev) = match entry.kind {
+            Kind::CharDevice => (
+                FileType::CharacterDevice,
+                rfs::makedev(entry.dev_major, entry.dev_minor),
+            ),
+            Kind::BlockDevice => (
+                FileType::BlockDevice,
+                rfs::makedev(entry.dev_major, entry.dev_minor),
+            ),
+            _ => (FileType::Fifo, 0),
+        };
+        let mode = Mode::from_raw_mode(0o600);
+        let make = |op: &Op<'_>| rfs::mknodat(op.parent, op.name, file_type, mode, dev);
+        let result = match make(&self) {
+            Err(Errno::EXIST) => {
+                self.remove_existing(state)?;
+                make(&self)
+            }
+            other => other,
+        };
+        result.map_err(|e| match e {
+            Errno::PERM => self.ctx.fs(
+                format!("creating a {} (needs root)", entry.kind.describe()),
+                e,
+            ),
+            e => self
+                .ctx
+                .fs(format!("creating a {}", entry.kind.describe()), e),
+        })?;
+        self.node_metadata(state, true)
+    }
+
+    /// Owner, mode, xattrs and times of a symlink or special file, none of
+    /// which can be opened for writing.
+    fn node_metadata(&self, state: &State, set_mode: bool) -> Result<(), UnpackError> {
+        let entry = self.ctx.entry;
+        let node = rfs::openat(
+            self.parent,
+            self.name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.ctx.fs("opening the new node", e))?;
+        if state.default_owner != Some((entry.uid, entry.gid)) {
+            chown_result(
+                rfs::chownat(
+                    &node,
+                    c"",
+                    Some(uid(entry.uid)),
+                    Some(gid(entry.gid)),
+                    AtFlags::EMPTY_PATH,
+                ),
+                state.privileged,
+            )
+            .map_err(|e| self.ctx.fs("setting the owner", e))?;
+        }
+        if set_mode {
+            // Not a symlink (just made by mknodat), so following the fd's
+            // magic link reaches this very node.
+            rfs::chmod(proc_fd_path(&node), Mode::from_raw_mode(entry.mode))
+                .map_err(|e| self.ctx.fs("setting the mode", e))?;
+        }
+        set_xattrs(XattrTarget::Path(node.as_fd()), entry, self.ctx)?;
+        rfs::utimensat(
+            self.parent,
+            self.name,
+            &entry_times(entry),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.ctx.fs("setting the times", e))?;
+        Ok(())
+    }
+
+    fn stat(&self) -> Result<rfs::Stat, UnpackError> {
+        rfs::statat(self.parent, self.name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.ctx.fs("inspecting the existing path", e))
+    }
+
+    /// Removes whatever exists at the entry's name: a later entry wins.
+    fn remove_existing(&mut self, state: &mut State) -> Result<(), UnpackError> {
+        let st = self.stat()?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            remove_tree(self.parent, self.name)
+                .map_err(|e| self.ctx.fs("removing the existing directory", e))?;
+            remove_deferred_within(&mut state.deferred, self.path);
+            *self.removed_dir = true;
+        } else {
+            rfs::unlinkat(self.parent, self.name, AtFlags::empty())
+                .map_err(|e| self.ctx.fs("removing the existing file", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a whiteout for `target` in `parent`.
+///
+/// OCI layer.md: a whiteout hides the name in *lower* layers only; what
+/// this layer itself puts at that name stays. So:
+/// - nothing there yet: a 0/0 character device (overlay's whiteout);
+/// - a directory from this layer: it stays, made opaque, so the lower
+///   layers' content under it is hidden as the whiteout says;
+/// - a file, symlink, device or whiteout from this layer: it stays as is,
+///   since a non-directory in an upper layer already hides the lower name.
+fn whiteout(parent: BorrowedFd<'_>, target: &[u8], ctx: &Ctx<'_>) -> Result<(), UnpackError> {
+    match rfs::statat(parent, target, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => {
+            rfs::mknodat(parent, target, FileType::CharacterDevice, Mode::empty(), 0).map_err(|e| {
+                match e {
+                    Errno::PERM => ctx.fs("creating the whiteout device (needs root)", e),
+                    e => ctx.fs("creating the whiteout device", e),
+                }
+            })
+        }
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            let fd = rfs::openat2(
+                parent,
+                target,
+                dir_open_flags(),
+                Mode::empty(),
+                resolve_beneath(),
+            )
+            .map_err(|e| ctx.fs("opening the whited-out directory", e))?;
+            set_opaque(fd.as_fd()).map_err(|e| ctx.fs("marking the whited-out directory opaque", e))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(ctx.fs("inspecting the whited-out path", e)),
+    }
+}
+
+fn is_whiteout(st: &rfs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+    rfs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+}
+
+/// Removes the directory `name` in `parent` and everything below it,
+/// without following symlinks and without recursion on the stack. Only one
+/// directory fd is open at a time, so depth costs no fds.
+fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
+    // (path relative to parent, children already removed)
+    let mut stack: Vec<(Vec<u8>, bool)> = vec![(name.to_vec(), false)];
+    while let Some((rel, emptied)) = stack.pop() {
+        if emptied {
+            rfs::unlinkat(parent, &rel, AtFlags::REMOVEDIR)?;
+            continue;
+        }
+        let fd = rfs::openat2(
+            parent,
+            &rel,
+            dir_open_flags(),
+            Mode::empty(),
+            resolve_beneath(),
+        )?;
+        let mut children: Vec<(CString, FileType)> = Vec::new();
+        let mut dir = rfs::Dir::read_from(&fd)?;
+        while let Some(item) = dir.read() {
+            let item = item?;
+            let child = item.file_name();
+            if child == c"." || child == c".." {
+                continue;
+            }
+            children.push((child.to_owned(), item.file_type()));
+        }
+        stack.push((rel.clone(), true));
+        for (child, file_type) in children {
+            let is_dir = match file_type {
+                FileType::Directory => true,
+                FileType::Unknown => {
+                    let st = rfs::statat(&fd, child.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+                    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                }
+                _ => false,
+            };
+            if is_dir {
+                let mut sub = rel.clone();
+                sub.push(b'/');
+                sub.extend_from_slice(child.as_bytes());
+                stack.push((sub, false));
+            } else {
+                rfs::unlinkat(&fd, child.as_c_str(), AtFlags::empty())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_deferred_within(deferred: &mut BTreeMap<Vec<u8>, DirAttrs>, removed: &[u8]) {
+    deferred.remove(removed);
+    let mut lower = removed.to_vec();
+    lower.push(b'/');
+    let mut upper = removed.to_vec();
+    upper.push(b'/' + 1);
+    let doomed: Vec<Vec<u8>> = deferred
+        .range(lower..upper)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in doomed {
+        deferred.remove(&key);
+    }
+}
+
+/// Where extended attributes go: an fd open for reading or writing, or an
+/// `O_PATH` fd reached through `/proc/self/fd`.
+enum XattrTarget<'a> {
+    Open(BorrowedFd<'a>),
+    Path(BorrowedFd<'a>),
+}
+
+/// Applies the entry's `SCHILY.xattr.*` records. Overlay's own attributes
+/// are never taken from an image: whiteouts and opacity come only from the
+/// OCI markers, and redirect/metacopy/origin values could point elsewhere.
+/// An attribute the filesystem does not support (ENOTSUP) is skipped.
+fn set_xattrs(target: XattrTarget<'_>, entry: &Entry, ctx: &Ctx<'_>) -> Result<(), UnpackError> {
+    for (name, value) in &entry.xattrs {
+        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+            continue;
+        }
+        if name.contains(&0) {
+            return Err(ctx.invalid("xattr name contains a NUL byte"));
+        }
+        let result = match target {
+            XattrTarget::Open(fd) => {
+                rfs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
+            }
+            XattrTarget::Path(fd) => rfs::setxattr(
+                proc_fd_path(&fd),
+                name.as_slice(),
+                value,
+                XattrFlags::empty(),
+            ),
+        };
+        match result {
+            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Err(e) => {
+                return Err(ctx.fs(
+                    format!("setting xattr {:?}", String::from_utf8_lossy(name)),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn proc_fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// A failed chown is an error for root; other users may not give files
+/// away, so EPERM is then expected and ignored.
+fn chown_result(result: Result<(), Errno>, privileged: bool) -> Result<(), Errno> {
+    match result {
+        Err(Errno::PERM) if !privileged => Ok(()),
+        other => other,
+    }
+}
+
+fn uid(raw: u32) -> rfs::Uid {
+    rfs::Uid::from_raw(raw)
+}
+
+fn gid(raw: u32) -> rfs::Gid {
+    rfs::Gid::from_raw(raw)
+}
+
+fn dir_attrs(entry: &Entry) -> DirAttrs {
+    DirAttrs {
+        uid: entry.uid,
+        gid: entry.gid,
+        mode: entry.mode,
+        atime: entry.atime.unwrap_or(entry.mtime),
+        mtime: entry.mtime,
+    }
+}
+
+fn entry_times(entry: &Entry) -> Timestamps {
+    timestamps(entry.atime.unwrap_or(entry.mtime), entry.mtime)
+}
+
+fn timestamps(atime: Time, mtime: Time) -> Timestamps {
+    let ts = |t: Time| Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec),
+    };
+    Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    }
+}
