@@ -931,6 +931,13 @@ mod tests {
     }
 
     #[test]
+    fn client_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RegistryClient>();
+        assert_send_sync::<RegistryError>();
+    }
+
+    #[test]
     fn ca_file_errors() {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");

@@ -3,6 +3,7 @@
 //! Docker Hub's key is `https://index.docker.io/v1/`. Credential helpers
 //! (`credHelpers`, `credsStore`) are asked first when configured.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -106,10 +107,17 @@ pub struct DockerConfig {
 impl DockerConfig {
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
     pub fn default_location() -> Option<DockerConfig> {
-        if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        Self::location_from(std::env::var_os("DOCKER_CONFIG"), std::env::var_os("HOME"))
+    }
+
+    fn location_from(
+        docker_config: Option<OsString>,
+        home: Option<OsString>,
+    ) -> Option<DockerConfig> {
+        if let Some(dir) = docker_config.filter(|d| !d.is_empty()) {
             return Some(DockerConfig::in_dir(Path::new(&dir)));
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+        let home = home.filter(|h| !h.is_empty())?;
         Some(DockerConfig::in_dir(&Path::new(&home).join(".docker")))
     }
 
@@ -464,6 +472,27 @@ mod tests {
         fs::write(config.path(), "{not json").unwrap();
         assert!(config.store("x.io", &creds("a", "b")).is_err());
         assert_eq!(fs::read_to_string(config.path()).unwrap(), "{not json");
+    }
+
+    #[test]
+    fn default_location_honours_docker_config() {
+        let at = |dc: Option<&str>, home: Option<&str>| {
+            DockerConfig::location_from(dc.map(Into::into), home.map(Into::into))
+                .map(|c| c.path().to_path_buf())
+        };
+        assert_eq!(
+            at(Some("/cfg"), Some("/home/u")),
+            Some(PathBuf::from("/cfg/config.json"))
+        );
+        assert_eq!(
+            at(Some(""), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.docker/config.json"))
+        );
+        assert_eq!(
+            at(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.docker/config.json"))
+        );
+        assert_eq!(at(None, None), None);
     }
 
     #[test]
