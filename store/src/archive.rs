@@ -111,7 +111,9 @@ impl ArchiveFiles {
     pub fn size(&self, name: &str) -> Option<u64> {
         let name = normalise(name);
         match self {
-            ArchiveFiles::Dir(d) => std::fs::metadata(safe_join(d, &name)?).ok().map(|m| m.len()),
+            ArchiveFiles::Dir(d) => std::fs::metadata(safe_join(d, &name)?)
+                .ok()
+                .map(|m| m.len()),
             ArchiveFiles::Tar { members, .. } => members.get(&name).map(|m| m.1),
         }
     }
@@ -218,8 +220,8 @@ pub fn read_images(
             return Err(bad("index.json without oci-layout".into()));
         }
         let bytes = files.read_small("index.json")?;
-        let index: oci::Index = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("index.json: {e}")))?;
+        let index: oci::Index =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("index.json: {e}")))?;
         let mut images = Vec::new();
         for desc in &index.manifests {
             images.push(read_oci_image(files, desc, choose)?);
@@ -231,8 +233,8 @@ pub fn read_images(
     }
     if files.has("manifest.json") {
         let bytes = files.read_small("manifest.json")?;
-        let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("manifest.json: {e}")))?;
+        let entries: Vec<DockerManifestEntry> =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest.json: {e}")))?;
         let mut images = Vec::new();
         for entry in entries {
             let config = files.read_small(&entry.config)?;
@@ -390,7 +392,11 @@ mod tests {
         drop(b);
         let files = ArchiveFiles::open(&path).unwrap();
         let mut s = String::new();
-        files.reader("x/one").unwrap().read_to_string(&mut s).unwrap();
+        files
+            .reader("x/one")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "first");
         assert_eq!(files.read_small("two").unwrap(), b"second!");
         assert!(files.reader("three").is_err());

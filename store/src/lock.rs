@@ -79,7 +79,11 @@ pub struct LayerLock {
 }
 
 impl LayerLock {
-    pub fn acquire(locks_dir: &Path, chain_id: &Digest, on_wait: &dyn Fn(&str)) -> Result<LayerLock> {
+    pub fn acquire(
+        locks_dir: &Path,
+        chain_id: &Digest,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<LayerLock> {
         let path = locks_dir.join(chain_id.hex());
         let file = open_lock_file(&path)?;
         lock_exclusive(&file, &path, on_wait)?;

@@ -115,9 +115,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     let corrupt = |reason: String| Error::Corrupt {
-        key: String::from_utf8(key.to_vec()).unwrap_or_else(|_| {
-            key.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        }),
+        key: String::from_utf8(key.to_vec())
+            .unwrap_or_else(|_| key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         reason,
     };
     match bytes.split_first() {
