@@ -105,7 +105,8 @@ pub(super) struct Call<'a> {
 
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<RegistryClient, RegistryError> {
-        let tls = tls_config(options.ca_file.as_deref())?;
+        let system = system_bundle(std::env::var_os("SSL_CERT_FILE"));
+        let tls = tls_config(system.as_deref(), options.ca_file.as_deref())?;
         let build = |direct: bool| {
             let mut config = Agent::config_builder()
                 .http_status_as_error(false)
@@ -591,20 +592,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// System CA bundle (`SSL_CERT_FILE`, else the distribution's) plus the
-/// given CA file; Mozilla's roots when there is neither.
-fn tls_config(ca_file: Option<&Path>) -> Result<TlsConfig, RegistryError> {
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    let system = std::env::var_os("SSL_CERT_FILE")
+/// The system CA bundle: `SSL_CERT_FILE` when it names a file, else the
+/// distribution's bundle when present.
+fn system_bundle(ssl_cert_file: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    ssl_cert_file
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .filter(|p| p.is_file())
-        .or_else(|| Some(PathBuf::from(SYSTEM_CA_BUNDLE)).filter(|p| p.is_file()));
-    if let Some(path) = &system {
-        // A broken system bundle is not this program's to refuse: use what
-        // parses.
+        .or_else(|| Some(PathBuf::from(SYSTEM_CA_BUNDLE)).filter(|p| p.is_file()))
+}
+
+/// The system bundle plus the given CA file; Mozilla's roots when there is
+/// neither.
+fn tls_config(system: Option<&Path>, ca_file: Option<&Path>) -> Result<TlsConfig, RegistryError> {
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    if let Some(path) = system {
+        // A damaged system bundle is not this program's to refuse: use the
+        // certificates that parse.
         if let Ok(pem) = std::fs::read(path) {
-            roots.extend(certificates_in(&pem).into_iter().flatten());
+            roots.extend(ureq::tls::parse_pem(&pem).filter_map(|item| match item {
+                Ok(PemItem::Certificate(cert)) => Some(cert),
+                _ => None,
+            }));
         }
     }
     if let Some(path) = ca_file {
@@ -942,9 +951,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate").unwrap();
-        let err = tls_config(Some(&empty)).unwrap_err().to_string();
+        let err = tls_config(None, Some(&empty)).unwrap_err().to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
         let missing = dir.path().join("missing.pem");
-        assert!(tls_config(Some(&missing)).is_err());
+        assert!(tls_config(None, Some(&missing)).is_err());
+        // A damaged system bundle is tolerated.
+        assert!(tls_config(Some(&empty), None).is_ok());
+    }
+
+    #[test]
+    fn ssl_cert_file_names_the_system_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, "").unwrap();
+        assert_eq!(system_bundle(Some(bundle.clone().into())), Some(bundle));
+        let default = Some(PathBuf::from(SYSTEM_CA_BUNDLE)).filter(|p| p.is_file());
+        assert_eq!(
+            system_bundle(Some(dir.path().join("absent").into())),
+            default
+        );
+        assert_eq!(system_bundle(Some("".into())), default);
+        assert_eq!(system_bundle(None), default);
     }
 }

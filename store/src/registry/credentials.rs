@@ -54,10 +54,7 @@ pub fn normalize_registry(registry: &str) -> Result<String, RegistryError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     {
-        return Err(RegistryError::InvalidResponse {
-            host: registry.to_string(),
-            reason: "not a registry host name".to_string(),
-        });
+        return Err(RegistryError::InvalidRegistry(registry.to_string()));
     }
     let host = host.to_ascii_lowercase();
     Ok(match host.as_str() {

@@ -55,6 +55,8 @@ pub enum RegistryError {
     },
     #[error("{host}: invalid response: {reason}")]
     InvalidResponse { host: String, reason: String },
+    #[error("invalid registry name {0:?}")]
+    InvalidRegistry(String),
     #[error("{}: {reason}", .path.display())]
     Credentials { path: PathBuf, reason: String },
     #[error("CA certificates {}: {reason}", .path.display())]
