@@ -227,3 +227,59 @@ fn skopeo_reads_layouts_and_docker_archives() {
         serde_json::json!(uncompressed.diff_ids())
     );
 }
+
+/// The tree comparison notices every property it claims to compare.
+#[test]
+fn tree_diff_reports_each_kind_of_difference() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = scratch();
+    let layout = scratch.path().join("layout");
+    let image = common::checks::umoci_twin(&scenes::everything_image(ManifestKind::Oci));
+    write_oci_layout(&layout, &[(&image, LayoutNames::ref_name("t"))]);
+    let bundle = umoci_unpack(&layout, "t");
+    let root = bundle.rootfs();
+    let before = snapshot(&root);
+    assert!(common::tree::diff(&before, &snapshot(&root)).is_empty());
+
+    fs::set_permissions(root.join("usr/bin/su"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join("etc/passwd"), "changed\n").unwrap();
+    let status = Command::new("touch")
+        .args(["-h", "-d", "@0"])
+        .arg(root.join("bin/ash"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::lchown(root.join("ids/named"), Some(1), None).unwrap();
+    let path = std::ffi::CString::new(root.join("etc/xattrs").to_str().unwrap()).unwrap();
+    // SAFETY: both arguments are NUL-terminated strings.
+    let rc = unsafe { libc::lremovexattr(path.as_ptr(), c"user.comment".as_ptr()) };
+    assert_eq!(rc, 0, "lremovexattr");
+    // Break the hardlink: copy c over itself as a separate inode.
+    let content = fs::read(root.join("usr/bin/c")).unwrap();
+    fs::remove_file(root.join("usr/bin/c")).unwrap();
+    fs::write(root.join("usr/bin/c"), content).unwrap();
+    fs::set_permissions(root.join("usr/bin/c"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_file(root.join("dev/initctl")).unwrap();
+    fs::write(root.join("extra"), "").unwrap();
+
+    let differences = common::tree::diff(&before, &snapshot(&root)).join("\n");
+    for expected in [
+        "/usr/bin/su: mode expected 4755, found 0755",
+        "/etc/passwd: expected file(",
+        "/bin/ash: mtime expected",
+        "/ids/named: owner expected 1234:5678, found 1:5678",
+        "/usr/bin/a: hardlinked with",
+        "/usr/bin/c: hardlinked with expected Some(\"usr/bin/a\"), found None",
+        "missing: /dev/initctl (fifo)",
+        "unexpected: /extra (file(",
+    ] {
+        assert!(
+            differences.contains(expected),
+            "{expected:?} not in:\n{differences}"
+        );
+    }
+    assert!(
+        differences.contains("/etc/xattrs: xattrs expected"),
+        "{differences}"
+    );
+}

@@ -477,3 +477,37 @@ fn dot_slash_prefixed_names_are_ordinary_paths() {
     store.load(&layout, None);
     assert_matches_umoci(&store, name, &image);
 }
+
+#[test]
+fn multi_platform_index_loads_the_host_platform() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let other_arch = if common::image::host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let mut foreign = TarBuilder::new();
+    foreign.file("platform", format!("{other_arch}\n"));
+    let foreign = ImageBuilder::new()
+        .tar(&foreign, Compression::Gzip)
+        .platform("linux", other_arch)
+        .build();
+    let mut native = TarBuilder::new();
+    native.file("platform", "host\n");
+    let native = ImageBuilder::new()
+        .tar(&native, Compression::Gzip)
+        .layer(scenes::small_base())
+        .build();
+    let layout = scratch.path().join("layout");
+    let name = "example.com/lstore/multi:1";
+    common::image::write_oci_layout_multi_platform(
+        &layout,
+        &[&foreign, &native],
+        LayoutNames::containerd(name),
+    );
+    store.load(&layout, None);
+    let inspect = store.inspect(name);
+    check_inspect(&store, &inspect, &native, name, Source::Layout);
+    assert_matches_umoci(&store, name, &native);
+}

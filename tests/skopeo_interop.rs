@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::checks::{assert_matches_umoci, check_inspect, check_layer_folders, Source};
-use common::image::write_oci_layout;
+use common::checks::{
+    assert_matches_umoci, check_inspect, check_layer_folders, umoci_twin, Source,
+};
+use common::image::{blob_path, write_oci_layout, Image};
 use common::peers::{skopeo_copy, skopeo_inspect, umoci_unpack};
 use common::scenes::{self, everything_image};
 use common::tree::{assert_same_tree, snapshot};
@@ -13,7 +15,7 @@ use common::{scratch, Compression, ImageBuilder, LayoutNames, Lstore, ManifestKi
 use std::path::{Path, PathBuf};
 
 /// The original layout, tagged `v1` as skopeo and umoci address it.
-fn original(scratch: &Path, image: &common::image::Image) -> PathBuf {
+fn original(scratch: &Path, image: &Image) -> PathBuf {
     let dir = scratch.join("original");
     write_oci_layout(&dir, &[(image, LayoutNames::ref_name("v1"))]);
     dir
@@ -23,19 +25,66 @@ fn oci(dir: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())
 }
 
+/// The manifest digest a layout's index.json names first.
+fn index_digest(layout: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn assert_diff_ids(inspect: &serde_json::Value, image: &Image) {
+    let layers = inspect["layers"].as_array().unwrap();
+    let diff_ids: Vec<&str> = layers
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(diff_ids, image.diff_ids(), "diff_ids");
+}
+
 #[test]
-fn oci_layout_copied_by_skopeo() {
+fn oci_layout_copied_by_skopeo_unchanged() {
+    let scratch = scratch();
+    let image = everything_image(ManifestKind::Oci);
+    let a = original(scratch.path(), &image);
+    let b = scratch.path().join("copy");
+    skopeo_copy(
+        &["--dest-oci-accept-uncompressed-layers"],
+        &oci(&a, "v1"),
+        &oci(&b, "v1"),
+    );
+    assert_eq!(
+        index_digest(&b),
+        image.manifest_digest,
+        "skopeo kept the manifest"
+    );
+    let store = Lstore::new();
+    let name = "example.com/skopeo/oci:v1";
+    store.load(&b, Some(name));
+    let inspect = store.inspect(name);
+    check_inspect(&store, &inspect, &image, name, Source::Layout);
+    check_layer_folders(&store, &inspect);
+    assert_matches_umoci(&store, name, &image);
+}
+
+#[test]
+fn oci_layout_recompressed_by_skopeo() {
+    // By default skopeo gzips the uncompressed layers: new blobs and a new
+    // manifest around the same diff_ids.
     let scratch = scratch();
     let image = everything_image(ManifestKind::Oci);
     let a = original(scratch.path(), &image);
     let b = scratch.path().join("copy");
     skopeo_copy(&[], &oci(&a, "v1"), &oci(&b, "v1"));
     let store = Lstore::new();
-    let name = "example.com/skopeo/oci:v1";
+    let name = "example.com/skopeo/oci:gzipped";
     store.load(&b, Some(name));
     let inspect = store.inspect(name);
-    // skopeo copies the blobs unchanged, so the digests are the original's.
-    check_inspect(&store, &inspect, &image, name, Source::Layout);
+    assert_eq!(inspect["digest"], index_digest(&b).as_str());
+    assert_eq!(inspect["id"], image.config_digest.as_str());
+    assert_diff_ids(&inspect, &image);
     check_layer_folders(&store, &inspect);
     assert_matches_umoci(&store, name, &image);
 }
@@ -43,7 +92,8 @@ fn oci_layout_copied_by_skopeo() {
 #[test]
 fn docker_archive_written_by_skopeo() {
     let scratch = scratch();
-    let image = everything_image(ManifestKind::Oci);
+    // Docker images cannot carry zstd layers: the gzip twin.
+    let image = umoci_twin(&everything_image(ManifestKind::Oci));
     let a = original(scratch.path(), &image);
     let archive = scratch.path().join("docker.tar");
     let name = "example.com/skopeo/archive:v1";
@@ -55,18 +105,7 @@ fn docker_archive_written_by_skopeo() {
     let store = Lstore::new();
     store.load(&archive, None);
     let inspect = store.inspect(name);
-    assert_eq!(
-        inspect["layers"].as_array().unwrap().len(),
-        image.layers.len()
-    );
-    for (layer, want) in inspect["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&image.layers)
-    {
-        assert_eq!(layer["diff_id"], want.diff_id.as_str());
-    }
+    assert_diff_ids(&inspect, &image);
     check_layer_folders(&store, &inspect);
     assert_matches_umoci(&store, name, &image);
 }
@@ -83,26 +122,20 @@ fn docker_schema2_layout_written_by_skopeo() {
     let a = original(scratch.path(), &image);
     let c = scratch.path().join("schema2");
     skopeo_copy(&["--format", "v2s2"], &oci(&a, "v1"), &oci(&c, "v1"));
-    let raw = skopeo_inspect(&["--raw"], &oci(&c, "v1"));
-    assert_eq!(raw["mediaType"], common::image::DOCKER_MANIFEST);
+    let digest = index_digest(&c);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob_path(&c, &digest)).unwrap()).unwrap();
+    assert_eq!(manifest["mediaType"], common::image::DOCKER_MANIFEST);
     let store = Lstore::new();
     let name = "example.com/skopeo/schema2:v1";
     store.load(&c, Some(name));
     let inspect = store.inspect(name);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.join("index.json")).unwrap()).unwrap();
     assert_eq!(
-        inspect["digest"], index["manifests"][0]["digest"],
+        inspect["digest"],
+        digest.as_str(),
         "the manifest skopeo wrote"
     );
-    for (layer, want) in inspect["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&image.layers)
-    {
-        assert_eq!(layer["diff_id"], want.diff_id.as_str());
-    }
+    assert_diff_ids(&inspect, &image);
     check_layer_folders(&store, &inspect);
     assert_matches_umoci(&store, name, &image);
 }
@@ -118,14 +151,36 @@ fn saved_image_reads_back_with_skopeo_and_umoci() {
     let saved = scratch.path().join("saved.tar");
     store.ok(&["save", "-o", saved.to_str().unwrap(), name]);
     let archive = format!("oci-archive:{}", saved.display());
-    let config = skopeo_inspect(&["--config"], &archive);
+    // The store keeps blobs as distributed, so it saves the same manifest.
+    let raw = skopeo_inspect(&["--raw"], &archive);
     assert_eq!(
-        config["rootfs"]["diff_ids"],
-        serde_json::json!(image.diff_ids())
+        raw,
+        serde_json::from_slice::<serde_json::Value>(&image.manifest).unwrap()
     );
+    // skopeo verifies every blob while copying.
     let d = scratch.path().join("from-save");
-    skopeo_copy(&[], &archive, &oci(&d, "v1"));
-    let expected = snapshot(&umoci_unpack(&a, "v1").rootfs());
-    let actual = snapshot(&umoci_unpack(&d, "v1").rootfs());
+    skopeo_copy(
+        &["--dest-oci-accept-uncompressed-layers"],
+        &archive,
+        &oci(&d, "v1"),
+    );
+    assert_eq!(index_digest(&d), image.manifest_digest);
+
+    // A gzip-only image saved and unpacked by umoci.
+    let twin = umoci_twin(&image);
+    let t = scratch.path().join("twin");
+    write_oci_layout(&t, &[(&twin, LayoutNames::ref_name("v1"))]);
+    let twin_name = "example.com/skopeo/saved:twin";
+    store.load(&t, Some(twin_name));
+    let saved_twin = scratch.path().join("saved-twin.tar");
+    store.ok(&["save", "-o", saved_twin.to_str().unwrap(), twin_name]);
+    let e = scratch.path().join("from-save-twin");
+    skopeo_copy(
+        &["--dest-oci-accept-uncompressed-layers"],
+        &format!("oci-archive:{}", saved_twin.display()),
+        &oci(&e, "v1"),
+    );
+    let expected = snapshot(&umoci_unpack(&t, "v1").rootfs());
+    let actual = snapshot(&umoci_unpack(&e, "v1").rootfs());
     assert_same_tree(&expected, &actual, "umoci unpack of the saved image");
 }

@@ -305,6 +305,50 @@ pub fn write_oci_layout(dir: &Path, images: &[(&Image, LayoutNames)]) {
     .expect("index.json");
 }
 
+/// Writes an OCI layout whose index.json names one multi-platform image
+/// index (a blob) listing `images` with their platforms.
+pub fn write_oci_layout_multi_platform(dir: &Path, images: &[&Image], names: LayoutNames) {
+    write_oci_layout(dir, &[]);
+    let mut manifests = Vec::new();
+    for image in images {
+        for (digest, bytes) in image.blobs() {
+            fs::write(blob_path(dir, &digest), bytes).expect("write blob");
+        }
+        manifests.push(json!({
+            "mediaType": image.manifest_media_type(),
+            "digest": image.manifest_digest,
+            "size": image.manifest.len(),
+            "platform": {"os": image.os, "architecture": image.architecture},
+        }));
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    let index = serde_json::to_vec(&index).expect("index json");
+    let digest = sha256_digest(&index);
+    fs::write(blob_path(dir, &digest), &index).expect("write index blob");
+    let mut annotations = serde_json::Map::new();
+    if let Some(name) = &names.containerd {
+        annotations.insert(ANNOTATION_CONTAINERD_NAME.into(), json!(name));
+    }
+    if let Some(name) = &names.ref_name {
+        annotations.insert(ANNOTATION_REF_NAME.into(), json!(name));
+    }
+    let top = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_INDEX,
+            "digest": digest,
+            "size": index.len(),
+            "annotations": annotations,
+        }],
+    });
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec_pretty(&top).expect("index json"),
+    )
+    .expect("index.json");
+}
+
 /// `<layout>/blobs/sha256/<hex>` of a `sha256:<hex>` digest.
 pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");

@@ -77,8 +77,8 @@ impl Lstore {
         out
     }
 
-    /// Runs a command that must fail with a non-zero status and exactly one
-    /// stderr line starting with `error: `; returns that line.
+    /// Runs a command that must fail with a non-zero status and one
+    /// `error: ` line on stderr; returns that line.
     pub fn fails<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
         let out = self.run(args);
         assert!(
@@ -89,7 +89,12 @@ impl Lstore {
             out.stderr
         );
         assert_one_line_error(&show_args(args), &out);
-        out.stderr.trim_end().to_string()
+        out.stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// Runs a command that must succeed and print JSON on stdout.
@@ -210,11 +215,18 @@ fn assert_no_crash<S: AsRef<OsStr>>(args: &[S], out: &Output) {
     );
 }
 
-/// A failed command prints exactly one `error: …` line on stderr.
+/// A failed command reports its error as one `error: …` line: the last
+/// line of stderr, with no other error line or error chain around it
+/// (progress lines before it are allowed).
 pub fn assert_one_line_error(what: &str, out: &Output) {
     let stderr = out.stderr.trim_end();
+    let last = stderr.lines().last().unwrap_or("");
+    let other_errors = stderr.lines().rev().skip(1).any(|line| {
+        let lower = line.trim_start().to_lowercase();
+        lower.starts_with("error") || lower.starts_with("caused by") || lower.contains("backtrace")
+    });
     assert!(
-        stderr.starts_with("error: ") && !stderr.contains('\n') && stderr.len() > "error: ".len(),
+        last.starts_with("error: ") && last.len() > "error: ".len() && !other_errors,
         "lstore {what} must fail with one `error: …` line on stderr, got:\n{}",
         out.stderr
     );

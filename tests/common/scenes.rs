@@ -240,6 +240,9 @@ pub fn small_app(name: &str) -> Layer {
     t.dir("app");
     t.file(format!("app/{name}"), noise(10_000, name.len() as u64 + 11));
     t.file("app/name", format!("{name}\n"));
+    // The parent's header comes along, as image builders write it: a
+    // directory the tar lacks gets fresh metadata in the upper layer.
+    t.dir("bin");
     t.whiteout("bin/alias");
     t.layer(Compression::Gzip)
 }
