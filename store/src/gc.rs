@@ -30,6 +30,8 @@ use crate::store::Store;
 pub(crate) struct SweepPlan {
     drop_tags: Vec<String>,
     drop_images: Vec<Digest>,
+    /// Image ids (config digests) of `drop_images`, for the report.
+    drop_ids: Vec<Digest>,
     blob_records: Vec<Digest>,
     layer_records: Vec<Digest>,
     blob_files: Vec<Digest>,
@@ -74,23 +76,10 @@ fn leased(store: &Store) -> Result<(HashSet<Digest>, HashSet<Digest>, HashSet<St
 
 /// Images that live mounts use (records under `mounts/`).
 fn mounted_images(store: &Store) -> BTreeSet<Digest> {
-    let mut out = BTreeSet::new();
-    if let Ok(entries) = fs::read_dir(store.root().join("mounts")) {
-        for e in entries.flatten() {
-            if let Ok(bytes) = fs::read(e.path()) {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    if let Some(d) = v
-                        .get("image")
-                        .and_then(|d| d.as_str())
-                        .and_then(|s| Digest::parse(s).ok())
-                    {
-                        out.insert(d);
-                    }
-                }
-            }
-        }
-    }
-    out
+    crate::mount::live_mount_records(store)
+        .into_iter()
+        .map(|m| m.image)
+        .collect()
 }
 
 /// Plans the removal of `drop_tags` and `doomed` images. With `whole_store`
@@ -122,6 +111,11 @@ pub(crate) fn plan_sweep(
     let mut plan = SweepPlan {
         drop_tags: drop_tags.iter().cloned().collect(),
         drop_images: doomed.iter().copied().collect(),
+        drop_ids: all
+            .iter()
+            .filter(|i| doomed.contains(&i.manifest))
+            .map(|i| i.config)
+            .collect(),
         ..SweepPlan::default()
     };
 
@@ -214,9 +208,7 @@ pub(crate) fn apply_sweep(
     trash: &mut Vec<PathBuf>,
 ) -> Result<()> {
     report.refcount_fixes += plan.refcount_fixes;
-    report
-        .deleted_images
-        .extend(plan.drop_images.iter().copied());
+    report.deleted_images.extend(plan.drop_ids.iter().copied());
     report.deleted_blobs += plan.blob_files.len() as u64;
     report.deleted_layers += plan.layer_dirs.len() as u64;
     if report.dry_run {

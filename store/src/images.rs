@@ -78,6 +78,7 @@ pub struct Stored {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Removal {
     pub untagged: Vec<String>,
+    /// Ids (config digests) of the images removed.
     pub deleted_images: Vec<Digest>,
     pub deleted_blobs: u64,
     pub deleted_layers: u64,

@@ -74,6 +74,20 @@ fn unescape_mountinfo(s: &str) -> String {
     out
 }
 
+/// Records of the mounts that are live now (a record whose target is no
+/// longer a mount point protects nothing).
+pub(crate) fn live_mount_records(store: &Store) -> Vec<MountRecord> {
+    let Ok(entries) = fs::read_dir(store.root().join("mounts")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+        .filter(|m| is_mount_point(Path::new(&m.target)))
+        .collect()
+}
+
 /// Room left for overlay options in one page, as Docker reckons it.
 const PAGE_BUDGET: usize = 4096 - 512;
 
