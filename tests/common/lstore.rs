@@ -4,7 +4,7 @@ use serde_json::Value;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use tempfile::TempDir;
 
 pub struct Output {
@@ -44,16 +44,31 @@ impl Lstore {
         self.root.path()
     }
 
-    /// Runs `lstore --root <root> ARGS…` and returns what it printed.
-    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_lstore"))
+    /// `lstore --root <root> ARGS…`, not started yet.
+    pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lstore"));
+        command
             .arg("--root")
             .arg(self.root())
             .args(args)
             .env_remove("LSTORE_ROOT")
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .expect("run lstore");
+            .env_remove("RUST_BACKTRACE");
+        command
+    }
+
+    /// Starts a command in the background, its output captured.
+    pub fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lstore")
+    }
+
+    /// Waits for a spawned command; checks that it did not crash.
+    pub fn wait<S: AsRef<OsStr>>(&self, args: &[S], child: Child) -> Output {
+        let output = child.wait_with_output().expect("wait for lstore");
         let out = Output {
             status: output.status,
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -61,6 +76,12 @@ impl Lstore {
         };
         assert_no_crash(args, &out);
         out
+    }
+
+    /// Runs `lstore --root <root> ARGS…` and returns what it printed.
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let child = self.spawn(args);
+        self.wait(args, child)
     }
 
     /// Runs a command that must succeed.
