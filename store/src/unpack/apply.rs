@@ -42,6 +42,9 @@ use super::UnpackError;
 
 /// The overlay xattr that makes a directory hide lower layers' content.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// A directory's default ACL: files created in it take their mode from it
+/// rather than from the umask.
+const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
 /// Mode of directories the archive implies but does not list (as Docker).
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
@@ -84,6 +87,10 @@ struct State {
     privileged: bool,
     /// Owner a new file gets without chown, when that is predictable.
     default_owner: Option<(u32, u32)>,
+    /// The process umask, when known and nothing else (a default ACL)
+    /// decides the mode of new files: a file created with its final
+    /// permission bits then needs no chmod.
+    umask: Option<u32>,
 }
 
 /// Writes entries into one layer directory.
@@ -141,6 +148,7 @@ impl Applier {
         let egid = rustix::process::getegid().as_raw();
         // New entries take the directory's group when it is setgid.
         let default_owner = (st.st_mode & 0o2000 == 0).then_some((euid, egid));
+        let inherits_acl = rfs::fgetxattr_query(&root, DEFAULT_ACL_XATTR).is_ok();
         Ok(Applier {
             root,
             cache: ParentCache::default(),
@@ -149,6 +157,7 @@ impl Applier {
                 whiteouts: HashSet::new(),
                 privileged: euid == 0,
                 default_owner,
+                umask: if inherits_acl { None } else { process_umask() },
             },
         })
     }
@@ -429,7 +438,14 @@ impl Op<'_> {
     ) -> Result<u64, UnpackError> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mode = Mode::from_raw_mode(0o600);
+        let entry = self.ctx.entry;
+        // Created with its final permissions when the umask cannot strip
+        // any; special bits are set after chown, which would clear them.
+        let needs_chmod = match state.umask {
+            Some(umask) => entry.mode & 0o7000 != 0 || entry.mode & umask != 0,
+            None => true,
+        };
+        let mode = Mode::from_raw_mode(entry.mode & 0o777);
         let fd = match rfs::openat(self.parent, self.name, flags, mode) {
             Ok(fd) => fd,
             Err(Errno::EXIST) => {
@@ -452,7 +468,6 @@ impl Op<'_> {
             tar.consume_data(n);
             written += n as u64;
         }
-        let entry = self.ctx.entry;
         let fd = file.as_fd();
         // chown before chmod (chown clears setuid/setgid), xattrs after both
         // (chown drops security.capability), times last.
@@ -463,8 +478,10 @@ impl Op<'_> {
             )
             .map_err(|e| self.ctx.fs("setting the owner", e))?;
         }
-        rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
-            .map_err(|e| self.ctx.fs("setting the mode", e))?;
+        if needs_chmod {
+            rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+                .map_err(|e| self.ctx.fs("setting the mode", e))?;
+        }
         set_xattrs(XattrTarget::Open(fd), entry, self.ctx)?;
         rfs::futimens(fd, &entry_times(entry)).map_err(|e| self.ctx.fs("setting the times", e))?;
         Ok(written)
@@ -505,6 +522,14 @@ impl Op<'_> {
                     .map_err(|e| self.ctx.fs("marking the directory opaque", e))?;
             }
             set_xattrs(XattrTarget::Open(fd.as_fd()), entry, self.ctx)?;
+            if entry
+                .xattrs
+                .iter()
+                .any(|(name, _)| name == DEFAULT_ACL_XATTR.as_bytes())
+            {
+                // Files created below take their mode from the ACL now.
+                state.umask = None;
+            }
         }
         state.deferred.insert(self.path.to_vec(), dir_attrs(entry));
         Ok(())
@@ -879,4 +904,11 @@ fn timestamps(atime: Time, mtime: Time) -> Timestamps {
         last_access: ts(atime),
         last_modification: ts(mtime),
     }
+}
+
+/// The process umask, from /proc (Linux 4.7+); None when unknown.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }

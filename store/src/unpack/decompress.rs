@@ -11,9 +11,8 @@ use crate::oci::Compression;
 
 /// Read buffer over the compressed blob.
 const COMPRESSED_BUFFER: usize = 256 * 1024;
-/// Read buffer over the uncompressed tar stream: file data is written to
-/// disk straight from it, so it is large.
-pub(crate) const TAR_BUFFER: usize = 1024 * 1024;
+/// Size of the chunks of tar stream handed to the extraction thread.
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 /// The blob: its first bytes (already read, to check the magic) replayed in
 /// front of the rest, all of it hashed once.
@@ -21,7 +20,8 @@ type Compressed<'a> = BufReader<Chain<Cursor<Vec<u8>>, HashingReader<&'a mut dyn
 
 enum Decoder<'a> {
     Plain(Compressed<'a>),
-    Gzip(flate2::bufread::MultiGzDecoder<Compressed<'a>>),
+    // Boxed: the inflate state is large next to the other variants.
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Compressed<'a>>>),
     Zstd(zstd::stream::read::Decoder<'static, Compressed<'a>>),
 }
 
@@ -95,7 +95,7 @@ pub(crate) fn open(
     blob: &mut dyn Read,
     declared: Compression,
     max_size: u64,
-) -> Result<BufReader<Uncompressed<'_>>, UnpackError> {
+) -> Result<Uncompressed<'_>, UnpackError> {
     let mut hashing = HashingReader::new(blob);
     let mut head = [0u8; 4];
     let mut got = 0;
@@ -122,7 +122,9 @@ pub(crate) fn open(
     );
     let decoder = match declared {
         Compression::None => Decoder::Plain(compressed),
-        Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(compressed)),
+        Compression::Gzip => {
+            Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(compressed)))
+        }
         Compression::Zstd => Decoder::Zstd(
             zstd::stream::read::Decoder::with_buffer(compressed).map_err(|e| {
                 UnpackError::Read {
@@ -133,35 +135,62 @@ pub(crate) fn open(
         ),
     };
     let hasher = (declared != Compression::None).then(Hasher::new);
-    Ok(BufReader::with_capacity(
-        TAR_BUFFER,
-        Uncompressed {
-            decoder,
-            hasher,
-            len: 0,
-            limit: max_size,
-        },
-    ))
+    Ok(Uncompressed {
+        decoder,
+        hasher,
+        len: 0,
+        limit: max_size,
+    })
+}
+
+impl Uncompressed<'_> {
+    /// Appends stream data to `chunk` until it holds `CHUNK` bytes or the
+    /// stream ends. False when nothing was left to read.
+    pub(crate) fn fill_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+        let start = chunk.len();
+        chunk.resize(CHUNK, 0);
+        let mut filled = start;
+        let result = loop {
+            if filled == CHUNK {
+                break Ok(());
+            }
+            match self.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        result.map(|()| filled > start)
+    }
 }
 
 /// Reads both streams to their ends (data after the tar end marker is part
 /// of the diff id, bytes after the compressed stream part of the blob) and
 /// returns the digests.
 pub(crate) fn finish(
-    mut stream: BufReader<Uncompressed<'_>>,
+    mut stream: Uncompressed<'_>,
     compression: Compression,
 ) -> Result<Digests, UnpackError> {
-    drain(&mut stream).map_err(|e| super::read_error(compression, e))?;
-    let uncompressed = stream.into_inner();
-    let mut compressed = uncompressed.decoder.into_compressed();
+    let mut scratch = Vec::with_capacity(CHUNK);
+    loop {
+        scratch.clear();
+        match stream.fill_chunk(&mut scratch) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(super::read_error(compression, e)),
+        }
+    }
+    let mut compressed = stream.decoder.into_compressed();
     drain(&mut compressed).map_err(|e| UnpackError::Read {
         compression,
         source: e,
     })?;
     let (_, hashing) = compressed.into_inner().into_inner();
     let (compressed_digest, compressed_size) = hashing.finish();
-    let (diff_id, size) = match uncompressed.hasher {
-        Some(h) => (h.finish(), uncompressed.len),
+    let (diff_id, size) = match stream.hasher {
+        Some(h) => (h.finish(), stream.len),
         None => (compressed_digest, compressed_size),
     };
     Ok(Digests {

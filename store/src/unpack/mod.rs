@@ -17,6 +17,7 @@
 mod apply;
 mod decompress;
 mod path;
+mod pipe;
 mod tar_reader;
 #[cfg(test)]
 mod tests;
@@ -178,9 +179,61 @@ pub fn unpack_layer(
         Mode::empty(),
     )
     .map_err(|e| destination(e.into()))?;
-    let mut applier = apply::Applier::new(root).map_err(destination)?;
+    let applier = apply::Applier::new(root).map_err(destination)?;
+    let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
-    let stream = decompress::open(blob, declared, limits.max_layer_size)?;
+    // The blob reader need not be Send, so this thread reads, decompresses
+    // and hashes, while a second one parses the tar and writes the files.
+    let (sender, reader) = pipe::pipe();
+    let (read_result, applied) = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || apply_tar(reader, applier, declared, limits));
+        let mut read_result = Ok(());
+        loop {
+            let mut chunk = sender.buffer(decompress::CHUNK);
+            match stream.fill_chunk(&mut chunk) {
+                Ok(true) => {
+                    if sender.chunks.send(chunk).is_err() {
+                        // The worker stopped: at the end of the archive, or
+                        // on an error it reports below.
+                        break;
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    read_result = Err(read_error(declared, e));
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let applied = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read_result, applied)
+    });
+    // A read error comes first: it is why the worker saw a truncated tar.
+    read_result?;
+    let (entries, file_bytes) = applied?;
+    // Whatever follows the end-of-archive marker is part of the digests.
+    let digests = decompress::finish(stream, declared)?;
+    Ok(Unpacked {
+        compressed_digest: digests.compressed_digest,
+        compressed_size: digests.compressed_size,
+        diff_id: digests.diff_id,
+        size: digests.size,
+        entries,
+        file_bytes,
+    })
+}
+
+/// The extraction thread: parses the tar stream and applies every entry.
+/// Returns the entry count and file bytes written.
+fn apply_tar(
+    stream: pipe::ChunkReader,
+    mut applier: apply::Applier,
+    declared: Compression,
+    limits: &Limits,
+) -> Result<(u64, u64), UnpackError> {
     let mut tar = tar_reader::TarReader::new(stream, declared, limits.max_header_bytes);
     let mut entries = 0u64;
     let mut file_bytes = 0u64;
@@ -194,13 +247,5 @@ pub fn unpack_layer(
         file_bytes += applier.apply(&entry, &mut tar)?;
     }
     applier.finish()?;
-    let digests = decompress::finish(tar.into_inner(), declared)?;
-    Ok(Unpacked {
-        compressed_digest: digests.compressed_digest,
-        compressed_size: digests.compressed_size,
-        diff_id: digests.diff_id,
-        size: digests.size,
-        entries,
-        file_bytes,
-    })
+    Ok((entries, file_bytes))
 }

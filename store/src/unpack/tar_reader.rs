@@ -129,11 +129,6 @@ impl<R: BufRead> TarReader<R> {
         }
     }
 
-    /// The stream, positioned after the end-of-archive marker.
-    pub(crate) fn into_inner(self) -> R {
-        self.inner
-    }
-
     /// The next real entry, or None at the end of the archive. Unread data of
     /// the previous entry is skipped.
     pub(crate) fn next_entry(&mut self) -> Result<Option<Entry>, UnpackError> {

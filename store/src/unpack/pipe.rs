@@ -1,0 +1,118 @@
+//! Hands the uncompressed tar stream from the reading thread (which
+//! decompresses and hashes) to the extraction thread (which parses and
+//! writes files), in large chunks whose buffers are recycled.
+
+use std::io::{self, BufRead, Read};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+
+/// Chunks queued between the threads: enough to ride out bursts of small
+/// files on one side or slow inflation on the other.
+pub(crate) const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The extraction side: a `BufRead` over the received chunks. The end of
+/// the stream is the sender going away.
+pub(crate) struct ChunkReader {
+    chunks: Receiver<Vec<u8>>,
+    spare: Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(chunks: Receiver<Vec<u8>>, spare: Sender<Vec<u8>>) -> ChunkReader {
+        ChunkReader {
+            chunks,
+            spare,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(next) => {
+                    let used = std::mem::replace(&mut self.current, next);
+                    self.pos = 0;
+                    // The reading side may have finished: then the buffer
+                    // is simply dropped.
+                    if used.capacity() > 0 {
+                        let _ = self.spare.send(used);
+                    }
+                }
+                Err(_) => return Ok(&[]),
+            }
+        }
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.len());
+    }
+}
+
+/// The reading side's end of the pipe.
+pub(crate) struct ChunkSender {
+    pub(crate) chunks: SyncSender<Vec<u8>>,
+    pub(crate) spare: Receiver<Vec<u8>>,
+}
+
+impl ChunkSender {
+    /// An empty buffer to fill: a recycled one when there is one.
+    pub(crate) fn buffer(&self, capacity: usize) -> Vec<u8> {
+        match self.spare.try_recv() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf
+            }
+            Err(_) => Vec::with_capacity(capacity),
+        }
+    }
+}
+
+/// A connected pair.
+pub(crate) fn pipe() -> (ChunkSender, ChunkReader) {
+    let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+    (
+        ChunkSender {
+            chunks: chunks_tx,
+            spare: spare_rx,
+        },
+        ChunkReader::new(chunks_rx, spare_tx),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reassembles_the_stream_and_recycles_buffers() {
+        let (tx, mut rx) = pipe();
+        let writer = std::thread::spawn(move || {
+            for i in 0..10u8 {
+                let mut buf = tx.buffer(16);
+                buf.extend_from_slice(&[i; 3]);
+                tx.chunks.send(buf).unwrap();
+            }
+        });
+        let mut all = Vec::new();
+        rx.read_to_end(&mut all).unwrap();
+        writer.join().unwrap();
+        let expected: Vec<u8> = (0..10u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(all, expected);
+    }
+}
