@@ -163,6 +163,48 @@ fn umoci_unpacks_the_everything_image() {
     assert_eq!(node("data/epoch").mtime, 0);
     assert_eq!(node("data/future").mtime, 4_102_444_800);
     assert!(tree.get("unicode/rocket-🚀").is_some());
+    assert!(tree.get("unicode/latin1-\\xe9t\\xe9").is_some());
+    assert_eq!(node("data/pax-mtime").mtime, 1_700_000_000);
+    assert_eq!(
+        (
+            node("usr/bin/suid-user").mode,
+            node("usr/bin/suid-user").uid
+        ),
+        (0o4755, 1000)
+    );
+    assert_eq!(node("srv/shared").mode, 0o2775);
+    assert_eq!(node("srv/shared/sub").mode, 0o755);
+    assert_eq!((node("locked").mode, node("locked/inside").mode), (0, 0));
+    assert_eq!(
+        node("hl/keep").kind,
+        NodeKind::File {
+            size: 14,
+            sha256: sha("first version\n")
+        }
+    );
+    assert_eq!(
+        node("hl/orig").kind,
+        NodeKind::File {
+            size: 15,
+            sha256: sha("second version\n")
+        }
+    );
+    assert_eq!(node("hl/orig").link_group, None);
+    assert_eq!(node("hl/sym-link").link_group.as_deref(), Some("hl/sym"));
+    assert_eq!(
+        node("hl/sym").xattrs.get("trusted.on-symlink").unwrap(),
+        b"yes"
+    );
+    assert_eq!(node("swap").kind, NodeKind::Dir);
+    assert!(tree.get("swap/child").is_some() && tree.get("swap2/child").is_none());
+    assert!(matches!(node("swap2").kind, NodeKind::File { .. }));
+    assert_eq!(
+        node("dev/nvme0n1p1").kind,
+        NodeKind::BlockDev {
+            major: 259,
+            minor: 300
+        }
+    );
 }
 
 fn sha(content: &str) -> String {

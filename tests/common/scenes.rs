@@ -138,6 +138,43 @@ pub fn everything_base() -> TarBuilder {
     t.file("data/empty", b"");
     t.file("data/epoch", "1970\n").mtime(0);
     t.file("data/future", "2100\n").mtime(4_102_444_800);
+    // A PAX mtime (with a fraction) overrides the ustar one.
+    t.file("data/pax-mtime", "pax\n")
+        .mtime(T1)
+        .pax("mtime", "1700000000.25");
+    // setuid on a file owned by someone else: chown after chmod would clear it.
+    t.file("usr/bin/suid-user", "suid\n")
+        .mode(0o4755)
+        .owner(1000, 1000);
+    // A setgid directory: its subdirectories must keep their own modes.
+    t.dir("srv").mode(0o755);
+    t.dir("srv/shared").mode(0o2775).owner(0, 50);
+    t.dir("srv/shared/sub").mode(0o755);
+    t.file("srv/shared/sub/file", "shared\n").owner(1000, 1000);
+    // No permissions at all, content inside.
+    t.dir("locked").mode(0o000);
+    t.file("locked/inside", "inside\n").mode(0o000);
+    // A hardlink kept while its first name is overwritten later on.
+    t.dir("hl");
+    t.file("hl/orig", "first version\n");
+    t.hardlink("hl/keep", "hl/orig");
+    t.file("hl/orig", "second version\n");
+    // A hardlink to a symlink links the symlink itself.
+    t.symlink("hl/sym", "orig")
+        .xattr("trusted.on-symlink", "yes");
+    t.hardlink("hl/sym-link", "hl/sym").mode(0o777);
+    // A file replaced by a directory and a directory by a file, same layer.
+    t.file("swap", "file first\n");
+    t.dir("swap");
+    t.file("swap/child", "child\n");
+    t.dir("swap2");
+    t.file("swap2/child", "child\n");
+    t.file("swap2", "file last\n");
+    // A device number beyond 8-bit minors, a name at NAME_MAX, a name that
+    // is not UTF-8.
+    t.block_dev("dev/nvme0n1p1", 259, 300).mode(0o660);
+    t.file(format!("long/{}", long_component("max-", 255)), "255\n");
+    t.file(b"unicode/latin1-\xe9t\xe9".to_vec(), "latin-1\n");
     t
 }
 

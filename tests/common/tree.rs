@@ -60,8 +60,9 @@ pub struct Node {
     pub link_group: Option<String>,
 }
 
-/// A tree keyed by path relative to its root (`"etc/passwd"`); the root
-/// itself is not included (OCI leaves its metadata undefined).
+/// A tree keyed by path relative to its root (`"etc/passwd"`, bytes that
+/// are not UTF-8 written `\xNN`); the root itself is not included (OCI
+/// leaves its metadata undefined).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     pub nodes: BTreeMap<String, Node>,
@@ -89,7 +90,7 @@ impl Tree {
 pub fn snapshot(root: &Path) -> Tree {
     let mut nodes = BTreeMap::new();
     let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
-    walk(root, "", &mut nodes, &mut inodes);
+    walk(root, Path::new(""), &mut nodes, &mut inodes);
     for paths in inodes.values() {
         if paths.len() < 2 {
             continue;
@@ -104,27 +105,31 @@ pub fn snapshot(root: &Path) -> Tree {
     Tree { nodes }
 }
 
+/// A path for display and keys: UTF-8 as is, other bytes as `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
 fn walk(
     base: &Path,
-    rel: &str,
+    rel: &Path,
     nodes: &mut BTreeMap<String, Node>,
     inodes: &mut HashMap<(u64, u64), Vec<String>>,
 ) {
-    let dir = if rel.is_empty() {
-        base.to_path_buf()
-    } else {
-        base.join(rel)
-    };
+    let dir = base.join(rel);
     let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.expect("dir entry");
-        let name = String::from_utf8_lossy(entry.file_name().as_bytes()).into_owned();
-        let path = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let full = base.join(&path);
+        let rel_path = rel.join(entry.file_name());
+        let path = escape(rel_path.as_os_str().as_bytes());
+        let full = base.join(&rel_path);
         let meta =
             fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
         let file_type = meta.file_type();
@@ -163,7 +168,7 @@ fn walk(
                 .push(path.clone());
         }
         nodes.insert(
-            path.clone(),
+            path,
             Node {
                 kind,
                 mode: meta.mode() & 0o7777,
@@ -175,7 +180,7 @@ fn walk(
             },
         );
         if file_type.is_dir() {
-            walk(base, &path, nodes, inodes);
+            walk(base, &rel_path, nodes, inodes);
         }
     }
 }
