@@ -292,3 +292,92 @@ fn df_reports_blobs_layers_shared_and_unique_bytes() {
         out.stdout
     );
 }
+
+#[test]
+fn a_moved_tag_leaves_an_untagged_image_that_gc_removes() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let (a, b) = (image("old"), image("new"));
+    store.load(&layout(scratch.path(), "a", &a, A), None);
+    store.load(&layout(scratch.path(), "b", &b, B), None);
+    // A now names b's image; a's image keeps no name but is still stored,
+    // listed as `docker images` lists a dangling image.
+    store.ok(&["tag", B, A]);
+    assert_eq!(store.inspect(A)["id"], b.config_digest.as_str());
+    let images = store.images();
+    let untagged: Vec<&Value> = images
+        .iter()
+        .filter(|i| i["id"] == a.config_digest.as_str())
+        .collect();
+    // README: "the old image stays until rmi or gc".
+    assert_eq!(untagged.len(), 1, "the untagged image is listed once: {images:?}");
+    for item in &untagged {
+        assert_eq!(item["repository"], Value::Null, "untagged: {item}");
+        assert_eq!(item["tag"], Value::Null, "untagged: {item}");
+    }
+    store.ok(&["gc"]);
+    assert!(
+        store
+            .images()
+            .iter()
+            .all(|i| i["id"] != a.config_digest.as_str()),
+        "gc removes the untagged image"
+    );
+    let blobs = set(store.blobs());
+    for digest in [&a.layers[1].digest, &a.config_digest, &a.manifest_digest] {
+        assert!(
+            !blobs.contains(&hex(digest)),
+            "blob {digest} of the untagged image swept"
+        );
+    }
+    assert_eq!(
+        set(store.layer_dirs()),
+        set(b.chain_ids().iter().map(|c| hex(c))),
+        "only b's layers remain"
+    );
+    assert_matches_umoci(&store, B, &b);
+    assert_matches_umoci(&store, A, &b);
+}
+
+#[test]
+fn df_json_counts_what_is_on_disk() {
+    // `df --format json` is documented in the README.
+    let scratch = scratch();
+    let store = Lstore::new();
+    store.load(&layout(scratch.path(), "a", &image("a"), A), None);
+    store.load(&layout(scratch.path(), "b", &image("b"), B), None);
+    let df = store.json(&["df", "--format", "json"]);
+    let blob_bytes: u64 = store
+        .blobs()
+        .iter()
+        .map(|b| {
+            fs::metadata(store.path("blobs/sha256").join(b))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        df["blobs"].as_u64(),
+        Some(store.blobs().len() as u64),
+        "{df}"
+    );
+    assert_eq!(df["blob_bytes"].as_u64(), Some(blob_bytes), "{df}");
+    assert_eq!(
+        df["layers"].as_u64(),
+        Some(store.layer_dirs().len() as u64),
+        "{df}"
+    );
+    assert_eq!(df["images"].as_u64(), Some(2), "{df}");
+    assert!(
+        df["shared_bytes"].as_u64().unwrap() > 0,
+        "the base is shared: {df}"
+    );
+    assert!(df["unique_bytes"].as_u64().unwrap() > 0, "{df}");
+    store.ok(&["rmi", A]);
+    let df = store.json(&["df", "--format", "json"]);
+    assert_eq!(
+        df["shared_bytes"].as_u64(),
+        Some(0),
+        "one image shares nothing: {df}"
+    );
+}
