@@ -310,7 +310,11 @@ fn a_moved_tag_leaves_an_untagged_image_that_gc_removes() {
         .filter(|i| i["id"] == a.config_digest.as_str())
         .collect();
     // README: "the old image stays until rmi or gc".
-    assert_eq!(untagged.len(), 1, "the untagged image is listed once: {images:?}");
+    assert_eq!(
+        untagged.len(),
+        1,
+        "the untagged image is listed once: {images:?}"
+    );
     for item in &untagged {
         assert_eq!(item["repository"], Value::Null, "untagged: {item}");
         assert_eq!(item["tag"], Value::Null, "untagged: {item}");
