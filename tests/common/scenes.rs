@@ -174,7 +174,7 @@ pub fn everything_base() -> TarBuilder {
     // is not UTF-8.
     t.block_dev("dev/nvme0n1p1", 259, 300).mode(0o660);
     t.file(format!("long/{}", long_component("max-", 255)), "255\n");
-    t.file(b"unicode/latin1-\xe9t\xe9".to_vec(), "latin-1\n");
+    t.file(b"unicode/latin1-\xe9t\xe9", "latin-1\n");
     t
 }
 
