@@ -12,7 +12,10 @@
 //!   no parser differential on sizes (the PAX size always wins);
 //! - `path`: name normalisation and the whiteout naming rules;
 //! - `apply`: fd-relative creation that never follows a symlink and never
-//!   leaves the layer directory, whiteouts, metadata.
+//!   leaves the layer directory, whiteouts, metadata;
+//! - `pipe`: the calling thread reads, decompresses and hashes while a
+//!   second thread parses and writes, so inflation and file creation
+//!   overlap.
 
 mod apply;
 mod decompress;
