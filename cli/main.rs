@@ -130,6 +130,16 @@ enum Command {
     },
     /// Unmount what `lstore mount` mounted.
     Umount { target: PathBuf },
+    /// Store the changes made through a --rw mount as a new layer and image.
+    Commit {
+        target: PathBuf,
+        reference: String,
+        /// Compression of the new layer.
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: LayerCompression,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// List live mounts.
     Mounts {
         #[arg(long, value_enum, default_value = "table")]
@@ -147,6 +157,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum LayerCompression {
+    Gzip,
+    Zstd,
 }
 
 #[derive(Subcommand)]
@@ -316,6 +332,23 @@ fn run(cli: Cli) -> lstore::Result<()> {
             println!("{}", m.target);
         }
         Command::Umount { target } => store.umount(&target)?,
+        Command::Commit {
+            target,
+            reference,
+            compression,
+            format,
+        } => {
+            let compression = match compression {
+                LayerCompression::Gzip => lstore::oci::Compression::Gzip,
+                LayerCompression::Zstd => lstore::oci::Compression::Zstd,
+            };
+            let committed = store.commit(&target, &reference, compression)?;
+            if format == Format::Json {
+                return print_json(&committed);
+            }
+            println!("Committed {} ({})", committed.reference, committed.id);
+            println!("Digest: {}", committed.digest);
+        }
         Command::Mounts { format } => {
             let mounts = store.mounts()?;
             if format == Format::Json {

@@ -15,6 +15,7 @@ pub mod unpack;
 pub use digest::Digest;
 pub use reference::Reference;
 pub mod archive;
+pub mod commit;
 pub mod content;
 pub mod error;
 pub mod fsck;
