@@ -143,7 +143,19 @@ impl BlobWriter {
 
     /// Flushes, fsyncs and verifies the blob, then renames it into place.
     /// Returns its digest and size.
-    pub fn commit(mut self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
+    pub fn commit(self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
+        self.commit_with(expected, size, |_| Ok(()))
+    }
+
+    /// `commit`, calling `before_rename` with the digest once it is known
+    /// and verified, just before the blob becomes visible (to protect it
+    /// from gc when the digest was not known in advance).
+    pub fn commit_with(
+        mut self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        before_rename: impl FnOnce(&Digest) -> Result<()>,
+    ) -> Result<(Digest, u64)> {
         self.file
             .flush()
             .ctx(|| format!("write {}", self.path.display()))?;
@@ -168,6 +180,7 @@ impl BlobWriter {
                 });
             }
         }
+        before_rename(&digest)?;
         let target = self.dir.join(digest.hex());
         if target.is_file() {
             return Ok((digest, len));

@@ -62,6 +62,18 @@ impl Store {
             let mut problems: Vec<Problem> = Vec::new();
             let mut push = |what: String, repaired: bool| problems.push(Problem { what, repaired });
 
+            // What running commands hold is theirs, not a problem.
+            let (leased_blobs, leased_layers): (Vec<Digest>, Vec<Digest>) = {
+                let mut b = Vec::new();
+                let mut l = Vec::new();
+                for lease in crate::lock::live_leases(&self.root().join("leases"))? {
+                    if let (true, Some(c)) = (lease.live, lease.content) {
+                        b.extend(c.blobs);
+                        l.extend(c.layers);
+                    }
+                }
+                (b, l)
+            };
             let images = meta.images()?;
             report.images_checked = images.len() as u64;
             let blob_records: BTreeMap<Digest, BlobRecord> = meta
@@ -106,7 +118,7 @@ impl Store {
                                     false,
                                 );
                             }
-                        } else {
+                        } else if !leased_blobs.contains(&d) {
                             push(format!("blob {d} has no record (gc removes it)"), false);
                         }
                     }
@@ -151,7 +163,7 @@ impl Store {
                         fixed,
                     );
                 }
-                if !layer_records.contains_key(c) {
+                if !layer_records.contains_key(c) && !leased_layers.contains(c) {
                     push(
                         format!("layer folder {c} has no record (gc removes it)"),
                         false,

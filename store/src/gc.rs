@@ -143,12 +143,13 @@ pub(crate) fn plan_sweep(
             plan.refcount_fixes += 1;
         }
         let now = blob_count.get(&d).copied().unwrap_or(0);
-        if now == 0 && (whole_store || doomed_blobs.contains(&d)) {
-            if !leased_blobs.contains(&d) {
-                plan.blob_records.push(d);
-                plan.blob_files.push(d);
-            }
+        let candidate = now == 0 && (whole_store || doomed_blobs.contains(&d));
+        if candidate && !leased_blobs.contains(&d) {
+            plan.blob_records.push(d);
+            plan.blob_files.push(d);
         } else if rec.refs != now {
+            // Kept (used, or leased by a running command that will count
+            // itself in when it commits): the count must still be true.
             rec.refs = now;
             plan.blob_refs.push((d, rec));
         }
@@ -163,12 +164,13 @@ pub(crate) fn plan_sweep(
             plan.refcount_fixes += 1;
         }
         let now = layer_count.get(&d).copied().unwrap_or(0);
-        if now == 0 && (whole_store || doomed_layers.contains(&d)) {
-            if !leased_layers.contains(&d) {
-                plan.layer_records.push(d);
-                plan.layer_dirs.push(d);
-            }
+        let candidate = now == 0 && (whole_store || doomed_layers.contains(&d));
+        if candidate && !leased_layers.contains(&d) {
+            plan.layer_records.push(d);
+            plan.layer_dirs.push(d);
         } else if rec.refs != now {
+            // Kept (used, or leased by a running command that will count
+            // itself in when it commits): the count must still be true.
             rec.refs = now;
             plan.layer_refs.push((d, rec));
         }
@@ -247,7 +249,7 @@ pub(crate) fn apply_sweep(
     }
     let tmp = store.root().join("tmp");
     for d in &plan.layer_dirs {
-        let name = format!("trash.{}", d.hex());
+        let name = format!("trash.{}.{}", std::process::id(), d.hex());
         let src = store.layer_store().dir(d);
         let link = store.layer_store().link_path(d);
         let _ = fs::remove_file(&link);
@@ -265,6 +267,8 @@ pub(crate) fn apply_sweep(
 }
 
 /// Deletes folders moved to tmp/ by a sweep (outside the root lock).
+/// A folder that cannot be removed now stays in tmp/ for the next gc and
+/// is not counted as freed.
 pub(crate) fn empty_trash(_store: &Store, trash: Vec<PathBuf>) -> u64 {
     trash.iter().map(|p| remove_tree(p).unwrap_or(0)).sum()
 }

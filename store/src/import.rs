@@ -350,7 +350,7 @@ fn store_layer(
     let (unpacked_digest, csize, got_diff_id, size, file_bytes) = if present {
         // Another command extracted it while we waited: only the blob and
         // the sizes are needed, so hash without applying.
-        let m = measure(&mut tee, declared).map_err(|source| Error::Unpack {
+        let m = measure(&mut tee, declared, store.opts.limits.max_layer_size).map_err(|source| Error::Unpack {
             layer: layer_name.clone(),
             source,
         })?;
@@ -372,7 +372,7 @@ fn store_layer(
         )?;
         let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
         if let Some(w) = writer.take() {
-            let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
+            let (d, _) = commit_blob(store, lease, w, expected)?;
             created
                 .blobs
                 .lock()
@@ -402,7 +402,7 @@ fn store_layer(
         &got_diff_id,
     )?;
     if let Some(w) = writer.take() {
-        let (d, _) = w.commit(expected.map(|d| &d.digest), expected.map(|d| d.size))?;
+        let (d, _) = commit_blob(store, lease, w, expected)?;
         created
             .blobs
             .lock()
@@ -420,6 +420,24 @@ fn store_layer(
         file_bytes,
         reused: false,
     })
+}
+
+/// Commits a layer blob. A digest the lease did not name in advance (a
+/// compressed docker-archive layer) is added to it first, under the root
+/// lock, so a concurrent gc cannot take the blob for an orphan.
+fn commit_blob(
+    store: &Store,
+    lease: &Lease,
+    writer: crate::content::BlobWriter,
+    expected: Option<&Descriptor>,
+) -> Result<(Digest, u64)> {
+    match expected {
+        Some(d) => writer.commit(Some(&d.digest), Some(d.size)),
+        None => writer.commit_with(None, None, |d| {
+            let _lock = crate::lock::RootLock::acquire(store.root(), &*store.opts.on_wait)?;
+            lease.add_blob(*d)
+        }),
+    }
 }
 
 fn verify_layer(
@@ -461,6 +479,7 @@ fn verify_layer(
 fn measure(
     blob: &mut dyn Read,
     declared: Compression,
+    limit: u64,
 ) -> std::result::Result<(Digest, u64, Digest, u64), unpack::UnpackError> {
     let mut outer = HashingReader::new(blob);
     let (diff_id, size) = {
@@ -473,9 +492,14 @@ fn measure(
                 zstd::stream::read::Decoder::new(&mut outer).map_err(unpack::UnpackError::from)?,
             ),
         };
-        HashingReader::new(inner)
+        // The same bound as extraction: a bomb costs no unbounded CPU here.
+        let (diff_id, size) = HashingReader::new(inner.take(limit.saturating_add(1)))
             .drain_and_finish()
-            .map_err(unpack::UnpackError::from)?
+            .map_err(unpack::UnpackError::from)?;
+        if size > limit {
+            return Err(unpack::UnpackError::TooLarge { limit });
+        }
+        (diff_id, size)
     };
     let (digest, csize) = outer
         .drain_and_finish()

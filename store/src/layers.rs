@@ -133,6 +133,7 @@ impl LayerStore {
             }
             Err(_) => symlink(&target, &link).ctx(|| format!("create {}", link.display()))?,
         }
+        crate::content::sync_dir(&self.overlay.join("l"))?;
         let dest = self.dir(chain_id);
         match fs::rename(p, &dest) {
             Ok(()) => {}
@@ -264,14 +265,42 @@ pub fn tree_size(path: &Path) -> u64 {
     total
 }
 
-/// Deletes a tree (never following symlinks, making read-only dirs
-/// writable first) and returns the bytes it held.
+/// Deletes a tree (never following symlinks) and returns the bytes it
+/// held. Read-only directories (which a layer may hold) stop a process
+/// without CAP_DAC_OVERRIDE: they are made writable, then removal retried.
 pub fn remove_tree(path: &Path) -> Result<u64> {
     let size = tree_size(path);
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(size),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_dirs_writable(path);
+            fs::remove_dir_all(path)
+                .map(|_| size)
+                .ctx(|| format!("remove {}", path.display()))
+        }
         Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Gives the owner rwx on every directory of a tree (symlinks untouched).
+fn make_dirs_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o700));
+        }
+        if let Ok(entries) = fs::read_dir(&p) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{flock, FlockOperation};
@@ -103,11 +104,13 @@ pub struct LeaseContent {
 pub struct Lease {
     id: String,
     path: PathBuf,
-    file: File,
+    file: Mutex<File>,
+    content: Mutex<LeaseContent>,
 }
 
 impl Lease {
-    /// Creates a lease with a fresh id under `leases_dir`.
+    /// Creates a lease with a fresh id under `leases_dir`. Call it with the
+    /// root lock held, so gc never sees a lease half-written.
     pub fn create(leases_dir: &Path, content: &LeaseContent) -> Result<Lease> {
         let id = new_lease_id();
         let path = leases_dir.join(&id);
@@ -121,8 +124,13 @@ impl Lease {
             .ctx(|| format!("create lease {}", path.display()))?;
         flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| Error::io(format!("lock lease {}", path.display()), e.into()))?;
-        let mut lease = Lease { id, path, file };
-        lease.update(content)?;
+        let lease = Lease {
+            id,
+            path,
+            file: Mutex::new(file),
+            content: Mutex::new(content.clone()),
+        };
+        lease.write()?;
         Ok(lease)
     }
 
@@ -132,16 +140,50 @@ impl Lease {
         &self.id
     }
 
-    /// Rewrites what the lease protects (callers only ever add to it).
-    pub fn update(&mut self, content: &LeaseContent) -> Result<()> {
-        let json = serde_json::to_vec(content).map_err(|e| Error::Invalid(e.to_string()))?;
-        self.file
-            .set_len(0)
+    /// Adds a blob found out only while working (a compressed layer of a
+    /// docker-archive). The caller holds the root lock, so gc reads the
+    /// lease either before or after, never during, the rewrite.
+    pub fn add_blob(&self, digest: Digest) -> Result<()> {
+        {
+            let mut c = self
+                .content
+                .lock()
+                .map_err(|_| Error::Invalid("lease lock poisoned".into()))?;
+            if c.blobs.contains(&digest) {
+                return Ok(());
+            }
+            c.blobs.push(digest);
+        }
+        self.write()
+    }
+
+    /// Replaces what the lease protects. As with `add_blob`, the caller
+    /// holds the root lock.
+    pub fn update(&self, content: &LeaseContent) -> Result<()> {
+        *self
+            .content
+            .lock()
+            .map_err(|_| Error::Invalid("lease lock poisoned".into()))? = content.clone();
+        self.write()
+    }
+
+    fn write(&self) -> Result<()> {
+        let content = self
+            .content
+            .lock()
+            .map_err(|_| Error::Invalid("lease lock poisoned".into()))?
+            .clone();
+        let json = serde_json::to_vec(&content).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| Error::Invalid("lease lock poisoned".into()))?;
+        file.set_len(0)
             .and_then(|_| {
                 use std::io::Seek;
-                self.file.seek(io::SeekFrom::Start(0))?;
-                self.file.write_all(&json)?;
-                self.file.sync_data()
+                file.seek(io::SeekFrom::Start(0))?;
+                file.write_all(&json)?;
+                file.sync_data()
             })
             .ctx(|| format!("write lease {}", self.path.display()))
     }
