@@ -132,7 +132,10 @@ impl<R: BufRead> TarReader<R> {
     /// The next real entry, or None at the end of the archive. Unread data of
     /// the previous entry is skipped.
     pub(crate) fn next_entry(&mut self) -> Result<Option<Entry>, UnpackError> {
-        let skip = self.remaining + self.padding;
+        let skip = self
+            .remaining
+            .checked_add(self.padding)
+            .ok_or_else(|| invalid(self.offset, "entry size overflows"))?;
         self.skip(skip)?;
         self.remaining = 0;
         self.padding = 0;
@@ -598,7 +601,15 @@ fn apply_pax_record(pax: &mut Pax, key: &[u8], value: &[u8]) -> Result<(), Strin
     match key {
         b"path" => pax.path = (!value.is_empty()).then(|| value.to_vec()),
         b"linkpath" => pax.linkpath = (!value.is_empty()).then(|| value.to_vec()),
-        b"size" => pax.size = Some(parse_decimal(value).ok_or_else(bad)?),
+        // Like Go's archive/tar: a size must fit an i64, so no later sum
+        // of sizes and offsets can overflow.
+        b"size" => {
+            pax.size = Some(
+                parse_decimal(value)
+                    .filter(|v| i64::try_from(*v).is_ok())
+                    .ok_or_else(bad)?,
+            )
+        }
         b"uid" => pax.uid = Some(id(value)?),
         b"gid" => pax.gid = Some(id(value)?),
         b"mtime" => pax.mtime = Some(parse_pax_time(value).ok_or_else(bad)?),

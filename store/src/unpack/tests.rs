@@ -981,6 +981,23 @@ fn pax_size_differential_cannot_smuggle_entries() {
     assert_eq!(fs::read(s.path("visible")).unwrap(), b"v");
 }
 
+#[test]
+fn pax_size_beyond_i64_is_refused_not_wrapped() {
+    // On an entry that is never written (an AUFS marker), a size near
+    // u64::MAX would wrap the skip and read file data as headers.
+    for size in [&b"18446744073709551615"[..], b"9223372036854775808"] {
+        let s = Scene::new();
+        let mut tar = testtar::header_block(&RawEntry::pax(&[("size", size)]));
+        tar.extend(testtar::archive(&[
+            RawEntry::file(".wh..wh.plnk/x", b""),
+            RawEntry::file("after", b"smuggled"),
+        ]));
+        let err = s.unpack(&tar).unwrap_err();
+        assert!(matches!(err, UnpackError::InvalidTar { .. }), "{err}");
+        assert!(!s.path("after").exists());
+    }
+}
+
 // -------------------------------------------------------------- malicious
 
 #[test]
