@@ -11,6 +11,7 @@ use lstore::images::{DiskUsage, ImageSummary, Removal, Stored};
 use lstore::{Store, StoreOptions};
 
 mod progress;
+mod size;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,30 @@ enum Command {
         /// Layers downloaded at once.
         #[arg(long, default_value_t = 3)]
         jobs: usize,
+        /// Refuse a layer whose uncompressed tar is larger than this
+        /// (bytes, or with a suffix: 512M, 64G).
+        #[arg(long, value_name = "BYTES", value_parser = size::parse_size)]
+        max_layer_size: Option<u64>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Push an image to a registry (as REF, or as DEST).
+    Push {
+        reference: String,
+        /// Where to push it (default: REF).
+        dest: Option<String>,
+        /// Allow plain HTTP with this registry (loopback ones always may).
+        #[arg(long)]
+        plain_http: bool,
+        /// A PEM file of CA certificates to trust besides the system's.
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Blobs pushed at once.
+        #[arg(long, default_value_t = 3)]
+        jobs: usize,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
@@ -80,6 +105,10 @@ enum Command {
         /// Name the image of a single-image archive.
         #[arg(long)]
         tag: Option<String>,
+        /// Refuse a layer whose uncompressed tar is larger than this
+        /// (bytes, or with a suffix: 512M, 64G).
+        #[arg(long, value_name = "BYTES", value_parser = size::parse_size)]
+        max_layer_size: Option<u64>,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
@@ -177,7 +206,28 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other failure: clap's first line is the
+            // error itself; usage and hints follow on later lines.
+            let text = e.to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("error: {message} (see lstore --help)");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -188,12 +238,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(root: Option<PathBuf>) -> lstore::Result<Store> {
+fn open(root: Option<PathBuf>, max_layer_size: Option<u64>) -> lstore::Result<Store> {
     let root = root.unwrap_or_else(Store::default_root);
-    let opts = StoreOptions {
+    let mut opts = StoreOptions {
         on_wait: Arc::new(|msg: &str| eprintln!("{msg}")),
         ..StoreOptions::default()
     };
+    if let Some(max) = max_layer_size {
+        opts.limits.max_layer_size = max;
+    }
     Store::open(&root, opts)
 }
 
@@ -205,13 +258,43 @@ fn print_json<T: serde::Serialize>(value: &T) -> lstore::Result<()> {
 }
 
 fn run(cli: Cli) -> lstore::Result<()> {
-    let store = open(cli.root)?;
-    match cli.command {
+    // Commands that do not touch the store do not open (or create) it.
+    let command = match cli.command {
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+            plain_http,
+            ca_file,
+        } => {
+            return login(
+                registry,
+                username,
+                password,
+                password_stdin,
+                plain_http,
+                ca_file,
+            )
+        }
+        Command::Logout { registry } => return logout(&registry),
+        other => other,
+    };
+    // Load and pull read untrusted layers: their size bound is an option.
+    let max_layer_size = match &command {
+        Command::Load { max_layer_size, .. } | Command::Pull { max_layer_size, .. } => {
+            *max_layer_size
+        }
+        _ => None,
+    };
+    let store = open(cli.root, max_layer_size)?;
+    match command {
         Command::Load {
             input,
             tag,
             quiet,
             format,
+            max_layer_size: _,
         } => {
             let progress = progress::Progress::new(quiet || format == Format::Json);
             let stored = store.load(&input, tag.as_deref(), &progress)?;
@@ -229,6 +312,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             jobs,
             quiet,
             format,
+            max_layer_size: _,
         } => {
             let opts = lstore::pull::PullOptions {
                 platform: platform
@@ -252,48 +336,33 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 println!("Pulled {} ({})", pulled.reference, pulled.id);
             }
         }
-        Command::Login {
-            registry,
-            username,
-            password,
-            password_stdin,
+        Command::Push {
+            reference,
+            dest,
             plain_http,
             ca_file,
+            jobs,
+            quiet,
+            format,
         } => {
-            let username = match username {
-                Some(u) => u,
-                None => prompt("Username: ")?,
+            let opts = lstore::push::PushOptions {
+                client: client_options(plain_http, ca_file),
+                jobs,
             };
-            let password = match (password, password_stdin) {
-                (Some(p), false) => p,
-                (None, true) => {
-                    let mut p = String::new();
-                    std::io::stdin()
-                        .read_line(&mut p)
-                        .map_err(|e| lstore::Error::io("read password", e))?;
-                    p.trim_end_matches(['\n', '\r']).to_string()
-                }
-                (None, false) => prompt("Password: ")?,
-                (Some(_), true) => {
-                    return Err(lstore::Error::Invalid(
-                        "--password and --password-stdin are exclusive".into(),
-                    ))
-                }
+            let progress = PushLines {
+                quiet: quiet || format == Format::Json,
             };
-            let client =
-                lstore::registry::RegistryClient::new(client_options(plain_http, ca_file))?;
-            let host = client.login(&registry, &username, &password)?;
-            println!("Login Succeeded ({host})");
-        }
-        Command::Logout { registry } => {
-            let client =
-                lstore::registry::RegistryClient::new(lstore::registry::ClientOptions::default())?;
-            if client.logout(&registry)? {
-                println!("Removed login credentials for {registry}");
-            } else {
-                println!("Not logged in to {registry}");
+            let pushed = store.push(&reference, dest.as_deref(), &opts, &progress)?;
+            if format == Format::Json {
+                return print_json(&pushed);
             }
+            println!(
+                "{}: digest: {} size: {}",
+                pushed.reference, pushed.digest, pushed.size
+            );
         }
+        // Handled before the store is opened.
+        Command::Login { .. } | Command::Logout { .. } => {}
         Command::Save { output, references } => {
             store.save(&references, &output)?;
         }
@@ -401,6 +470,78 @@ fn run(cli: Cli) -> lstore::Result<()> {
             }
             print_df(&du);
         }
+    }
+    Ok(())
+}
+
+/// Push progress as Docker words it, one line per blob on stderr.
+struct PushLines {
+    quiet: bool,
+}
+
+impl lstore::push::PushProgress for PushLines {
+    fn blob_done(
+        &self,
+        _index: usize,
+        desc: &lstore::oci::Descriptor,
+        outcome: &lstore::push::BlobOutcome,
+    ) {
+        if self.quiet {
+            return;
+        }
+        let name = desc.digest.short();
+        match outcome {
+            lstore::push::BlobOutcome::Exists => eprintln!("{name}: already exists"),
+            lstore::push::BlobOutcome::Mounted { from } => {
+                eprintln!("{name}: mounted from {from}")
+            }
+            lstore::push::BlobOutcome::Uploaded => {
+                eprintln!("{name}: pushed ({})", human(desc.size))
+            }
+        }
+    }
+}
+
+fn login(
+    registry: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+    plain_http: bool,
+    ca_file: Option<PathBuf>,
+) -> lstore::Result<()> {
+    let username = match username {
+        Some(u) => u,
+        None => prompt("Username: ")?,
+    };
+    let password = match (password, password_stdin) {
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut p = String::new();
+            std::io::stdin()
+                .read_line(&mut p)
+                .map_err(|e| lstore::Error::io("read password", e))?;
+            p.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => prompt("Password: ")?,
+        (Some(_), true) => {
+            return Err(lstore::Error::Invalid(
+                "--password and --password-stdin are exclusive".into(),
+            ))
+        }
+    };
+    let client = lstore::registry::RegistryClient::new(client_options(plain_http, ca_file))?;
+    let host = client.login(&registry, &username, &password)?;
+    println!("Login Succeeded ({host})");
+    Ok(())
+}
+
+fn logout(registry: &str) -> lstore::Result<()> {
+    let client = lstore::registry::RegistryClient::new(lstore::registry::ClientOptions::default())?;
+    if client.logout(registry)? {
+        println!("Removed login credentials for {registry}");
+    } else {
+        println!("Not logged in to {registry}");
     }
     Ok(())
 }
