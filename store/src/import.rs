@@ -350,10 +350,13 @@ fn store_layer(
     let (unpacked_digest, csize, got_diff_id, size, file_bytes) = if present {
         // Another command extracted it while we waited: only the blob and
         // the sizes are needed, so hash without applying.
-        let m = measure(&mut tee, declared, store.opts.limits.max_layer_size).map_err(|source| Error::Unpack {
-            layer: layer_name.clone(),
-            source,
-        })?;
+        let m =
+            measure(&mut tee, declared, store.opts.limits.max_layer_size).map_err(|source| {
+                Error::Unpack {
+                    layer: layer_name.clone(),
+                    source,
+                }
+            })?;
         (m.0, m.1, m.2, m.3, 0)
     } else {
         let staging = store.layers.stage(&store.unique(lease, "layer"))?;

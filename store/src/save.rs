@@ -79,8 +79,11 @@ impl Store {
             .ctx(|| format!("create a file in {}", dir.display()))?;
         // Readable like any file the user writes (temp files start 0600).
         let mode = 0o666 & !current_umask();
-        fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .ctx(|| format!("chmod {}", tmp.path().display()))?;
+        fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .ctx(|| format!("chmod {}", tmp.path().display()))?;
         let file = tmp.reopen().ctx(|| "reopen output".to_string())?;
         let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
         let werr = |e: io::Error| Error::io(format!("write {}", out.display()), e);
