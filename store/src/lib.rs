@@ -8,6 +8,7 @@ pub mod digest;
 pub mod oci;
 pub mod platform;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod unpack;

@@ -1,0 +1,423 @@
+//! `lstore push`: an image's blobs, then its manifest, to a registry.
+//!
+//! Every blob (layers and config) is pushed byte for byte as stored, so
+//! the digests a pulled image had stay the same. For each blob:
+//!
+//! 1. `HEAD` in the destination repository: already there, nothing to do;
+//! 2. else a cross-repository mount from another repository of the same
+//!    registry known to hold it: one the store's tags name for an image
+//!    with that blob (where it was pulled from, or tagged for), or one an
+//!    earlier push wrote it to (remembered in `<root>/pushed.json`);
+//! 3. else an upload (monolithic or chunked, as the client decides).
+//!
+//! Then the manifest is put by tag (or by digest). An image pulled through
+//! an index is pushed as its platform manifest alone: the store keeps only
+//! that platform's manifest, and a registry refuses an index whose other
+//! manifests it does not have.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::lock::LeaseContent;
+use crate::oci::{self, Descriptor, Document};
+use crate::reference::Reference;
+use crate::registry::{ClientOptions, RegistryClient, MAX_MANIFEST_SIZE};
+use crate::store::Store;
+
+/// Cross-repository mounts tried per blob before uploading it (as Docker).
+const MOUNT_ATTEMPTS: usize = 3;
+/// Repositories remembered per blob in `pushed.json`.
+const REMEMBERED_REPOSITORIES: usize = 8;
+/// Where pushes are remembered, under the store root.
+const PUSHED_FILE: &str = "pushed.json";
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub client: ClientOptions,
+    /// Blobs pushed at once.
+    pub jobs: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            client: ClientOptions::default(),
+            jobs: 3,
+        }
+    }
+}
+
+/// How a blob got to the destination.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum BlobOutcome {
+    /// The repository had it already.
+    Exists,
+    /// Linked from another repository of the same registry.
+    Mounted {
+        from: String,
+    },
+    Uploaded,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PushedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(flatten)]
+    pub outcome: BlobOutcome,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Pushed {
+    /// Where the image went (`127.0.0.1:5000/app:v2`).
+    pub reference: String,
+    /// The manifest's digest and size.
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// Layers in manifest order, then the config.
+    pub blobs: Vec<PushedBlob>,
+    pub bytes_uploaded: u64,
+}
+
+/// Reports the progress of blobs; called from several threads. `index`
+/// is the blob's place in `Pushed::blobs`.
+pub trait PushProgress: Sync {
+    fn blob_started(&self, _index: usize, _desc: &Descriptor) {}
+    fn blob_bytes(&self, _index: usize, _bytes: u64) {}
+    fn blob_done(&self, _index: usize, _desc: &Descriptor, _outcome: &BlobOutcome) {}
+}
+
+/// No progress reporting.
+pub struct NoPushProgress;
+impl PushProgress for NoPushProgress {}
+
+/// Counts bytes read for the progress report.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a dyn PushProgress,
+    index: usize,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.blob_bytes(self.index, n as u64);
+        Ok(n)
+    }
+}
+
+/// Repositories known to hold each blob, by digest (`host/path` strings).
+type KnownRepositories = BTreeMap<Digest, Vec<String>>;
+
+impl Store {
+    /// Pushes the image `word` names to `dest` (default: `word` itself,
+    /// which must then be a name).
+    pub fn push(
+        &self,
+        word: &str,
+        dest: Option<&str>,
+        opts: &PushOptions,
+        progress: &dyn PushProgress,
+    ) -> Result<Pushed> {
+        let dest_given = dest.map(Reference::parse).transpose()?;
+
+        // Resolve, find where each blob is known to be, and lease the
+        // blobs so a concurrent rmi/gc cannot take them mid-upload.
+        let (image, dest, known, _lease) = self.session(|meta| {
+            let image = self.resolve(meta, word)?;
+            let dest = match dest_given {
+                Some(d) => d,
+                None => own_name(meta, word, &image).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{word} is not a name of the image; say where to push it: \
+                         lstore push {word} REGISTRY/NAME[:TAG]"
+                    ))
+                })?,
+            };
+            let known = self.known_repositories(meta, &image)?;
+            let lease = self.lease(&LeaseContent {
+                pid: std::process::id(),
+                blobs: image.blobs(),
+                layers: Vec::new(),
+            })?;
+            Ok((image, dest, known, lease))
+        })?;
+        let manifest_bytes = self.content().read(&image.manifest, MAX_MANIFEST_SIZE)?;
+        let manifest = match oci::parse_document(&manifest_bytes, Some(&image.manifest_media_type))
+        {
+            Ok(Document::Manifest(m)) => m,
+            Ok(Document::Index(_)) => {
+                return Err(Error::Invalid(format!(
+                    "manifest {} is an index",
+                    image.manifest
+                )))
+            }
+            Err(source) => {
+                return Err(Error::Document {
+                    what: format!("manifest {}", image.manifest),
+                    source,
+                })
+            }
+        };
+        let media_type = manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| image.manifest_media_type.clone());
+
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for d in manifest.layers.iter().chain([&manifest.config]) {
+            if !blobs.iter().any(|b| b.digest == d.digest) {
+                blobs.push(d.clone());
+            }
+        }
+        for b in &blobs {
+            match self.content().size(&b.digest) {
+                Some(size) if size == b.size => {}
+                Some(size) => {
+                    return Err(Error::SizeMismatch {
+                        what: format!("stored blob {}", b.digest),
+                        expected: b.size,
+                        actual: size,
+                    })
+                }
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "blob {} of {word} is missing from the store; run lstore fsck",
+                        b.digest
+                    )))
+                }
+            }
+        }
+
+        let client = RegistryClient::new(opts.client.clone())?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.max(1))
+            .build()
+            .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
+        let outcomes: Vec<BlobOutcome> = pool.install(|| {
+            blobs
+                .par_iter()
+                .enumerate()
+                .map(|(i, desc)| {
+                    progress.blob_started(i, desc);
+                    let candidates = known.get(&desc.digest).map(Vec::as_slice).unwrap_or(&[]);
+                    let outcome = self.push_blob(&client, &dest, desc, candidates, progress, i)?;
+                    progress.blob_done(i, desc, &outcome);
+                    Ok(outcome)
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let digest = client.put_manifest(&dest, &media_type, &manifest_bytes)?;
+
+        // Remember where the blobs are now, for mounts by later pushes.
+        let repository = dest.repository();
+        let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
+        self.session(|_| self.remember_push(&repository, &digests))?;
+
+        let pushed: Vec<PushedBlob> = blobs
+            .iter()
+            .zip(outcomes)
+            .map(|(d, outcome)| PushedBlob {
+                digest: d.digest,
+                size: d.size,
+                outcome,
+            })
+            .collect();
+        Ok(Pushed {
+            reference: dest.familiar(),
+            digest,
+            size: manifest_bytes.len() as u64,
+            media_type,
+            bytes_uploaded: pushed
+                .iter()
+                .filter(|b| b.outcome == BlobOutcome::Uploaded)
+                .map(|b| b.size)
+                .sum(),
+            blobs: pushed,
+        })
+    }
+
+    fn push_blob(
+        &self,
+        client: &RegistryClient,
+        dest: &Reference,
+        desc: &Descriptor,
+        candidates: &[String],
+        progress: &dyn PushProgress,
+        index: usize,
+    ) -> Result<BlobOutcome> {
+        if client.blob_exists(dest, &desc.digest)? {
+            return Ok(BlobOutcome::Exists);
+        }
+        let here = dest.repository();
+        let sources = candidates
+            .iter()
+            .filter(|r| **r != here)
+            .filter_map(|r| Reference::parse(r).ok())
+            .filter(|r| r.domain() == dest.domain())
+            .take(MOUNT_ATTEMPTS);
+        for from in sources {
+            // A refused mount (no pull right there, blob gone) only means
+            // uploading it after all.
+            if let Ok(true) = client.mount_blob(dest, &desc.digest, &from) {
+                return Ok(BlobOutcome::Mounted {
+                    from: from.repository(),
+                });
+            }
+        }
+        let file = self.content().open(&desc.digest)?;
+        let mut reader = Counting {
+            inner: io::BufReader::with_capacity(1 << 20, file),
+            progress,
+            index,
+        };
+        client.upload_blob(dest, &desc.digest, desc.size, &mut reader)?;
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    /// For each blob of `image`: repositories that hold it, as far as the
+    /// store knows. First the repositories of the image's own names, then
+    /// those of other images with the blob, then earlier pushes.
+    fn known_repositories(
+        &self,
+        meta: &crate::meta::Meta,
+        image: &crate::meta::ImageRecord,
+    ) -> Result<KnownRepositories> {
+        let wanted: BTreeSet<Digest> = image.blobs().into_iter().collect();
+        let images: BTreeMap<Digest, crate::meta::ImageRecord> = meta
+            .images()?
+            .into_iter()
+            .map(|i| (i.manifest, i))
+            .collect();
+        let mut tags = meta.tags()?;
+        // The image's own names first.
+        tags.sort_by_key(|(_, t)| t.image != image.manifest);
+        let mut known: KnownRepositories = BTreeMap::new();
+        let mut add = |digest: Digest, repository: String| {
+            let list = known.entry(digest).or_default();
+            if !list.contains(&repository) {
+                list.push(repository);
+            }
+        };
+        for (name, tag) in &tags {
+            let (Ok(r), Some(img)) = (Reference::parse(name), images.get(&tag.image)) else {
+                continue;
+            };
+            for b in img.blobs().into_iter().filter(|b| wanted.contains(b)) {
+                add(b, r.repository());
+            }
+        }
+        for (digest, repositories) in read_pushed(&self.root().join(PUSHED_FILE)) {
+            if wanted.contains(&digest) {
+                for r in repositories {
+                    add(digest, r);
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// Adds `repository` to the record of each blob in `digests`, most
+    /// recent first; blobs no longer stored are forgotten. Called in a
+    /// session, so concurrent pushes do not lose each other's records.
+    fn remember_push(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        let path = self.root().join(PUSHED_FILE);
+        let mut pushed = read_pushed(&path);
+        for d in digests {
+            let list = pushed.entry(*d).or_default();
+            list.retain(|r| r != repository);
+            list.insert(0, repository.to_string());
+            list.truncate(REMEMBERED_REPOSITORIES);
+        }
+        pushed.retain(|d, _| self.content().contains(d));
+        let json = serde_json::to_vec_pretty(&pushed).map_err(|e| Error::Invalid(e.to_string()))?;
+        let tmp = tempfile::NamedTempFile::new_in(self.root().join("tmp"))
+            .ctx(|| "create a file in tmp/".to_string())?;
+        fs::write(tmp.path(), json).ctx(|| format!("write {}", tmp.path().display()))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e.error))?;
+        Ok(())
+    }
+}
+
+/// `word` as a reference, when it is a name the store gives `image` (a
+/// tag, or `repo@digest` of its manifest): where a push without DEST goes.
+/// An id or id prefix is none, so it never turns into a Docker Hub name.
+fn own_name(
+    meta: &crate::meta::Meta,
+    word: &str,
+    image: &crate::meta::ImageRecord,
+) -> Option<Reference> {
+    let r = Reference::parse(word).ok()?;
+    let tagged = meta
+        .tag(&r.to_string())
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.image == image.manifest);
+    let pinned = r.tag().is_none() && r.digest() == Some(&image.manifest);
+    (tagged || pinned).then_some(r)
+}
+
+/// The remembered pushes; an unreadable file is an empty memory (it only
+/// saves uploads).
+fn read_pushed(path: &Path) -> KnownRepositories {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_are_remembered_most_recent_first_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let kept = store.content().put_bytes("t.1", b"kept", None).unwrap();
+        let gone = Digest::of(b"not stored");
+        store.remember_push("r/a", &[kept, gone]).unwrap();
+        store.remember_push("r/b", &[kept]).unwrap();
+        store.remember_push("r/a", &[kept]).unwrap();
+        let pushed = read_pushed(&dir.path().join(PUSHED_FILE));
+        assert_eq!(pushed.len(), 1, "a blob not in the store is forgotten");
+        assert_eq!(pushed[&kept], ["r/a", "r/b"]);
+        for i in 0..20 {
+            store.remember_push(&format!("r/{i}"), &[kept]).unwrap();
+        }
+        let pushed = read_pushed(&dir.path().join(PUSHED_FILE));
+        assert_eq!(pushed[&kept].len(), REMEMBERED_REPOSITORIES);
+        assert_eq!(pushed[&kept][0], "r/19");
+        // A damaged file is no memory, not an error.
+        fs::write(dir.path().join(PUSHED_FILE), "{not json").unwrap();
+        assert!(read_pushed(&dir.path().join(PUSHED_FILE)).is_empty());
+        store.remember_push("r/x", &[kept]).unwrap();
+        assert_eq!(read_pushed(&dir.path().join(PUSHED_FILE))[&kept], ["r/x"]);
+    }
+
+    #[test]
+    fn outcomes_serialise_flat() {
+        let b = PushedBlob {
+            digest: Digest::of(b"x"),
+            size: 1,
+            outcome: BlobOutcome::Mounted {
+                from: "127.0.0.1:5000/a".into(),
+            },
+        };
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["result"], "mounted");
+        assert_eq!(v["from"], "127.0.0.1:5000/a");
+        assert_eq!(v["size"], 1);
+    }
+}
