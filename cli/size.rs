@@ -6,9 +6,7 @@
 /// Parses a size of at least one byte.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
         return Err(format!(
@@ -21,7 +19,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use k, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use k, M, G or T)"
+            ))
+        }
     };
     let n: u64 = digits
         .parse()
@@ -55,7 +57,15 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_size() {
         for bad in [
-            "", "G", "-1", "1.5G", "12X", "0", "0M", "1 G G", "99999999999999999999",
+            "",
+            "G",
+            "-1",
+            "1.5G",
+            "12X",
+            "0",
+            "0M",
+            "1 G G",
+            "99999999999999999999",
             "20000000T",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
