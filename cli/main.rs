@@ -352,9 +352,22 @@ fn run(cli: Cli) -> lstore::Result<()> {
             let progress = PushLines {
                 quiet: quiet || format == Format::Json,
             };
+            let started = std::time::Instant::now();
             let pushed = store.push(&reference, dest.as_deref(), &opts, &progress)?;
             if format == Format::Json {
                 return print_json(&pushed);
+            }
+            if !quiet {
+                let count = |f: fn(&lstore::push::BlobOutcome) -> bool| {
+                    pushed.blobs.iter().filter(|b| f(&b.outcome)).count()
+                };
+                eprintln!(
+                    "push: {} uploaded, {} blobs mounted, {} already there, {:.2}s",
+                    human(pushed.bytes_uploaded),
+                    count(|o| matches!(o, lstore::push::BlobOutcome::Mounted { .. })),
+                    count(|o| *o == lstore::push::BlobOutcome::Exists),
+                    started.elapsed().as_secs_f64()
+                );
             }
             println!(
                 "{}: digest: {} size: {}",
@@ -547,11 +560,21 @@ fn logout(registry: &str) -> lstore::Result<()> {
 }
 
 fn client_options(plain_http: bool, ca_file: Option<PathBuf>) -> lstore::registry::ClientOptions {
-    lstore::registry::ClientOptions {
+    let mut options = lstore::registry::ClientOptions {
         plain_http,
         ca_file,
         ..Default::default()
+    };
+    // LSTORE_HTTP_TIMEOUT (seconds): how long a stalled connection is
+    // waited for, instead of 60 s (slow links, tests).
+    if let Some(seconds) = std::env::var("LSTORE_HTTP_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+    {
+        options.read_timeout = std::time::Duration::from_secs(seconds);
     }
+    options
 }
 
 fn prompt(what: &str) -> lstore::Result<String> {
