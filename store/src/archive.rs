@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -128,11 +129,24 @@ impl ArchiveFiles {
         match self {
             ArchiveFiles::Dir(d) => {
                 let p = safe_join(d, &name).ok_or_else(missing)?;
-                match File::open(&p) {
-                    Ok(f) => Ok(Box::new(f)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing()),
-                    Err(e) => Err(Error::io(format!("open {}", p.display()), e)),
+                // Non-blocking, so that a FIFO planted in a layout cannot
+                // hang the open; only regular files are read.
+                let f = match std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&p)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+                    Err(e) => return Err(Error::io(format!("open {}", p.display()), e)),
+                };
+                if !f.metadata().is_ok_and(|m| m.is_file()) {
+                    return Err(Error::Archive {
+                        path: self.path().to_path_buf(),
+                        reason: format!("{name} is not a regular file"),
+                    });
                 }
+                Ok(Box::new(f))
             }
             ArchiveFiles::Tar { path, members } => {
                 let &(offset, size) = members.get(&name).ok_or_else(missing)?;
