@@ -169,13 +169,36 @@ impl Store {
         let r = Reference::parse(word)?;
         let client = Arc::new(RegistryClient::new(opts.client.clone())?);
         let top = client.get_manifest(&r)?;
+        let doc = oci::parse_document(&top.bytes, Some(&top.media_type)).map_err(|source| {
+            Error::Document {
+                what: format!("manifest of {r}"),
+                source,
+            }
+        })?;
+        // From an index, the manifest for the platform asked for.
+        let chosen = match &doc {
+            Document::Index(ix) => {
+                let wanted = opts.platform.clone().unwrap_or_else(crate::platform::host);
+                Some(
+                    PlatformMatcher::new(&wanted)
+                        .select(&ix.manifests)
+                        .map_err(|e| Error::Invalid(format!("{r}: {e}")))?
+                        .clone(),
+                )
+            }
+            Document::Manifest(_) => None,
+        };
+        let wanted_manifest = chosen.as_ref().map_or(top.digest, |d| d.digest);
 
-        // Already here under this name? Then one request was all it took.
+        // Already here under this name, for this platform? Then one request
+        // was all it took.
         let known = self.session(|meta| {
             if let Some(tag) = meta.tag(&r.to_string())? {
                 if tag.repo_digest == Some(top.digest) {
                     if let Some(img) = meta.image(&tag.image)? {
-                        return Ok(Some(img));
+                        if img.manifest == wanted_manifest {
+                            return Ok(Some(img));
+                        }
                     }
                 }
             }
@@ -194,12 +217,6 @@ impl Store {
             });
         }
 
-        let doc = oci::parse_document(&top.bytes, Some(&top.media_type)).map_err(|source| {
-            Error::Document {
-                what: format!("manifest of {r}"),
-                source,
-            }
-        })?;
         let (index, manifest, manifest_bytes, manifest_digest, manifest_type) = match doc {
             Document::Manifest(m) => (
                 None,
@@ -208,12 +225,10 @@ impl Store {
                 top.digest,
                 top.media_type.clone(),
             ),
-            Document::Index(ix) => {
-                let wanted = opts.platform.clone().unwrap_or_else(crate::platform::host);
-                let chosen = PlatformMatcher::new(&wanted)
-                    .select(&ix.manifests)
-                    .map_err(|e| Error::Invalid(format!("{r}: {e}")))?
-                    .clone();
+            Document::Index(_) => {
+                let chosen = chosen.ok_or_else(|| {
+                    Error::Invalid(format!("{r}: no platform chosen from the index"))
+                })?;
                 let m = client.get_manifest(&r.with_digest(chosen.digest))?;
                 match oci::parse_document(&m.bytes, Some(&m.media_type)) {
                     Ok(Document::Manifest(manifest)) => (

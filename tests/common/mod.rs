@@ -10,6 +10,7 @@ pub mod image;
 pub mod lstore;
 pub mod mount;
 pub mod peers;
+pub mod registry;
 pub mod scenes;
 pub mod tarball;
 pub mod tree;
