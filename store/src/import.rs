@@ -365,6 +365,7 @@ fn store_layer(
                 layer: layer_name.clone(),
                 source,
             })?;
+        // Nothing becomes visible before both digests are checked.
         verify_layer(
             &layer_name,
             expected,
@@ -374,20 +375,8 @@ fn store_layer(
             &u.diff_id,
         )?;
         let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
-        if let Some(w) = writer.take() {
-            let (d, _) = commit_blob(store, lease, w, expected)?;
-            created
-                .blobs
-                .lock()
-                .map_err(|_| Error::Invalid("poisoned".into()))?
-                .push(d);
-        }
         store.layers.commit(staging, &chain, &parents)?;
-        created
-            .layers
-            .lock()
-            .map_err(|_| Error::Invalid("poisoned".into()))?
-            .push(chain);
+        lock_list(&created.layers)?.push(chain);
         (
             u.compressed_digest,
             u.compressed_size,
@@ -406,11 +395,7 @@ fn store_layer(
     )?;
     if let Some(w) = writer.take() {
         let (d, _) = commit_blob(store, lease, w, expected)?;
-        created
-            .blobs
-            .lock()
-            .map_err(|_| Error::Invalid("poisoned".into()))?
-            .push(d);
+        lock_list(&created.blobs)?.push(d);
     }
     let file_bytes = if present {
         known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
@@ -423,6 +408,11 @@ fn store_layer(
         file_bytes,
         reused: false,
     })
+}
+
+fn lock_list(list: &Mutex<Vec<Digest>>) -> Result<std::sync::MutexGuard<'_, Vec<Digest>>> {
+    list.lock()
+        .map_err(|_| Error::Invalid("a layer thread panicked".into()))
 }
 
 /// Commits a layer blob. A digest the lease did not name in advance (a
