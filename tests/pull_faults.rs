@@ -52,10 +52,11 @@ fn gets_of<'a>(seen: &'a [Seen], digest: &str) -> Vec<&'a Seen> {
         .collect()
 }
 
-/// A failed pull left nothing listed and no layer folder for `chain`; `gc`
-/// then leaves an empty store.
+/// A failed pull left nothing listed, no layer folder for `chain` and no
+/// unfinished download; `gc` then leaves an empty store.
 fn assert_nothing_kept(store: &Lstore, failed_chain: &str) {
     assert!(store.images().is_empty(), "{:?}", store.images());
+    assert!(store.unfinished().is_empty(), "{:?}", store.unfinished());
     let chain_hex = failed_chain.trim_start_matches("sha256:").to_string();
     assert!(
         !store.layer_dirs().contains(&chain_hex),
