@@ -174,20 +174,26 @@ impl Registry {
             }
             upload_blob(&addr, repo, &digest, bytes);
         }
+        self.put_manifest(repo, tag, image.manifest_media_type(), &image.manifest);
+        image.manifest_digest.clone()
+    }
+
+    /// `PUT /v2/<repo>/manifests/<reference>` (a tag or a digest) of a
+    /// manifest or index whose blobs and children are there already.
+    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
         let response = http_call(
-            &addr,
+            &self.host(),
             "PUT",
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[("Content-Type", image.manifest_media_type())],
-            &image.manifest,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Content-Type", media_type)],
+            bytes,
         );
         assert_eq!(
             response.status,
             201,
-            "PUT manifest {repo}:{tag}: {}",
+            "PUT manifest {repo}:{reference}: {}",
             response.text()
         );
-        image.manifest_digest.clone()
     }
 
     /// The manifest (or index) `repo:reference` as the registry serves it:
