@@ -73,7 +73,68 @@ impl ContentStore {
             path,
             hasher: Hasher::new(),
             dir: self.dir.clone(),
+            skip: 0,
+            keep: false,
         })
+    }
+
+    /// Takes over the partial download of `digest` that a command which
+    /// died (or failed on a broken connection) left in `ingest/`, renaming
+    /// it to `name`. Returns a writer that appends to it and the bytes it
+    /// holds; the caller feeds those bytes again (read back from the file),
+    /// and the writer only hashes them. `is_live` tells whether a lease id
+    /// belongs to a running command (whose partial is not taken).
+    pub fn claim_partial(
+        &self,
+        digest: &Digest,
+        name: &str,
+        is_live: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<(BlobWriter, u64)>> {
+        let suffix = format!(".partial-{}", digest.hex());
+        let Ok(entries) = fs::read_dir(&self.ingest) else {
+            return Ok(None);
+        };
+        let path = self.ingest.join(name);
+        for entry in entries.flatten() {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            let Some(lease) = other.strip_suffix(&suffix) else {
+                continue;
+            };
+            if is_live(lease) || fs::rename(entry.path(), &path).is_err() {
+                continue;
+            }
+            let file = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .ctx(|| format!("open {}", path.display()))?;
+            let held = file
+                .metadata()
+                .ctx(|| format!("stat {}", path.display()))?
+                .len();
+            return Ok(Some((
+                BlobWriter {
+                    file: io::BufWriter::with_capacity(1 << 20, file),
+                    path,
+                    hasher: Hasher::new(),
+                    dir: self.dir.clone(),
+                    skip: held,
+                    keep: false,
+                },
+                held,
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Where an ingest entry lives.
+    pub fn ingest_path(&self, name: &str) -> PathBuf {
+        self.ingest.join(name)
+    }
+
+    /// The ingest name under which a download of `digest` can be resumed.
+    pub fn partial_name(lease_id: &str, digest: &Digest) -> String {
+        format!("{lease_id}.partial-{}", digest.hex())
     }
 
     /// Stores bytes held in memory, verifying them against `expected`.
@@ -134,9 +195,21 @@ pub struct BlobWriter {
     path: PathBuf,
     hasher: Hasher,
     dir: PathBuf,
+    /// Bytes already in the file (a resumed download): hashed, not written.
+    skip: u64,
+    /// Leave the file for a later resume instead of deleting it.
+    keep: bool,
 }
 
 impl BlobWriter {
+    /// Gives up on the blob for now but leaves what was downloaded in
+    /// `ingest/`, for the next command to resume (gc removes it otherwise).
+    pub fn keep_partial(mut self) {
+        if self.file.flush().is_ok() && self.skip == 0 {
+            self.keep = true;
+        }
+    }
+
     pub fn written(&self) -> u64 {
         self.hasher.len()
     }
@@ -159,6 +232,13 @@ impl BlobWriter {
         self.file
             .flush()
             .ctx(|| format!("write {}", self.path.display()))?;
+        if self.skip > 0 {
+            return Err(Error::Invalid(format!(
+                "{}: resumed download ended before its first {} bytes were read back",
+                self.path.display(),
+                self.skip
+            )));
+        }
         let hasher = std::mem::take(&mut self.hasher);
         let len = hasher.len();
         let digest = hasher.finish();
@@ -197,6 +277,14 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.skip > 0 {
+            let k = buf
+                .len()
+                .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+            self.hasher.update(&buf[..k]);
+            self.skip -= k as u64;
+            return Ok(k);
+        }
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -209,7 +297,9 @@ impl Write for BlobWriter {
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         // After a successful rename this path no longer exists.
-        let _ = fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -261,6 +351,31 @@ mod tests {
             Err(Error::SizeMismatch { .. })
         ));
         assert!(cs.list().unwrap().0.is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_kept_partial_is_claimed_and_completed() {
+        let (dir, cs) = store();
+        let d = Digest::of(b"hello world");
+        let mut w = cs
+            .writer(&ContentStore::partial_name("dead-1", &d))
+            .unwrap();
+        w.write_all(b"hello").unwrap();
+        w.keep_partial();
+        // A live owner's partial is not taken.
+        assert!(cs
+            .claim_partial(&d, &ContentStore::partial_name("me", &d), &|_| true)
+            .unwrap()
+            .is_none());
+        let (mut w, held) = cs
+            .claim_partial(&d, &ContentStore::partial_name("me", &d), &|_| false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(held, 5);
+        w.write_all(b"hello world").unwrap();
+        assert_eq!(w.commit(Some(&d), Some(11)).unwrap().0, d);
+        assert_eq!(cs.read(&d, 100).unwrap(), b"hello world");
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
     }
 

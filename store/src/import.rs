@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -36,6 +37,36 @@ use crate::unpack;
 pub trait LayerSource: Sync {
     /// Opens layer `index`'s blob from its first byte.
     fn open(&self, index: usize) -> Result<Box<dyn Read + Send>>;
+
+    /// Opens layer `index`'s blob from byte `offset` on (to resume a
+    /// download). The default reads and drops the first bytes.
+    fn open_at(&self, index: usize, offset: u64) -> Result<Box<dyn Read + Send>> {
+        let mut r = self.open(index)?;
+        let skipped = io::copy(&mut (&mut r).take(offset), &mut io::sink())
+            .map_err(|e| Error::io(format!("read layer #{}", index + 1), e))?;
+        if skipped != offset {
+            return Err(Error::Invalid(format!(
+                "layer #{} is shorter than {offset} bytes",
+                index + 1
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// Marks that the source (not decompression, not the disk) failed, so a
+/// partial download is worth keeping for a resume.
+struct WatchSource {
+    inner: Box<dyn Read + Send>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Read for WatchSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| {
+            self.failed.store(true, Ordering::Relaxed);
+        })
+    }
 }
 
 /// Reports progress of layers; called from several threads.
@@ -311,18 +342,113 @@ fn store_layer(
     req.progress.layer_started(i, expected, false);
     let _layer_lock = LayerLock::acquire(&store.locks_dir(), &chain, &*store.opts.on_wait)?;
 
-    // Read from the store when the blob is here, else from the source.
-    let (reader, mut writer): (Box<dyn Read + Send>, _) = if have_blob {
-        let d = expected
-            .map(|d| d.digest)
-            .ok_or_else(|| Error::Invalid("no digest".into()))?;
-        (Box::new(store.content.open(&d)?), None)
-    } else {
-        (
+    // Read from the store when the blob is here, else from the source;
+    // a download a dead command left half done is resumed where it stopped.
+    let source_failed = Arc::new(AtomicBool::new(false));
+    let (reader, mut writer): (Box<dyn Read + Send>, _) = match (expected, have_blob) {
+        (Some(d), true) => (Box::new(store.content.open(&d.digest)?), None),
+        (Some(d), false) => {
+            let name = crate::content::ContentStore::partial_name(lease.id(), &d.digest);
+            let live = live_lease_ids(store);
+            let claimed = store
+                .content
+                .claim_partial(&d.digest, &name, &|id| live.iter().any(|l| l == id))?
+                .filter(|(_, held)| *held < d.size);
+            let (w, held) = match claimed {
+                Some(c) => c,
+                None => (store.content.writer(&name)?, 0),
+            };
+            let opened = if held > 0 {
+                req.source.open_at(i, held).map(|rest| {
+                    let done = std::fs::File::open(store.content.ingest_path(&name))
+                        .map(|f| Box::new(f.take(held)) as Box<dyn Read + Send>);
+                    (done, rest)
+                })
+            } else {
+                req.source
+                    .open(i)
+                    .map(|r| (Ok(Box::new(io::empty()) as Box<dyn Read + Send>), r))
+            };
+            match opened {
+                Ok((Ok(done), rest)) => {
+                    let rest = WatchSource {
+                        inner: rest,
+                        failed: source_failed.clone(),
+                    };
+                    (Box::new(done.chain(rest)) as Box<dyn Read + Send>, Some(w))
+                }
+                Ok((Err(e), _)) => return Err(Error::io(format!("read back {name}"), e)),
+                Err(e) => {
+                    w.keep_partial();
+                    return Err(e);
+                }
+            }
+        }
+        (None, _) => (
             req.source.open(i)?,
             Some(store.content.writer(&store.unique(lease, "blob"))?),
-        )
+        ),
     };
+    let outcome = extract_or_measure(
+        store,
+        req,
+        i,
+        diff_id,
+        chains,
+        lease,
+        expected,
+        &layer_name,
+        reader,
+        writer.as_mut(),
+        created,
+    );
+    let (media_type, unpacked_digest, csize, size, file_bytes, present) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            if source_failed.load(Ordering::Relaxed) {
+                if let Some(w) = writer.take() {
+                    w.keep_partial();
+                }
+            }
+            return Err(e);
+        }
+    };
+    if let Some(w) = writer.take() {
+        let (d, _) = commit_blob(store, lease, w, expected)?;
+        lock_list(&created.blobs)?.push(d);
+    }
+    let file_bytes = if present {
+        known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
+    } else {
+        file_bytes
+    };
+    Ok(DoneLayer {
+        desc: Descriptor::new(&media_type, unpacked_digest, csize),
+        size,
+        file_bytes,
+        reused: false,
+    })
+}
+
+/// Reads one layer blob through the one-pass pipeline: extracts it (or,
+/// when another command extracted it meanwhile, only hashes it) and checks
+/// both digests. Returns (media type, digest, size, uncompressed size,
+/// file bytes, whether the layer was already present).
+#[allow(clippy::too_many_arguments)]
+fn extract_or_measure(
+    store: &Store,
+    req: &ImportRequest<'_>,
+    i: usize,
+    diff_id: &Digest,
+    chains: &[Digest],
+    lease: &Lease,
+    expected: Option<&Descriptor>,
+    layer_name: &str,
+    reader: Box<dyn Read + Send>,
+    writer: Option<&mut crate::content::BlobWriter>,
+    created: &Created,
+) -> Result<(String, Digest, u64, u64, u64, bool)> {
+    let chain = chains[i];
     let (sniffed, reader) =
         sniff(reader).map_err(|e| Error::io(format!("read layer {layer_name}"), e))?;
     let (declared, media_type) = match expected {
@@ -341,7 +467,7 @@ fn store_layer(
     };
     let mut tee = Tee {
         inner: reader,
-        sink: writer.as_mut(),
+        sink: writer,
         progress: req.progress,
         index: i,
     };
@@ -353,7 +479,7 @@ fn store_layer(
         let m =
             measure(&mut tee, declared, store.opts.limits.max_layer_size).map_err(|source| {
                 Error::Unpack {
-                    layer: layer_name.clone(),
+                    layer: layer_name.to_string(),
                     source,
                 }
             })?;
@@ -362,12 +488,12 @@ fn store_layer(
         let staging = store.layers.stage(&store.unique(lease, "layer"))?;
         let u = unpack::unpack_layer(&mut tee, declared, &staging.diff(), &store.opts.limits)
             .map_err(|source| Error::Unpack {
-                layer: layer_name.clone(),
+                layer: layer_name.to_string(),
                 source,
             })?;
         // Nothing becomes visible before both digests are checked.
         verify_layer(
-            &layer_name,
+            layer_name,
             expected,
             diff_id,
             &u.compressed_digest,
@@ -386,28 +512,28 @@ fn store_layer(
         )
     };
     verify_layer(
-        &layer_name,
+        layer_name,
         expected,
         diff_id,
         &unpacked_digest,
         csize,
         &got_diff_id,
     )?;
-    if let Some(w) = writer.take() {
-        let (d, _) = commit_blob(store, lease, w, expected)?;
-        lock_list(&created.blobs)?.push(d);
-    }
-    let file_bytes = if present {
-        known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
-    } else {
-        file_bytes
-    };
-    Ok(DoneLayer {
-        desc: Descriptor::new(&media_type, unpacked_digest, csize),
+    Ok((
+        media_type,
+        unpacked_digest,
+        csize,
         size,
         file_bytes,
-        reused: false,
-    })
+        present,
+    ))
+}
+
+/// Ids of the leases of running commands.
+fn live_lease_ids(store: &Store) -> Vec<String> {
+    live_leases(&store.root().join("leases"))
+        .map(|v| v.into_iter().filter(|l| l.live).map(|l| l.id).collect())
+        .unwrap_or_default()
 }
 
 fn lock_list(list: &Mutex<Vec<Digest>>) -> Result<std::sync::MutexGuard<'_, Vec<Digest>>> {
@@ -665,4 +791,133 @@ fn clean_up_failed(store: &Store, lease: &Lease, created: &Created) -> Result<()
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// A layer source whose first download breaks after `break_at` bytes,
+    /// recording where each download started.
+    struct Flaky {
+        blob: Vec<u8>,
+        break_at: usize,
+        starts: StdMutex<Vec<u64>>,
+    }
+
+    struct Breaking {
+        data: Vec<u8>,
+        pos: usize,
+        break_at: Option<usize>,
+    }
+
+    impl Read for Breaking {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(b) = self.break_at {
+                if self.pos >= b {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"));
+                }
+            }
+            let end = self.break_at.unwrap_or(self.data.len()).min(self.data.len());
+            let n = buf.len().min(end - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl LayerSource for Flaky {
+        fn open(&self, index: usize) -> Result<Box<dyn Read + Send>> {
+            self.open_at(index, 0)
+        }
+        fn open_at(&self, _index: usize, offset: u64) -> Result<Box<dyn Read + Send>> {
+            let mut starts = self.starts.lock().unwrap();
+            let first = starts.is_empty();
+            starts.push(offset);
+            Ok(Box::new(Breaking {
+                data: self.blob[offset as usize..].to_vec(),
+                pos: 0,
+                break_at: first.then_some(self.break_at),
+            }))
+        }
+    }
+
+    fn layer() -> (Vec<u8>, Digest) {
+        let mut b = tar::Builder::new(Vec::new());
+        // Incompressible content, so the gzip blob is large enough to break.
+        let mut data = vec![0u8; 256 * 1024];
+        let mut x: u32 = 1;
+        for byte in data.iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *byte = (x >> 24) as u8;
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "f", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let diff_id = Digest::of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar).unwrap();
+        (gz.finish().unwrap(), diff_id)
+    }
+
+    #[test]
+    fn a_broken_download_is_resumed_by_the_next_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let (blob, diff_id) = layer();
+        let desc = Descriptor::new(oci::OCI_LAYER_GZIP, Digest::of(&blob), blob.len() as u64);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        )
+        .into_bytes();
+        let config_digest = Digest::of(&config);
+        let manifest = serde_json::to_vec(&oci::Manifest {
+            schema_version: 2,
+            media_type: Some(oci::OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: Descriptor::new(oci::OCI_CONFIG, config_digest, config.len() as u64),
+            layers: vec![desc.clone()],
+            subject: None,
+            annotations: None,
+        })
+        .unwrap();
+        let source = Flaky {
+            break_at: blob.len() / 2,
+            blob: blob.clone(),
+            starts: StdMutex::new(Vec::new()),
+        };
+        let request = || ImportRequest {
+            names: vec![Reference::parse("example.com/resume:1").unwrap()],
+            repo_digest: None,
+            index: None,
+            manifest: Some((manifest.clone(), Digest::of(&manifest), oci::OCI_MANIFEST.into())),
+            config: (config.clone(), config_digest),
+            layers: vec![Some(desc.clone())],
+            source: &source,
+            progress: &NoProgress,
+        };
+        let err = import(&store, request()).unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        let kept: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(kept[0].ends_with(&format!(".partial-{}", desc.digest.hex())));
+
+        let stored = import(&store, request()).unwrap();
+        assert_eq!(stored.layers_new, 1);
+        let starts = source.starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[0], 0);
+        assert!(starts[1] > 0, "the second download started from {}", starts[1]);
+        assert!(store.content().contains(&desc.digest));
+        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        let f = store.layer_store().diff_dir(&diff_id).join("f");
+        assert_eq!(std::fs::metadata(f).unwrap().len(), 256 * 1024);
+    }
 }

@@ -71,20 +71,35 @@ struct RegistrySource<'a> {
 
 impl LayerSource for RegistrySource<'_> {
     fn open(&self, index: usize) -> Result<Box<dyn Read + Send>> {
+        self.open_at(index, 0)
+    }
+
+    /// A `Range` request from `offset` (a download resumed from `ingest/`).
+    fn open_at(&self, index: usize, offset: u64) -> Result<Box<dyn Read + Send>> {
         let desc = self
             .layers
             .get(index)
             .ok_or_else(|| Error::Invalid(format!("no layer #{index}")))?;
-        let first = self.client.fetch_blob(self.repo, &desc.digest, 0)?;
-        Ok(Box::new(ResumingReader {
+        let first = self.client.fetch_blob(self.repo, &desc.digest, offset)?;
+        let mut reader = ResumingReader {
             client: self.client.clone(),
             repo: self.repo.clone(),
             digest: desc.digest,
             size: desc.size,
-            offset: 0,
+            offset: first.offset,
             inner: first.reader,
             resumes_left: RESUMES,
-        }))
+        };
+        if first.offset < offset {
+            // The registry ignored the range: drop what we already have.
+            let skip = offset - first.offset;
+            let n = io::copy(&mut (&mut reader).take(skip), &mut io::sink())
+                .map_err(|e| Error::io(format!("download {}", desc.digest), e))?;
+            if n != skip {
+                return Err(Error::Invalid(format!("blob {} ended early", desc.digest)));
+            }
+        }
+        Ok(Box::new(reader))
     }
 }
 
