@@ -60,11 +60,22 @@ impl Registry {
     }
 
     pub fn start_with(config: RegistryConfig) -> Registry {
-        let dir = tempfile::Builder::new()
-            .prefix("lstore-registry-")
-            .tempdir()
-            .expect("registry dir");
-        let port = free_port();
+        // A free port can be taken by someone else before the registry
+        // binds it: then it exits, and another port is tried.
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("lstore-registry-")
+                .tempdir()
+                .expect("registry dir");
+            let mut registry = Registry::spawn(&config, dir, free_port());
+            if registry.wait_ready() {
+                return registry;
+            }
+        }
+        panic!("docker-registry could not bind a port in 5 attempts");
+    }
+
+    fn spawn(config: &RegistryConfig, dir: TempDir, port: u16) -> Registry {
         let mut yaml = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
@@ -95,16 +106,26 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let mut registry = Registry { child, port, dir };
-        registry.wait_ready();
-        registry
+        Registry { child, port, dir }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the registry says it listens on its port (it logs that
+    /// once the socket is bound, so a port owned by another process is
+    /// never mistaken for it). `false` when it exited because the port was
+    /// taken.
+    fn wait_ready(&mut self) -> bool {
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
         let deadline = Instant::now() + PEER_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if self.log().contains(&listening) {
+                return true;
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", self.log());
+                let log = self.log();
+                if log.contains("address already in use") {
+                    return false;
+                }
+                panic!("docker-registry exited ({status}):\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
