@@ -183,6 +183,59 @@ fn connection_that_always_drops_fails_cleanly() {
     assert_nothing_kept(&store, &image.chain_ids()[1], Some(&big));
 }
 
+#[test]
+fn next_pull_resumes_the_partial_download() {
+    let registry = Registry::start();
+    let image = big_image(Compression::Gzip);
+    let big = image.layers[1].digest.clone();
+    let rule_big = big.clone();
+    let broken = Arc::new(AtomicBool::new(true));
+    let rule_broken = broken.clone();
+    let proxy = Proxy::start(&registry.host(), move |seen| {
+        if rule_broken.load(Ordering::SeqCst) && seen.blob_get() == Some(rule_big.as_str()) {
+            Fault::CutAfter(250_000)
+        } else {
+            Fault::Pass
+        }
+    });
+    let reference = serve(&registry, &proxy, &image, "faults/partial");
+    let client = Client::new();
+    let store = Lstore::new();
+    client.fails(&store, &["pull", "-q", &reference]);
+    let partials: Vec<String> = store
+        .unfinished()
+        .into_iter()
+        .filter(|n| n.ends_with(&format!(".partial-{}", big.trim_start_matches("sha256:"))))
+        .collect();
+    assert_eq!(partials.len(), 1, "{:?}", store.unfinished());
+    let held = std::fs::metadata(store.path(&partials[0])).unwrap().len();
+    assert!(
+        held > 0 && held < image.layers[1].size(),
+        "partial of {held} bytes"
+    );
+
+    // The network is back: the next pull asks only for the rest.
+    broken.store(false, Ordering::SeqCst);
+    proxy.clear();
+    client.pull(&store, &reference, &[]);
+    let seen = proxy.seen();
+    let gets = gets_of(&seen, &big);
+    assert_eq!(gets.len(), 1, "one request for the rest of the blob");
+    assert_eq!(
+        gets[0].header("range"),
+        Some(format!("bytes={held}-").as_str())
+    );
+    assert!(store.unfinished().is_empty(), "{:?}", store.unfinished());
+    check_inspect(
+        &store,
+        &store.inspect(&reference),
+        &image,
+        &reference,
+        Source::Layout,
+    );
+    assert_matches_umoci(&store, &reference, &image);
+}
+
 // ------------------------------------------------------------ corruption
 
 #[test]
