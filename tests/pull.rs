@@ -12,8 +12,8 @@ use common::checks::{check_inspect, check_layer_folders, stored_blob, umoci_twin
 use common::image::{host_arch, write_oci_layout, Image};
 use common::peers::umoci_unpack;
 use common::registry::{
-    bearer_gate, make_htpasswd, make_tls, write_platform_index_layout, Client, Proxy, Registry,
-    RegistryConfig, TokenServer,
+    basic_auth, bearer_gate, make_htpasswd, make_tls, write_platform_index_layout, Client, Proxy,
+    Registry, RegistryConfig, TokenServer,
 };
 use common::scenes::{self, everything_image, noise};
 use common::tree::{assert_same_tree, snapshot, Tree};
@@ -627,6 +627,7 @@ fn basic_auth_over_tls_with_login() {
     );
     assert!(!out.success(), "login with a wrong password succeeded");
     common::lstore::assert_one_line_error("login", &out);
+    assert!(out.stderr.contains("login failed"), "{}", out.stderr);
     assert!(!client.docker_config().join("config.json").exists());
 
     let out = client.run_with_input(
@@ -697,6 +698,12 @@ fn bearer_token_auth() {
     );
     assert!(!out.success(), "login with a wrong password succeeded");
     common::lstore::assert_one_line_error("login", &out);
+    assert!(out.stderr.contains("login failed"), "{}", out.stderr);
+    // Checked against the token server, with the credentials given.
+    assert!(tokens
+        .seen()
+        .iter()
+        .any(|s| s.header("authorization") == Some(basic_auth("tester", "nope").as_str())));
     let out = client.run_with_input(
         &store,
         &["login", &host, "-u", "tester", "--password-stdin"],
