@@ -158,6 +158,16 @@ impl Reference {
             match self.path.strip_prefix(OFFICIAL_REPO_PREFIX) {
                 // `library/a/b` stays as is: `a/b` would mean `docker.io/a/b`.
                 Some(rest) if !rest.contains('/') => rest.to_string(),
+                // `docker.io/a.b/c` stays whole: `a.b/c` would name the
+                // registry `a.b` (Docker shortens it anyway; found by fuzzing).
+                _ if self
+                    .path
+                    .split('/')
+                    .next()
+                    .is_some_and(|first| first.contains('.') || first == "localhost") =>
+                {
+                    self.repository()
+                }
                 _ => self.path.clone(),
             }
         } else {
@@ -540,6 +550,13 @@ mod tests {
 
         let r = Reference::parse("docker.io/library/a/b").unwrap();
         assert_eq!(r.familiar_repository(), "library/a/b");
+
+        // The familiar form must name the same repository again.
+        for full in ["index.docker.io/ocker.ix/y", "docker.io/localhost/y"] {
+            let r = Reference::parse(full).unwrap();
+            assert_eq!(r.familiar_repository(), r.repository());
+            assert_eq!(Reference::parse(&r.familiar()).unwrap(), r);
+        }
 
         let r = Reference::parse("127.0.0.1:5000/debian:bookworm").unwrap();
         assert_eq!(r.domain(), "127.0.0.1:5000");
