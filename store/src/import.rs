@@ -816,10 +816,16 @@ mod tests {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if let Some(b) = self.break_at {
                 if self.pos >= b {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "connection reset",
+                    ));
                 }
             }
-            let end = self.break_at.unwrap_or(self.data.len()).min(self.data.len());
+            let end = self
+                .break_at
+                .unwrap_or(self.data.len())
+                .min(self.data.len());
             let n = buf.len().min(end - self.pos);
             buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
             self.pos += n;
@@ -894,7 +900,11 @@ mod tests {
             names: vec![Reference::parse("example.com/resume:1").unwrap()],
             repo_digest: None,
             index: None,
-            manifest: Some((manifest.clone(), Digest::of(&manifest), oci::OCI_MANIFEST.into())),
+            manifest: Some((
+                manifest.clone(),
+                Digest::of(&manifest),
+                oci::OCI_MANIFEST.into(),
+            )),
             config: (config.clone(), config_digest),
             layers: vec![Some(desc.clone())],
             source: &source,
@@ -914,9 +924,18 @@ mod tests {
         let starts = source.starts.lock().unwrap().clone();
         assert_eq!(starts.len(), 2);
         assert_eq!(starts[0], 0);
-        assert!(starts[1] > 0, "the second download started from {}", starts[1]);
+        assert!(
+            starts[1] > 0,
+            "the second download started from {}",
+            starts[1]
+        );
         assert!(store.content().contains(&desc.digest));
-        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
         let f = store.layer_store().diff_dir(&diff_id).join("f");
         assert_eq!(std::fs::metadata(f).unwrap().len(), 256 * 1024);
     }
