@@ -38,6 +38,12 @@ pub trait LayerSource: Sync {
     /// Opens layer `index`'s blob from its first byte.
     fn open(&self, index: usize) -> Result<Box<dyn Read + Send>>;
 
+    /// Whether a download broken by the source is worth keeping for a later
+    /// command to resume (a network source: yes; a local archive: no).
+    fn resumable(&self) -> bool {
+        false
+    }
+
     /// Opens layer `index`'s blob from byte `offset` on (to resume a
     /// download). The default reads and drops the first bytes.
     fn open_at(&self, index: usize, offset: u64) -> Result<Box<dyn Read + Send>> {
@@ -63,8 +69,11 @@ struct WatchSource {
 
 impl Read for WatchSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|_| {
-            self.failed.store(true, Ordering::Relaxed);
+        self.inner.read(buf).inspect_err(|e| {
+            // Data the source itself calls wrong is not worth resuming.
+            if e.kind() != io::ErrorKind::InvalidData {
+                self.failed.store(true, Ordering::Relaxed);
+            }
         })
     }
 }
@@ -379,7 +388,9 @@ fn store_layer(
                 }
                 Ok((Err(e), _)) => return Err(Error::io(format!("read back {name}"), e)),
                 Err(e) => {
-                    w.keep_partial();
+                    if req.source.resumable() {
+                        w.keep_partial();
+                    }
                     return Err(e);
                 }
             }
@@ -405,7 +416,7 @@ fn store_layer(
     let (media_type, unpacked_digest, csize, size, file_bytes, present) = match outcome {
         Ok(v) => v,
         Err(e) => {
-            if source_failed.load(Ordering::Relaxed) {
+            if source_failed.load(Ordering::Relaxed) && req.source.resumable() {
                 if let Some(w) = writer.take() {
                     w.keep_partial();
                 }
@@ -834,6 +845,9 @@ mod tests {
     }
 
     impl LayerSource for Flaky {
+        fn resumable(&self) -> bool {
+            true
+        }
         fn open(&self, index: usize) -> Result<Box<dyn Read + Send>> {
             self.open_at(index, 0)
         }

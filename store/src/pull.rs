@@ -70,6 +70,10 @@ struct RegistrySource<'a> {
 }
 
 impl LayerSource for RegistrySource<'_> {
+    fn resumable(&self) -> bool {
+        true
+    }
+
     fn open(&self, index: usize) -> Result<Box<dyn Read + Send>> {
         self.open_at(index, 0)
     }
@@ -153,8 +157,10 @@ impl Read for ResumingReader {
         loop {
             match self.inner.read(&mut buf[..want]) {
                 Ok(0) if self.offset < self.size => {
+                    // The body ended cleanly but short: the registry's data
+                    // disagrees with the descriptor (unless a retry mends it).
                     let why = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
+                        io::ErrorKind::InvalidData,
                         format!(
                             "blob {} ended after {} of {} bytes",
                             self.digest, self.offset, self.size
