@@ -29,7 +29,11 @@ pub fn reference(data: &[u8]) {
     let full = parsed.to_string();
     let again = Reference::parse(&full)
         .unwrap_or_else(|e| panic!("{text:?} normalises to {full:?}, which does not parse: {e}"));
-    assert_eq!(again.to_string(), full, "normal form of {text:?} is unstable");
+    assert_eq!(
+        again.to_string(),
+        full,
+        "normal form of {text:?} is unstable"
+    );
     let familiar = parsed.familiar();
     let back = Reference::parse(&familiar)
         .unwrap_or_else(|e| panic!("familiar form {familiar:?} of {text:?} does not parse: {e}"));
@@ -114,8 +118,8 @@ const CANARY: &[u8] = b"the layer must not touch this\n";
 /// Mode, mtime and content of a canary file (lstat: a canary replaced by
 /// a link shows as changed).
 fn canary_state(path: &Path) -> (u32, i64, Vec<u8>) {
-    let meta = fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("{} vanished: {e}", path.display()));
+    let meta =
+        fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{} vanished: {e}", path.display()));
     assert!(meta.is_file(), "{} is no longer a file", path.display());
     let content = fs::read(path).expect("read canary");
     (meta.mode(), meta.mtime(), content)
@@ -204,7 +208,10 @@ pub fn unpack(data: &[u8]) {
     if let Ok(u) = result {
         let digest = Digest::of(data);
         assert_eq!(u.compressed_digest, digest, "blob digest");
-        assert_eq!(u.diff_id, digest, "an uncompressed layer's diff_id is its digest");
+        assert_eq!(
+            u.diff_id, digest,
+            "an uncompressed layer's diff_id is its digest"
+        );
         assert_eq!(u.compressed_size, data.len() as u64);
         assert_eq!(u.size, data.len() as u64);
     }
