@@ -57,6 +57,19 @@ lstore umount "$mnt"
 mount -t overlay overlay -o "ro,lowerdir=$(jq -r .lowerdir "$demo/inspect.json")" "$mnt"
 ls "$mnt/opt/app"; umount "$mnt"
 
+# The write path, as the README's walkthrough: change, commit as edge,
+# push, promote edge to latest.
+mkdir -p "$demo/rw"
+step mount --rw $reg/sample/app rw;       lstore mount --rw "$reg/sample/app" "$demo/rw"
+echo "new feature" > "$demo/rw/opt/app/FEATURE"; rm "$demo/rw/etc/os-release"
+step commit rw $reg/sample/app:edge;      lstore commit "$demo/rw" "$reg/sample/app:edge"
+lstore umount "$demo/rw"
+step push $reg/sample/app:edge;           lstore push "$reg/sample/app:edge"
+step tag $reg/sample/app:edge $reg/sample/app:latest; lstore tag "$reg/sample/app:edge" "$reg/sample/app:latest"
+step push $reg/sample/app:latest;         lstore push "$reg/sample/app:latest"
+step images;                              lstore images
+step rmi $reg/sample/app:edge;            lstore rmi "$reg/sample/app:edge"
+
 step save -o app.tar $reg/sample/app;     lstore save -o "$demo/app.tar" "$reg/sample/app"
 ls -l "$demo/app.tar"
 step rmi $reg/sample/app;                 lstore rmi "$reg/sample/app"
