@@ -34,6 +34,17 @@ enum Format {
     Json,
 }
 
+/// How to reach a registry (pull, push, login).
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Allow plain HTTP with this registry (loopback ones always may).
+    #[arg(long)]
+    plain_http: bool,
+    /// A PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Pull an image from a registry.
@@ -42,12 +53,8 @@ enum Command {
         /// OS/ARCH[/VARIANT] to pick from a multi-platform index.
         #[arg(long)]
         platform: Option<String>,
-        /// Allow plain HTTP with this registry (loopback ones always may).
-        #[arg(long)]
-        plain_http: bool,
-        /// A PEM file of CA certificates to trust besides the system's.
-        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
-        ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Layers downloaded at once.
         #[arg(long, default_value_t = 3)]
         jobs: usize,
@@ -66,12 +73,8 @@ enum Command {
         reference: String,
         /// Where to push it (default: REF).
         dest: Option<String>,
-        /// Allow plain HTTP with this registry (loopback ones always may).
-        #[arg(long)]
-        plain_http: bool,
-        /// A PEM file of CA certificates to trust besides the system's.
-        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
-        ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Blobs pushed at once.
         #[arg(long, default_value_t = 3)]
         jobs: usize,
@@ -91,10 +94,8 @@ enum Command {
         /// Read the password from standard input.
         #[arg(long)]
         password_stdin: bool,
-        #[arg(long)]
-        plain_http: bool,
-        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
-        ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        connection: RegistryArgs,
     },
     /// Remove stored credentials for a registry.
     Logout { registry: String },
@@ -265,18 +266,8 @@ fn run(cli: Cli) -> lstore::Result<()> {
             username,
             password,
             password_stdin,
-            plain_http,
-            ca_file,
-        } => {
-            return login(
-                registry,
-                username,
-                password,
-                password_stdin,
-                plain_http,
-                ca_file,
-            )
-        }
+            connection,
+        } => return login(registry, username, password, password_stdin, &connection),
         Command::Logout { registry } => return logout(&registry),
         other => other,
     };
@@ -307,8 +298,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
         Command::Pull {
             reference,
             platform,
-            plain_http,
-            ca_file,
+            registry,
             jobs,
             quiet,
             format,
@@ -320,7 +310,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
                     .map(lstore::platform::parse)
                     .transpose()
                     .map_err(|e| lstore::Error::Invalid(e.to_string()))?,
-                client: client_options(plain_http, ca_file),
+                client: client_options(&registry),
                 jobs,
             };
             let progress = progress::Progress::new(quiet || format == Format::Json);
@@ -339,14 +329,13 @@ fn run(cli: Cli) -> lstore::Result<()> {
         Command::Push {
             reference,
             dest,
-            plain_http,
-            ca_file,
+            registry,
             jobs,
             quiet,
             format,
         } => {
             let opts = lstore::push::PushOptions {
-                client: client_options(plain_http, ca_file),
+                client: client_options(&registry),
                 jobs,
             };
             let progress = PushLines {
@@ -520,8 +509,7 @@ fn login(
     username: Option<String>,
     password: Option<String>,
     password_stdin: bool,
-    plain_http: bool,
-    ca_file: Option<PathBuf>,
+    connection: &RegistryArgs,
 ) -> lstore::Result<()> {
     let username = match username {
         Some(u) => u,
@@ -543,7 +531,7 @@ fn login(
             ))
         }
     };
-    let client = lstore::registry::RegistryClient::new(client_options(plain_http, ca_file))?;
+    let client = lstore::registry::RegistryClient::new(client_options(connection))?;
     let host = client.login(&registry, &username, &password)?;
     println!("Login Succeeded ({host})");
     Ok(())
@@ -559,10 +547,10 @@ fn logout(registry: &str) -> lstore::Result<()> {
     Ok(())
 }
 
-fn client_options(plain_http: bool, ca_file: Option<PathBuf>) -> lstore::registry::ClientOptions {
+fn client_options(args: &RegistryArgs) -> lstore::registry::ClientOptions {
     let mut options = lstore::registry::ClientOptions {
-        plain_http,
-        ca_file,
+        plain_http: args.plain_http,
+        ca_file: args.ca_file.clone(),
         ..Default::default()
     };
     // LSTORE_HTTP_TIMEOUT (seconds): how long a stalled connection is
