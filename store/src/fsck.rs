@@ -1,19 +1,41 @@
 //! `lstore fsck`: re-verify every blob's digest (in parallel, through
 //! mmap), check that every record has its files and every file its record,
 //! that reference counts equal what a mark counts, and that each layer
-//! folder is complete. `repair` fixes what can be fixed.
+//! folder is complete.
+//!
+//! `repair` fixes what can be fixed, under the root lock:
+//! * a layer folder that is missing or damaged is extracted again from a
+//!   verified blob that holds it, into a fresh folder under `tmp/`, checked
+//!   against its diff id, and swapped in under the same name (parents
+//!   first);
+//! * what cannot come back is dropped: an image that needs a missing
+//!   manifest or config blob, or a layer no blob can restore, loses its
+//!   record and its tags; records of files that are gone and that nothing
+//!   needs any more are deleted;
+//! * records that are wrong or missing while their files are fine are
+//!   rebuilt (reference counts, sizes, blob and layer records);
+//! * corrupt blobs are removed, short links restored.
+//!
+//! All record changes land in one atomic batch. What a running command
+//! holds (a live lease) or a live mount uses is left alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
+use std::io::Read;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
-use crate::layers::short_id;
-use crate::meta::{BlobRecord, LayerRecord, CF_BLOBS, CF_LAYERS, CF_TAGS};
+use crate::error::{Error, Result};
+use crate::layers::{short_id, tree_size};
+use crate::meta::{
+    BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS,
+};
+use crate::oci::{self, Compression};
+use crate::reference::Reference;
 use crate::store::Store;
+use crate::unpack::{self, UnpackError, Unpacked};
 
 /// One problem found.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -29,6 +51,10 @@ pub struct FsckReport {
     pub bytes_hashed: u64,
     pub layers_checked: u64,
     pub images_checked: u64,
+    /// Layers `--repair` extracted again from their blobs.
+    pub layers_reextracted: u64,
+    /// Images `--repair` removed because something they need is gone.
+    pub images_removed: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -55,202 +81,845 @@ fn hash_file(path: &std::path::Path) -> std::io::Result<(Digest, u64)> {
     Ok((h.finish(), len))
 }
 
-impl Store {
-    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        self.session(|meta| {
-            let mut report = FsckReport::default();
-            let mut problems: Vec<Problem> = Vec::new();
-            let mut push = |what: String, repaired: bool| problems.push(Problem { what, repaired });
+/// A layer as the images that use it describe it.
+#[derive(Debug, Clone, PartialEq)]
+struct LayerUse {
+    diff_id: Digest,
+    /// Chain ids below it, nearest first (what its `lower` names).
+    parents: Vec<Digest>,
+    /// Blobs that hold it, with their media types: two images may carry
+    /// the same layer compressed differently.
+    blobs: Vec<(Digest, String)>,
+    /// Uncompressed size, as the images record it.
+    size: u64,
+    /// Manifest digests of the images that use it.
+    images: BTreeSet<Digest>,
+}
 
-            // What running commands hold is theirs, not a problem.
-            let (leased_blobs, leased_layers): (Vec<Digest>, Vec<Digest>) = {
-                let mut b = Vec::new();
-                let mut l = Vec::new();
-                for lease in crate::lock::live_leases(&self.root().join("leases"))? {
-                    if let (true, Some(c)) = (lease.live, lease.content) {
-                        b.extend(c.blobs);
-                        l.extend(c.layers);
+/// Every layer the images use, by chain id.
+fn layer_uses(images: &[ImageRecord]) -> BTreeMap<Digest, LayerUse> {
+    let mut uses: BTreeMap<Digest, LayerUse> = BTreeMap::new();
+    for img in images {
+        for (i, l) in img.layers.iter().enumerate() {
+            let u = uses.entry(l.chain_id).or_insert_with(|| LayerUse {
+                diff_id: l.diff_id,
+                parents: img.layers[..i].iter().rev().map(|p| p.chain_id).collect(),
+                blobs: Vec::new(),
+                size: l.size,
+                images: BTreeSet::new(),
+            });
+            if !u.blobs.iter().any(|(d, _)| *d == l.digest) {
+                u.blobs.push((l.digest, l.media_type.clone()));
+            }
+            u.images.insert(img.manifest);
+        }
+    }
+    uses
+}
+
+/// The media type a blob record gets, from the images that use the blob.
+fn blob_media_types(images: &[ImageRecord]) -> BTreeMap<Digest, String> {
+    let mut types = BTreeMap::new();
+    for img in images {
+        types.insert(img.manifest, img.manifest_media_type.clone());
+        let config = if img.manifest_media_type == oci::DOCKER_MANIFEST {
+            oci::DOCKER_CONFIG
+        } else {
+            oci::OCI_CONFIG
+        };
+        types.insert(img.config, config.to_string());
+        if let Some(ix) = img.index {
+            types.insert(ix, oci::OCI_INDEX.to_string());
+        }
+        for l in &img.layers {
+            types.insert(l.digest, l.media_type.clone());
+        }
+    }
+    types
+}
+
+/// How a layer folder looks on disk.
+#[derive(Debug, Clone, PartialEq)]
+enum FolderState {
+    Intact,
+    Missing,
+    Damaged(String),
+}
+
+/// Checks a layer folder: `diff/`, `work/`, `link`, and `lower` when the
+/// parents are known.
+fn folder_state(
+    layers: &crate::layers::LayerStore,
+    chain: &Digest,
+    parents: Option<&[Digest]>,
+) -> FolderState {
+    let dir = layers.dir(chain);
+    match std::fs::symlink_metadata(&dir) {
+        Err(_) => return FolderState::Missing,
+        Ok(m) if !m.is_dir() => return FolderState::Damaged("not a directory".into()),
+        Ok(_) => {}
+    }
+    let is_dir = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_dir());
+    if !is_dir("diff") {
+        return FolderState::Damaged("no diff/".into());
+    }
+    if std::fs::read_to_string(dir.join("link")).ok().as_deref() != Some(short_id(chain).as_str()) {
+        return FolderState::Damaged("link is missing or wrong".into());
+    }
+    if !is_dir("work") {
+        return FolderState::Damaged("no work/".into());
+    }
+    if let Some(parents) = parents {
+        let lower = std::fs::read_to_string(dir.join("lower")).ok();
+        if lower != expected_lower(parents) {
+            return FolderState::Damaged("lower is missing or wrong".into());
+        }
+    }
+    FolderState::Intact
+}
+
+/// The `lower` file of a layer with these parents (nearest first).
+fn expected_lower(parents: &[Digest]) -> Option<String> {
+    if parents.is_empty() {
+        return None;
+    }
+    Some(
+        parents
+            .iter()
+            .map(|p| format!("l/{}", short_id(p)))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+/// What became of a layer that needed attention.
+#[derive(Debug, Clone, PartialEq)]
+enum Fate {
+    /// Complete on disk (as found, or restored by re-extraction).
+    Intact,
+    /// Extracted again: its uncompressed size and file bytes.
+    Restored { size: u64, file_bytes: u64 },
+    /// Cannot be brought back; the images that need it are broken.
+    Lost,
+    /// Damaged, but left as it is (a live mount uses it, a check-only run,
+    /// or re-extraction failed for a reason that may pass).
+    Left,
+}
+
+/// Whether a failed re-extraction shows that the blob cannot give the layer
+/// (as opposed to a full disk or another passing trouble).
+fn blob_cannot_give_layer(e: &Error) -> bool {
+    match e {
+        Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => true,
+        Error::Unpack { source, .. } => !matches!(
+            source,
+            UnpackError::Destination { .. } | UnpackError::Fs { .. } | UnpackError::Io(_)
+        ),
+        _ => false,
+    }
+}
+
+/// One fsck run, inside a metadata session.
+struct Check<'a> {
+    store: &'a Store,
+    meta: &'a Meta,
+    repair: bool,
+    report: FsckReport,
+    leased_blobs: HashSet<Digest>,
+    leased_layers: HashSet<Digest>,
+    /// Live mounts: image (manifest digest) and layer -> mount target.
+    mounted_images: BTreeMap<Digest, String>,
+    mounted_layers: BTreeMap<Digest, String>,
+    /// Blobs whose file is here and hashes to its name, with its size.
+    good_blobs: BTreeMap<Digest, u64>,
+    corrupt_blobs: BTreeSet<Digest>,
+}
+
+impl Check<'_> {
+    fn problem(&mut self, what: String, repaired: bool) {
+        self.report.problems.push(Problem { what, repaired });
+    }
+
+    /// `done` when repairing, `todo` (what --repair would do) otherwise.
+    fn outcome(&self, done: &str, todo: &str) -> String {
+        if self.repair {
+            done.to_string()
+        } else {
+            todo.to_string()
+        }
+    }
+
+    /// Present and verified, or in the hands of a running command.
+    fn blob_ok(&self, d: &Digest) -> bool {
+        self.good_blobs.contains_key(d) || self.leased_blobs.contains(d)
+    }
+
+    fn blob_state(&self, d: &Digest) -> &'static str {
+        if self.corrupt_blobs.contains(d) {
+            "corrupt"
+        } else {
+            "missing"
+        }
+    }
+
+    /// Hashes every blob file; notes stray files, files without a record
+    /// and sizes that disagree with the record (fixed in `batch`).
+    fn check_blob_files(
+        &mut self,
+        blob_records: &BTreeMap<Digest, BlobRecord>,
+        batch: &mut crate::meta::Batch<'_>,
+    ) -> Result<()> {
+        let (on_disk, junk) = self.store.content().list()?;
+        for j in junk {
+            self.problem(format!("stray file {} in blobs/sha256", j.display()), false);
+        }
+        let hashed: Vec<(Digest, std::io::Result<(Digest, u64)>)> = on_disk
+            .par_iter()
+            .map(|d| (*d, hash_file(&self.store.content().path(d))))
+            .collect();
+        for (d, r) in hashed {
+            self.report.blobs_checked += 1;
+            match r {
+                Ok((actual, len)) => {
+                    self.report.bytes_hashed += len;
+                    if actual != d {
+                        self.corrupt_blobs.insert(d);
+                        let what = format!(
+                            "blob {d} is corrupt (its content hashes to {actual}){}",
+                            self.outcome(", removed", "")
+                        );
+                        self.problem(what, self.repair);
+                        continue;
+                    }
+                    self.good_blobs.insert(d, len);
+                    match blob_records.get(&d) {
+                        Some(rec) if rec.size != len => {
+                            if self.repair {
+                                let mut r = rec.clone();
+                                r.size = len;
+                                batch.put(CF_BLOBS, d.as_bytes(), &r)?;
+                            }
+                            self.problem(
+                                format!("blob {d}: record says {} bytes, file has {len}", rec.size),
+                                self.repair,
+                            );
+                        }
+                        Some(_) => {}
+                        None if !self.leased_blobs.contains(&d) => {
+                            self.problem(format!("blob {d} has no record (gc removes it)"), false);
+                        }
+                        None => {}
                     }
                 }
-                (b, l)
-            };
-            let images = meta.images()?;
-            report.images_checked = images.len() as u64;
-            let blob_records: BTreeMap<Digest, BlobRecord> = meta
-                .all::<BlobRecord>(CF_BLOBS)?
-                .into_iter()
-                .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
-                .collect();
-            let layer_records: BTreeMap<Digest, LayerRecord> = meta
-                .all::<LayerRecord>(CF_LAYERS)?
-                .into_iter()
-                .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
-                .collect();
-
-            // Blobs on disk: digest and record.
-            let (on_disk, junk) = self.content().list()?;
-            for j in junk {
-                push(format!("stray file {} in blobs/sha256", j.display()), false);
+                Err(e) => self.problem(format!("blob {d}: {e}"), false),
             }
-            let hashed: Vec<(Digest, std::io::Result<(Digest, u64)>)> = on_disk
-                .par_iter()
-                .map(|d| (*d, hash_file(&self.content().path(d))))
+        }
+        Ok(())
+    }
+
+    /// Extracts layer `chain` again from `blob` into a fresh folder under
+    /// `tmp/`, checks both digests, and swaps it in.
+    fn reextract(
+        &self,
+        chain: &Digest,
+        layer: &LayerUse,
+        blob: &Digest,
+        media_type: &str,
+    ) -> Result<Unpacked> {
+        let store = self.store;
+        let declared = match Compression::from_layer_media_type(media_type) {
+            Some(c) => c,
+            None => {
+                let mut head = [0u8; 8];
+                let n = store
+                    .content()
+                    .open(blob)?
+                    .read(&mut head)
+                    .map_err(|e| Error::io(format!("read blob {blob}"), e))?;
+                Compression::sniff(&head[..n])
+            }
+        };
+        // Named like the entries of a dead command, so that gc removes it
+        // should this process die.
+        let staging = store.layer_store().stage(&format!(
+            "fsck-{}.layer-{}",
+            std::process::id(),
+            chain.hex()
+        ))?;
+        let mut file = store.content().open(blob)?;
+        let unpacked =
+            unpack::unpack_layer(&mut file, declared, &staging.diff(), &store.opts.limits)
+                .map_err(|source| Error::Unpack {
+                    layer: blob.to_string(),
+                    source,
+                })?;
+        if unpacked.compressed_digest != *blob {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {blob}"),
+                expected: *blob,
+                actual: unpacked.compressed_digest,
+            });
+        }
+        if unpacked.diff_id != layer.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("layer {chain} from blob {blob}: uncompressed content (diff_id)"),
+                expected: layer.diff_id,
+                actual: unpacked.diff_id,
+            });
+        }
+        store
+            .layer_store()
+            .replace(staging, chain, &layer.parents)?;
+        Ok(unpacked)
+    }
+
+    /// Checks every layer folder, record and use; re-extracts (when
+    /// repairing) what images still need. Returns each layer's fate.
+    fn check_layers(
+        &mut self,
+        images: &[ImageRecord],
+        layer_records: &BTreeMap<Digest, LayerRecord>,
+        uses: &BTreeMap<Digest, LayerUse>,
+    ) -> Result<BTreeMap<Digest, Fate>> {
+        let ls = self.store.layer_store().clone();
+        let (dirs, _) = ls.list()?;
+        self.report.layers_checked = dirs.len() as u64;
+        let on_disk: BTreeSet<Digest> = dirs.into_iter().collect();
+        // Only layers of images whose manifest and config are here are
+        // worth restoring: the others are removed anyway.
+        let viable: BTreeSet<Digest> = images
+            .iter()
+            .filter(|i| self.blob_ok(&i.manifest) && self.blob_ok(&i.config))
+            .map(|i| i.manifest)
+            .collect();
+        let mut chains: Vec<Digest> = on_disk
+            .iter()
+            .chain(layer_records.keys())
+            .chain(uses.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Parents first: a layer is restored only when its parents are.
+        chains.sort_by_key(|c| uses.get(c).map(|u| u.parents.len()).unwrap_or(0));
+
+        let mut fates: BTreeMap<Digest, Fate> = BTreeMap::new();
+        for c in chains {
+            if self.leased_layers.contains(&c) {
+                continue;
+            }
+            let layer = uses.get(&c);
+            let recorded = layer_records.contains_key(&c);
+            if layer.is_none() && !recorded {
+                // A folder nothing names: left by an interrupted command.
+                self.problem(
+                    format!("layer folder {c} has no record (gc removes it)"),
+                    false,
+                );
+                continue;
+            }
+            let state = folder_state(&ls, &c, layer.map(|u| u.parents.as_slice()));
+            let what = match &state {
+                FolderState::Intact => {
+                    self.check_short_link(&c);
+                    fates.insert(c, Fate::Intact);
+                    continue;
+                }
+                FolderState::Missing if recorded => {
+                    format!("layer {c} is recorded but its folder is missing")
+                }
+                FolderState::Missing => format!("layer {c}: folder is missing"),
+                FolderState::Damaged(why) => format!("layer {c}: folder is incomplete ({why})"),
+            };
+            let Some(layer) = layer else {
+                let tail = self.outcome("record and folder removed", "--repair removes them");
+                self.problem(format!("{what}; no image uses it: {tail}"), self.repair);
+                fates.insert(c, Fate::Lost);
+                continue;
+            };
+            if let Some(target) = self.mounted_layers.get(&c).cloned() {
+                self.problem(
+                    format!(
+                        "{what}; the mount at {target} uses it: unmount it, then run \
+                         lstore fsck --repair"
+                    ),
+                    false,
+                );
+                fates.insert(c, Fate::Left);
+                continue;
+            }
+            if !layer.images.iter().any(|i| viable.contains(i)) {
+                let tail = self.outcome("removed", "--repair removes it");
+                self.problem(
+                    format!("{what}; the images that use it cannot be restored either: {tail}"),
+                    self.repair,
+                );
+                fates.insert(c, Fate::Lost);
+                continue;
+            }
+            if let Some(p) = layer
+                .parents
+                .iter()
+                .find(|p| fates.get(p) == Some(&Fate::Lost))
+            {
+                let what = format!("{what}; its parent layer {p} cannot be restored");
+                self.problem(what, self.repair);
+                fates.insert(c, Fate::Lost);
+                continue;
+            }
+            let sources: Vec<(Digest, String)> = layer
+                .blobs
+                .iter()
+                .filter(|(d, _)| self.good_blobs.contains_key(d))
+                .cloned()
                 .collect();
-            let mut bad_blobs = Vec::new();
-            for (d, r) in hashed {
-                report.blobs_checked += 1;
-                match r {
-                    Ok((actual, len)) => {
-                        report.bytes_hashed += len;
-                        if actual != d {
-                            bad_blobs.push(d);
-                            push(
-                                format!("blob {d} is corrupt (its content hashes to {actual})"),
-                                repair,
+            if sources.is_empty() {
+                let blobs: Vec<String> = layer
+                    .blobs
+                    .iter()
+                    .map(|(b, _)| format!("{b} is {}", self.blob_state(b)))
+                    .collect();
+                let what = format!(
+                    "{what}; its blob {} too: it cannot be restored",
+                    blobs.join(", ")
+                );
+                self.problem(what, self.repair);
+                fates.insert(c, Fate::Lost);
+                continue;
+            }
+            if !self.repair {
+                let b = &sources[0].0;
+                self.problem(
+                    format!("{what}; --repair re-extracts it from blob {b}"),
+                    false,
+                );
+                fates.insert(c, Fate::Left);
+                continue;
+            }
+            let mut errors = Vec::new();
+            let mut fate = Fate::Lost;
+            for (b, media_type) in &sources {
+                match self.reextract(&c, layer, b, media_type) {
+                    Ok(u) => {
+                        self.report.layers_reextracted += 1;
+                        self.problem(format!("{what}; re-extracted from blob {b}"), true);
+                        fate = Fate::Restored {
+                            size: u.size,
+                            file_bytes: u.file_bytes,
+                        };
+                        break;
+                    }
+                    Err(e) => {
+                        if !blob_cannot_give_layer(&e) {
+                            fate = Fate::Left;
+                        }
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            match fate {
+                Fate::Lost => self.problem(
+                    format!("{what}; it cannot be restored: {}", errors.join("; ")),
+                    true,
+                ),
+                Fate::Left => self.problem(
+                    format!("{what}; re-extraction failed: {}", errors.join("; ")),
+                    false,
+                ),
+                _ => {}
+            }
+            fates.insert(c, fate);
+        }
+        Ok(fates)
+    }
+
+    /// Checks (and when repairing restores) the `l/` link of a complete
+    /// layer folder.
+    fn check_short_link(&mut self, c: &Digest) {
+        let ls = self.store.layer_store();
+        let link = ls.link_path(c);
+        let target = format!("../{}/diff", c.hex());
+        if std::fs::read_link(&link).ok() == Some(target.clone().into()) {
+            return;
+        }
+        let mut fixed = false;
+        if self.repair {
+            let _ = std::fs::remove_file(&link);
+            fixed = std::os::unix::fs::symlink(&target, &link).is_ok();
+        }
+        self.problem(
+            format!(
+                "layer {c}: short link l/{} is missing or wrong",
+                short_id(c)
+            ),
+            fixed,
+        );
+    }
+
+    fn run(mut self) -> Result<FsckReport> {
+        let meta = self.meta;
+        let images = meta.images()?;
+        self.report.images_checked = images.len() as u64;
+        let blob_records: BTreeMap<Digest, BlobRecord> = meta
+            .all::<BlobRecord>(CF_BLOBS)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
+            .collect();
+        let layer_records: BTreeMap<Digest, LayerRecord> = meta
+            .all::<LayerRecord>(CF_LAYERS)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
+            .collect();
+        let tags = meta.tags()?;
+        let mut batch = meta.batch();
+
+        self.check_blob_files(&blob_records, &mut batch)?;
+        let uses = layer_uses(&images);
+        let fates = self.check_layers(&images, &layer_records, &uses)?;
+
+        // Images: broken ones go (unless mounted), a lost index is dropped.
+        let mut kept: Vec<ImageRecord> = Vec::new();
+        let mut dropped: BTreeSet<Digest> = BTreeSet::new();
+        for img in &images {
+            let label = image_label(img, &tags);
+            let mut missing = Vec::new();
+            for (kind, d) in [("manifest", img.manifest), ("config", img.config)] {
+                if !self.blob_ok(&d) {
+                    missing.push(format!("its {kind} blob {d} is {}", self.blob_state(&d)));
+                }
+            }
+            for c in img.chain_ids() {
+                if fates.get(&c) == Some(&Fate::Lost) {
+                    missing.push(format!("its layer {c} cannot be restored"));
+                }
+            }
+            if !missing.is_empty() {
+                let missing = missing.join(", ");
+                if let Some(target) = self.mounted_images.get(&img.manifest).cloned() {
+                    self.problem(
+                        format!(
+                            "image {label}: {missing}; it is mounted at {target}: unmount it, \
+                             then run lstore fsck --repair"
+                        ),
+                        false,
+                    );
+                    kept.push(img.clone());
+                } else if self.repair {
+                    self.problem(
+                        format!("image {label}: {missing}, removed; pull or load it again"),
+                        true,
+                    );
+                    batch.delete(CF_IMAGES, img.manifest.as_bytes())?;
+                    dropped.insert(img.manifest);
+                    self.report.images_removed += 1;
+                } else {
+                    self.problem(
+                        format!("image {label}: {missing}; --repair removes it"),
+                        false,
+                    );
+                    kept.push(img.clone());
+                }
+                continue;
+            }
+            let mut img = img.clone();
+            if let Some(ix) = img.index.filter(|ix| !self.blob_ok(ix)) {
+                // The index only tells where the manifest came from: the image
+                // stays whole without it (a pull records it again).
+                let tail = self.outcome(
+                    "the image is kept without it; pull it again to restore the index",
+                    "--repair keeps the image without it",
+                );
+                self.problem(
+                    format!(
+                        "image {label}: its index blob {ix} is {}; {tail}",
+                        self.blob_state(&ix)
+                    ),
+                    self.repair,
+                );
+                if self.repair {
+                    img.index = None;
+                    batch.put(CF_IMAGES, img.manifest.as_bytes(), &img)?;
+                }
+            }
+            kept.push(img);
+        }
+        for (name, tag) in &tags {
+            if dropped.contains(&tag.image) {
+                batch.delete(CF_TAGS, name.as_bytes())?;
+            } else if !images.iter().any(|i| i.manifest == tag.image) {
+                if self.repair {
+                    batch.delete(CF_TAGS, name.as_bytes())?;
+                }
+                self.problem(format!("tag {name} points at a missing image"), self.repair);
+            }
+        }
+
+        // Records against what the kept images use.
+        self.check_blob_records(&kept, &blob_records, &tags, &mut batch)?;
+        let trash = self.check_layer_records(&kept, &layer_records, &uses, &fates, &mut batch)?;
+
+        if self.repair {
+            for d in &self.corrupt_blobs {
+                self.store.content().remove(d)?;
+            }
+            if !batch.is_empty() {
+                batch.commit()?;
+            }
+            // After the records: a crash in between leaves folders no record
+            // names, which gc removes.
+            for c in trash {
+                let name = format!("fsck-{}.trash-{}", std::process::id(), c.hex());
+                self.store.layer_store().remove(&c, &name)?;
+            }
+        }
+        Ok(self.report)
+    }
+
+    /// Blob records: files gone, records missing, reference counts.
+    fn check_blob_records(
+        &mut self,
+        kept: &[ImageRecord],
+        records: &BTreeMap<Digest, BlobRecord>,
+        tags: &[(String, crate::meta::TagRecord)],
+        batch: &mut crate::meta::Batch<'_>,
+    ) -> Result<()> {
+        let mut users: BTreeMap<Digest, Vec<&ImageRecord>> = BTreeMap::new();
+        for img in kept {
+            for b in img.blobs() {
+                users.entry(b).or_default().push(img);
+            }
+        }
+        let media_types = blob_media_types(kept);
+        let digests: BTreeSet<Digest> = records.keys().chain(users.keys()).copied().collect();
+        for d in digests {
+            let using = users.get(&d).map(Vec::as_slice).unwrap_or_default();
+            let want = using.len() as u64;
+            let have = self.good_blobs.get(&d).copied();
+            let leased = self.leased_blobs.contains(&d);
+            let names = || {
+                using
+                    .iter()
+                    .map(|i| image_label(i, tags))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            match records.get(&d) {
+                Some(rec) => {
+                    if have.is_none() && !leased {
+                        let state = self.blob_state(&d);
+                        if want == 0 {
+                            let tail =
+                                self.outcome("record removed", "--repair removes the record");
+                            self.problem(
+                                format!("blob {d} is recorded but its file is {state}; nothing needs it: {tail}"),
+                                self.repair,
                             );
-                        } else if let Some(rec) = blob_records.get(&d) {
-                            if rec.size != len {
-                                push(
-                                    format!(
-                                        "blob {d}: record says {} bytes, file has {len}",
-                                        rec.size
-                                    ),
-                                    false,
-                                );
+                            if self.repair {
+                                batch.delete(CF_BLOBS, d.as_bytes())?;
                             }
-                        } else if !leased_blobs.contains(&d) {
-                            push(format!("blob {d} has no record (gc removes it)"), false);
+                            continue;
+                        }
+                        // Only a layer blob gets here (a lost manifest or
+                        // config removes the image): the layer is extracted,
+                        // so the image still mounts. Removing the image would
+                        // lose what still works; it is kept and the blob
+                        // reported, for push and save need it.
+                        self.problem(
+                            format!(
+                                "blob {d} is recorded but its file is {state}; image {} \
+                                 still mounts, but push and save need the blob: pull or \
+                                 load the image again",
+                                names()
+                            ),
+                            false,
+                        );
+                    }
+                    if rec.refs != want {
+                        if self.repair {
+                            let mut r = rec.clone();
+                            r.refs = want;
+                            batch.put(CF_BLOBS, d.as_bytes(), &r)?;
+                        }
+                        self.problem(
+                            format!("blob {d}: reference count {} should be {want}", rec.refs),
+                            self.repair,
+                        );
+                    }
+                }
+                None if leased => {}
+                None => match have {
+                    Some(size) => {
+                        let tail = self.outcome("record rebuilt", "--repair rebuilds it");
+                        self.problem(
+                            format!(
+                                "image {} uses blob {d}, which has no record; {tail}",
+                                names()
+                            ),
+                            self.repair,
+                        );
+                        if self.repair {
+                            let rec = BlobRecord {
+                                size,
+                                media_type: media_types.get(&d).cloned().unwrap_or_default(),
+                                refs: want,
+                            };
+                            batch.put(CF_BLOBS, d.as_bytes(), &rec)?;
                         }
                     }
-                    Err(e) => push(format!("blob {d}: {e}"), false),
-                }
-            }
-            for d in blob_records.keys() {
-                if !self.content().contains(d) {
-                    push(
-                        format!("blob {d} is recorded but its file is missing"),
-                        false,
-                    );
-                }
-            }
-
-            // Layers: folder complete, link right, record present.
-            let (dirs, _) = self.layer_store().list()?;
-            for c in &dirs {
-                report.layers_checked += 1;
-                let dir = self.layer_store().dir(c);
-                let link_ok = std::fs::read_to_string(dir.join("link")).ok().as_deref()
-                    == Some(short_id(c).as_str());
-                let diff_ok = dir.join("diff").is_dir() && dir.join("work").is_dir();
-                let l_ok = std::fs::read_link(self.layer_store().link_path(c)).ok()
-                    == Some(format!("../{}/diff", c.hex()).into());
-                if !link_ok || !diff_ok {
-                    push(format!("layer {c}: folder is incomplete"), false);
-                }
-                if !l_ok {
-                    let mut fixed = false;
-                    if repair && diff_ok {
-                        let link = self.layer_store().link_path(c);
-                        let _ = std::fs::remove_file(&link);
-                        fixed = std::os::unix::fs::symlink(format!("../{}/diff", c.hex()), &link)
-                            .is_ok();
-                    }
-                    push(
+                    None => self.problem(
                         format!(
-                            "layer {c}: short link l/{} is missing or wrong",
-                            short_id(c)
+                            "image {} uses blob {d}, which is {} and has no record: pull or \
+                             load the image again",
+                            names(),
+                            self.blob_state(&d)
                         ),
-                        fixed,
-                    );
-                }
-                if !layer_records.contains_key(c) && !leased_layers.contains(c) {
-                    push(
-                        format!("layer folder {c} has no record (gc removes it)"),
                         false,
-                    );
-                }
+                    ),
+                },
             }
-            for c in layer_records.keys() {
-                if !self.layer_store().is_present(c) {
-                    push(
-                        format!("layer {c} is recorded but its folder is missing"),
-                        false,
-                    );
-                }
-            }
+        }
+        Ok(())
+    }
 
-            // Images: their blobs and layers recorded; reference counts.
-            let mut blob_count: BTreeMap<Digest, u64> = BTreeMap::new();
-            let mut layer_count: BTreeMap<Digest, u64> = BTreeMap::new();
-            for img in &images {
-                for b in img.blobs() {
-                    *blob_count.entry(b).or_insert(0) += 1;
-                    if !blob_records.contains_key(&b) {
-                        push(
-                            format!("image {} uses blob {b}, which has no record", img.config),
-                            false,
+    /// Layer records: dropped with their layer, rebuilt, recounted.
+    /// Returns the folders to remove after the records are written.
+    fn check_layer_records(
+        &mut self,
+        kept: &[ImageRecord],
+        records: &BTreeMap<Digest, LayerRecord>,
+        uses: &BTreeMap<Digest, LayerUse>,
+        fates: &BTreeMap<Digest, Fate>,
+        batch: &mut crate::meta::Batch<'_>,
+    ) -> Result<Vec<Digest>> {
+        let mut count: BTreeMap<Digest, u64> = BTreeMap::new();
+        for img in kept {
+            for c in img.chain_ids() {
+                *count.entry(c).or_insert(0) += 1;
+            }
+        }
+        let mut trash = Vec::new();
+        let chains: BTreeSet<Digest> = records.keys().chain(count.keys()).copied().collect();
+        for c in chains {
+            let want = count.get(&c).copied().unwrap_or(0);
+            let fate = fates.get(&c);
+            match records.get(&c) {
+                Some(_) if fate == Some(&Fate::Lost) && want == 0 => {
+                    if self.repair {
+                        batch.delete(CF_LAYERS, c.as_bytes())?;
+                        trash.push(c);
+                    }
+                }
+                Some(rec) => {
+                    let mut r = rec.clone();
+                    if let Some(Fate::Restored { file_bytes, .. }) = fate {
+                        r.file_bytes = *file_bytes;
+                    }
+                    if rec.refs != want {
+                        self.problem(
+                            format!("layer {c}: reference count {} should be {want}", rec.refs),
+                            self.repair,
                         );
-                    }
-                }
-                for l in img.chain_ids() {
-                    *layer_count.entry(l).or_insert(0) += 1;
-                    if !layer_records.contains_key(&l) {
-                        push(
-                            format!("image {} uses layer {l}, which has no record", img.config),
-                            false,
-                        );
-                    }
-                }
-            }
-            let mut batch = meta.batch();
-            for (d, rec) in &blob_records {
-                let want = blob_count.get(d).copied().unwrap_or(0);
-                if rec.refs != want {
-                    if repair {
-                        let mut r = rec.clone();
                         r.refs = want;
-                        batch.put(CF_BLOBS, d.as_bytes(), &r)?;
                     }
-                    push(
-                        format!("blob {d}: reference count {} should be {want}", rec.refs),
-                        repair,
+                    if self.repair && r != *rec {
+                        batch.put(CF_LAYERS, c.as_bytes(), &r)?;
+                    }
+                }
+                None if fate == Some(&Fate::Lost) => {
+                    if self.repair && self.store.layer_store().dir(&c).exists() {
+                        trash.push(c);
+                    }
+                }
+                None if self.leased_layers.contains(&c) => {}
+                None => {
+                    let Some(layer) = uses.get(&c) else {
+                        continue;
+                    };
+                    let restorable = matches!(fate, Some(Fate::Intact | Fate::Restored { .. }));
+                    let repaired = self.repair && restorable;
+                    self.problem(
+                        format!(
+                            "layer {c} is used by {want} image(s) but has no record{}",
+                            if repaired { "; record rebuilt" } else { "" }
+                        ),
+                        repaired,
                     );
-                }
-            }
-            for (d, rec) in &layer_records {
-                let want = layer_count.get(d).copied().unwrap_or(0);
-                if rec.refs != want {
-                    if repair {
-                        let mut r = rec.clone();
-                        r.refs = want;
-                        batch.put(CF_LAYERS, d.as_bytes(), &r)?;
+                    if repaired {
+                        let (size, file_bytes) = match fate {
+                            Some(Fate::Restored { size, file_bytes }) => (*size, *file_bytes),
+                            _ => (
+                                layer.size,
+                                tree_size(&self.store.layer_store().diff_dir(&c)),
+                            ),
+                        };
+                        let rec = LayerRecord {
+                            diff_id: layer.diff_id,
+                            parent: layer.parents.first().copied(),
+                            size,
+                            file_bytes,
+                            refs: want,
+                        };
+                        batch.put(CF_LAYERS, c.as_bytes(), &rec)?;
                     }
-                    push(
-                        format!("layer {d}: reference count {} should be {want}", rec.refs),
-                        repair,
-                    );
                 }
             }
-            for (name, tag) in meta.tags()? {
-                if meta.image(&tag.image)?.is_none() {
-                    if repair {
-                        batch.delete(CF_TAGS, name.as_bytes())?;
-                    }
-                    push(format!("tag {name} points at a missing image"), repair);
+        }
+        Ok(trash)
+    }
+}
+
+/// `sha256:<id> (name:tag, …)`: how reports name an image.
+fn image_label(img: &ImageRecord, tags: &[(String, crate::meta::TagRecord)]) -> String {
+    let names: Vec<String> = tags
+        .iter()
+        .filter(|(_, t)| t.image == img.manifest)
+        .map(|(n, _)| {
+            Reference::parse(n)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| n.clone())
+        })
+        .collect();
+    if names.is_empty() {
+        img.config.to_string()
+    } else {
+        format!("{} ({})", img.config, names.join(", "))
+    }
+}
+
+impl Store {
+    /// `lstore fsck [--repair]`; see the module comment.
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        self.session(|meta| {
+            // What running commands hold is theirs, not a problem.
+            let mut leased_blobs = HashSet::new();
+            let mut leased_layers = HashSet::new();
+            for lease in crate::lock::live_leases(&self.root().join("leases"))? {
+                if let (true, Some(c)) = (lease.live, lease.content) {
+                    leased_blobs.extend(c.blobs);
+                    leased_layers.extend(c.layers);
                 }
             }
-            if repair {
-                // A corrupt blob is removed: the image that needs it must be
-                // loaded or pulled again.
-                for d in &bad_blobs {
-                    self.content().remove(d)?;
+            let mut mounted_images = BTreeMap::new();
+            let mut mounted_layers = BTreeMap::new();
+            for m in crate::mount::live_mount_records(self) {
+                for l in &m.layers {
+                    mounted_layers.insert(*l, m.target.clone());
                 }
-                if !batch.is_empty() {
-                    batch.commit()?;
-                }
+                mounted_images.insert(m.image, m.target);
             }
-            report.problems = problems;
-            Ok(report)
+            Check {
+                store: self,
+                meta,
+                repair,
+                report: FsckReport::default(),
+                leased_blobs,
+                leased_layers,
+                mounted_images,
+                mounted_layers,
+                good_blobs: BTreeMap::new(),
+                corrupt_blobs: BTreeSet::new(),
+            }
+            .run()
         })
     }
 }

@@ -101,6 +101,27 @@ impl LayerStore {
         chain_id: &Digest,
         parents: &[Digest],
     ) -> Result<()> {
+        self.complete(&staging, chain_id, parents)?;
+        let p = &staging.path;
+        let dest = self.dir(chain_id);
+        match fs::rename(p, &dest) {
+            Ok(()) => {}
+            // Someone else finished it first (ENOTEMPTY/EEXIST): theirs is as
+            // good as ours; ours is dropped.
+            Err(e) if dest.join("link").is_file() => {
+                let _ = e;
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(format!("rename into {}", dest.display()), e)),
+        }
+        staging.done = true;
+        crate::content::sync_dir(&self.overlay)?;
+        Ok(())
+    }
+
+    /// Writes `link`, `lower` and `work/` of a staged layer, makes it
+    /// durable, and points its short link at the final folder.
+    fn complete(&self, staging: &Staging, chain_id: &Digest, parents: &[Digest]) -> Result<()> {
         let p = &staging.path;
         let short = short_id(chain_id);
         fs::write(p.join("link"), &short).ctx(|| format!("write {}/link", p.display()))?;
@@ -133,20 +154,50 @@ impl LayerStore {
             }
             Err(_) => symlink(&target, &link).ctx(|| format!("create {}", link.display()))?,
         }
-        crate::content::sync_dir(&self.overlay.join("l"))?;
+        crate::content::sync_dir(&self.overlay.join("l"))
+    }
+
+    /// Completes a staged layer and puts it in place of a damaged folder
+    /// of the same layer (`fsck --repair`). The two folders trade places in
+    /// one step (`renameat2(RENAME_EXCHANGE)`), so `overlay2/<chain-hex>`
+    /// never goes missing and never holds a half-made layer; the damaged
+    /// one, now under `tmp/`, is then deleted. With no folder in the way
+    /// this is a plain rename.
+    pub(crate) fn replace(
+        &self,
+        mut staging: Staging,
+        chain_id: &Digest,
+        parents: &[Digest],
+    ) -> Result<()> {
+        self.complete(&staging, chain_id, parents)?;
         let dest = self.dir(chain_id);
-        match fs::rename(p, &dest) {
-            Ok(()) => {}
-            // Someone else finished it first (ENOTEMPTY/EEXIST): theirs is as
-            // good as ours; ours is dropped.
-            Err(e) if dest.join("link").is_file() => {
-                let _ = e;
-                return Ok(());
+        let exchanged = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging.path,
+            rustix::fs::CWD,
+            &dest,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        match exchanged {
+            Ok(()) => {
+                crate::content::sync_dir(&self.overlay)?;
+                // The staging path now holds the damaged folder.
+                remove_tree(&staging.path)?;
+                staging.done = true;
             }
-            Err(e) => return Err(Error::io(format!("rename into {}", dest.display()), e)),
+            Err(rustix::io::Errno::NOENT) => {
+                fs::rename(&staging.path, &dest)
+                    .ctx(|| format!("rename into {}", dest.display()))?;
+                staging.done = true;
+                crate::content::sync_dir(&self.overlay)?;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("exchange {} with a new folder", dest.display()),
+                    e.into(),
+                ))
+            }
         }
-        staging.done = true;
-        crate::content::sync_dir(&self.overlay)?;
         Ok(())
     }
 
