@@ -99,7 +99,7 @@ impl Store {
         };
         let upper = self.root().join("containers").join(container).join("upper");
 
-        let (base, lease) = self.session(|meta| {
+        let (base, lease) = self.read_session(|meta| {
             let base = meta.image(&mount.image)?.ok_or_else(|| {
                 Error::Invalid(format!(
                     "the image mounted at {} ({}) is no longer in the store",
@@ -125,7 +125,7 @@ impl Store {
             write_layer(writer, &upper, Path::new(&mount.target), compression)?;
         // Renamed into the store and named in the lease in one session, so
         // a gc never sees the blob unprotected.
-        let (digest, size) = self.session(|_| {
+        let (digest, size) = self.locked(|| {
             let (digest, size) = writer.commit(None, None)?;
             lease.add_blob(digest)?;
             Ok((digest, size))

@@ -160,7 +160,7 @@ pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
     // 1. Lease and inventory, under the root lock.
     let mut wanted_blobs: Vec<Digest> = req.layers.iter().flatten().map(|d| d.digest).collect();
     wanted_blobs.push(req.config.1);
-    let (lease, known_layers, known_blobs) = store.session(|meta| {
+    let (lease, known_layers, known_blobs) = store.read_session(|meta| {
         let lease = store.lease(&LeaseContent {
             pid: std::process::id(),
             blobs: wanted_blobs.clone(),

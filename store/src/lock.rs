@@ -40,10 +40,24 @@ fn open_lock_file(path: &Path) -> Result<File> {
 /// Takes an exclusive flock, calling `on_wait` once if it has to wait more
 /// than a second.
 fn lock_exclusive(file: &File, path: &Path, on_wait: &dyn Fn(&str)) -> Result<()> {
+    lock_waiting(
+        file,
+        path,
+        FlockOperation::NonBlockingLockExclusive,
+        on_wait,
+    )
+}
+
+fn lock_waiting(
+    file: &File,
+    path: &Path,
+    operation: FlockOperation,
+    on_wait: &dyn Fn(&str),
+) -> Result<()> {
     let start = Instant::now();
     let mut told = false;
     loop {
-        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        match flock(file, operation) {
             Ok(()) => return Ok(()),
             Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {
                 if !told && start.elapsed() >= QUIET_WAIT {
@@ -70,6 +84,15 @@ impl RootLock {
         let path = root.join("lock");
         let file = open_lock_file(&path)?;
         lock_exclusive(&file, &path, on_wait)?;
+        Ok(RootLock { _file: file })
+    }
+
+    /// A lock shared with other readers: commands that only read the
+    /// metadata run side by side, and never beside a writer.
+    pub fn acquire_shared(root: &Path, on_wait: &dyn Fn(&str)) -> Result<RootLock> {
+        let path = root.join("lock");
+        let file = open_lock_file(&path)?;
+        lock_waiting(&file, &path, FlockOperation::NonBlockingLockShared, on_wait)?;
         Ok(RootLock { _file: file })
     }
 }

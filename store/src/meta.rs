@@ -133,18 +133,78 @@ pub struct Meta {
     db: DB,
 }
 
-impl Meta {
-    pub fn open(path: &Path) -> Result<Meta> {
+/// Level-0 tables a family may gather before a write session merges them.
+/// Every session that wrote leaves one more (its log is flushed to a table
+/// when the next session opens the database), and each open reads every
+/// table's footer: without merging, a store that took 1,000 imports opened
+/// 1,281 tables per command.
+const MAX_LEVEL0_TABLES: u64 = 8;
+
+/// Memtable size per family. Sessions write kilobytes; the log of a
+/// session is preallocated at about this size (64 MiB by default, which
+/// cost more than the writes themselves, most of all on tmpfs).
+const WRITE_BUFFER: usize = 4 << 20;
+
+/// Options for short sessions of a single process: no thread pools to open
+/// tables, no statistics read or dumped on open.
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_keep_log_file_num(2);
+    opts.set_max_log_file_size(1 << 20);
+    opts.set_max_file_opening_threads(1);
+    opts.set_skip_stats_update_on_db_open(true);
+    opts.set_stats_dump_period_sec(0);
+    opts.set_stats_persist_period_sec(0);
+    opts.set_manifest_preallocation_size(64 << 10);
+    opts.set_write_buffer_size(WRITE_BUFFER);
+    opts
+}
+
+fn families() -> impl Iterator<Item = ColumnFamilyDescriptor> {
+    FAMILIES.iter().map(|name| {
         let mut opts = Options::default();
+        opts.set_write_buffer_size(WRITE_BUFFER);
+        ColumnFamilyDescriptor::new(*name, opts)
+    })
+}
+
+impl Meta {
+    /// Opens for reading and writing, creating the database if needed.
+    pub fn open(path: &Path) -> Result<Meta> {
+        let mut opts = db_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_keep_log_file_num(2);
-        opts.set_max_log_file_size(1 << 20);
-        let cfs = FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, path, families())?;
         Ok(Meta { db })
+    }
+
+    /// Opens without writing anything (no new manifest, options file or
+    /// table): for commands that only read. The write-ahead log is replayed
+    /// into memory, so the last session's writes are seen.
+    pub fn open_read_only(path: &Path) -> Result<Meta> {
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, families(), false)?;
+        Ok(Meta { db })
+    }
+
+    /// Whether a database exists at `path` (a read-only open needs one).
+    pub fn exists(path: &Path) -> bool {
+        path.join("CURRENT").is_file()
+    }
+
+    /// Merges the level-0 tables of a family that gathered too many, so that
+    /// opens stay cheap however many sessions the store has seen.
+    pub fn compact_if_needed(&self) -> Result<()> {
+        for name in FAMILIES {
+            let cf = self.cf(name)?;
+            let level0 = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.num-files-at-level0")?
+                .unwrap_or(0);
+            if level0 > MAX_LEVEL0_TABLES {
+                self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            }
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {

@@ -117,7 +117,7 @@ impl Store {
             .join(format!("{}.json", record_name(&target)));
         // Record first, inside a session, so gc sees the mount before the
         // layers are used.
-        let record = self.session(|meta| {
+        let record = self.read_session(|meta| {
             let img = self.resolve(meta, word)?;
             let container = if rw {
                 let id = Digest::of(
@@ -267,7 +267,7 @@ impl Store {
             rustix::mount::unmount(&target, UnmountFlags::empty())
                 .map_err(|e| Error::io(format!("unmount {}", target.display()), e.into()))?;
         }
-        self.session(|_| {
+        self.locked(|| {
             fs::remove_file(&record_path).ctx(|| format!("remove {}", record_path.display()))?;
             if let Some(c) = &record.container {
                 crate::layers::remove_tree(&self.root().join("containers").join(c))?;
@@ -278,7 +278,7 @@ impl Store {
 
     /// The live mounts; records of mounts that are gone are dropped.
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {
-        self.session(|_| {
+        self.locked(|| {
             let mut out = Vec::new();
             let dir = self.mounts_dir();
             for entry in fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {

@@ -213,7 +213,7 @@ impl Store {
 
         // Already here under this name, for this platform? Then one request
         // was all it took.
-        let known = self.session(|meta| {
+        let known = self.read_session(|meta| {
             if let Some(tag) = meta.tag(&r.to_string())? {
                 if tag.repo_digest == Some(top.digest) {
                     if let Some(img) = meta.image(&tag.image)? {

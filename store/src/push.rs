@@ -133,7 +133,7 @@ impl Store {
 
         // Resolve, find where each blob is known to be, and lease the
         // blobs so a concurrent rmi/gc cannot take them mid-upload.
-        let (image, dest, known, _lease) = self.session(|meta| {
+        let (image, dest, known, _lease) = self.read_session(|meta| {
             let image = self.resolve(meta, word)?;
             let dest = match dest_given {
                 Some(d) => d,
@@ -222,7 +222,7 @@ impl Store {
         // Remember where the blobs are now, for mounts by later pushes.
         let repository = dest.repository();
         let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
-        self.session(|_| self.remember_push(&repository, &digests))?;
+        self.locked(|| self.remember_push(&repository, &digests))?;
 
         let pushed: Vec<PushedBlob> = blobs
             .iter()

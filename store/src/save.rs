@@ -49,7 +49,7 @@ impl Store {
     pub fn save(&self, words: &[String], out: &Path) -> Result<usize> {
         // Resolve under the lock; the blobs are read afterwards, so a lease
         // keeps gc from removing them meanwhile.
-        let (entries, _lease) = self.session(|meta| {
+        let (entries, _lease) = self.read_session(|meta| {
             let mut entries = Vec::new();
             let mut blobs = Vec::new();
             for w in words {

@@ -122,11 +122,35 @@ impl Store {
         &self.layers
     }
 
-    /// A metadata session: the root lock and the database, for `f` only.
+    /// A metadata session that may write: the root lock and the database,
+    /// for `f` only. Tables gathered by earlier sessions are merged after a
+    /// successful `f`, so that later opens stay cheap.
     pub(crate) fn session<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
         let _lock = RootLock::acquire(&self.root, &*self.opts.on_wait)?;
         let meta = Meta::open(&self.root.join("db"))?;
+        let out = f(&meta)?;
+        meta.compact_if_needed()?;
+        Ok(out)
+    }
+
+    /// A metadata session that only reads: the lock shared with other
+    /// readers, the database opened read-only (nothing written, nothing
+    /// synced). A store whose database does not exist yet gets one made.
+    pub(crate) fn read_session<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
+        let db = self.root.join("db");
+        if !Meta::exists(&db) {
+            return self.session(f);
+        }
+        let _lock = RootLock::acquire_shared(&self.root, &*self.opts.on_wait)?;
+        let meta = Meta::open_read_only(&db)?;
         f(&meta)
+    }
+
+    /// The root lock alone, for work that must not run beside a session
+    /// (mount records, push records) but needs no database.
+    pub(crate) fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _lock = RootLock::acquire(&self.root, &*self.opts.on_wait)?;
+        f()
     }
 
     /// Creates a lease; must be called inside a session so that gc (which
@@ -199,7 +223,7 @@ impl Store {
     }
 
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
-        self.session(|meta| {
+        self.read_session(|meta| {
             let images: HashMap<Digest, ImageRecord> = meta
                 .images()?
                 .into_iter()
@@ -244,7 +268,7 @@ impl Store {
     }
 
     pub fn inspect(&self, word: &str) -> Result<ImageInspect> {
-        self.session(|meta| {
+        self.read_session(|meta| {
             let img = self.resolve(meta, word)?;
             let mut repo_tags: Vec<String> = meta
                 .tags()?
@@ -388,7 +412,7 @@ impl Store {
 
     /// `lstore df`: bytes of blobs and layers, shared vs unique.
     pub fn df(&self) -> Result<DiskUsage> {
-        self.session(|meta| {
+        self.read_session(|meta| {
             let mut du = DiskUsage {
                 images: meta.images()?.len() as u64,
                 ..DiskUsage::default()
@@ -409,7 +433,7 @@ impl Store {
 
     /// Image records in the database, for tools that want them all.
     pub fn image_records(&self) -> Result<BTreeMap<Digest, ImageRecord>> {
-        self.session(|meta| {
+        self.read_session(|meta| {
             Ok(meta
                 .all::<ImageRecord>(CF_IMAGES)?
                 .into_iter()

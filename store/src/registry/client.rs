@@ -202,6 +202,12 @@ impl RegistryClient {
                 detail
             },
         };
+        if self.auth.host_auth(host).is_none() {
+            // How the host authenticates: its answer to an anonymous /v2/.
+            let url = format!("{base}/v2/");
+            let response = self.send(host, &Method::GET, &url, &[], None, None, true)?;
+            self.learn_host_auth(host, &response);
+        }
         match self.auth.host_auth(host) {
             Some(HostAuth::Bearer { realm, service }) => {
                 match self.fetch_token(
@@ -421,44 +427,51 @@ impl RegistryClient {
         Ok(found)
     }
 
-    /// `https://host` or `http://host`, decided by pinging `/v2/` once. The
-    /// ping also learns how the host wants to be authenticated.
+    /// `https://host` or `http://host`. Only a host that may be spoken to
+    /// in plain HTTP (loopback, `--plain-http`) is probed: `GET /v2/` over
+    /// TLS, which a plain-HTTP server refuses in the handshake (no request
+    /// reaches it), and whose answer, when TLS works, says how the host
+    /// authenticates. Otherwise nothing is sent first: the first real
+    /// request's 401 teaches the same (see `execute`), so an image already
+    /// present costs one manifest request.
     pub(super) fn base_url(&self, host: &str) -> Result<String, RegistryError> {
         if let Some(base) = lock(&self.base_urls).get(host) {
             return Ok(base.clone());
         }
         let https = format!("https://{host}");
         let may_use_http = self.options.plain_http || is_loopback_domain(host);
-        let ping = |base: &str, retries: bool| {
-            self.send(
+        let base = if may_use_http {
+            // Like Docker: HTTPS first, plain HTTP when the peer does not
+            // speak TLS. A certificate problem is reported, not bypassed.
+            let ping = self.send(
                 host,
                 &Method::GET,
-                &format!("{base}/v2/"),
+                &format!("{https}/v2/"),
                 &[],
                 None,
                 None,
-                retries,
-            )
-        };
-        let (base, response) = if may_use_http {
-            // Like Docker: HTTPS first, plain HTTP when the peer does not
-            // speak TLS. A certificate problem is reported, not bypassed.
-            match ping(&https, false) {
-                Ok(response) => (https, response),
+                false,
+            );
+            match ping {
+                Ok(response) => {
+                    self.learn_host_auth(host, &response);
+                    https
+                }
                 Err(e @ RegistryError::Certificate { .. }) => return Err(e),
                 Err(e @ RegistryError::Connection { .. }) if is_unreachable(&e) => return Err(e),
-                Err(_) => {
-                    let http = format!("http://{host}");
-                    let response = ping(&http, true)?;
-                    (http, response)
-                }
+                Err(_) => format!("http://{host}"),
             }
         } else {
-            let response = ping(&https, true)?;
-            (https, response)
+            https
         };
+        lock(&self.base_urls).insert(host.to_string(), base.clone());
+        Ok(base)
+    }
+
+    /// Records how `host` wants to be authenticated, from a `/v2/` answer.
+    fn learn_host_auth(&self, host: &str, response: &Response<Body>) {
         let host_auth = if response.status() == http::StatusCode::UNAUTHORIZED {
-            match preferred_challenge(&challenges_of(&response)) {
+            match preferred_challenge(&challenges_of(response)) {
                 Some(Challenge::Bearer { realm, service, .. }) => HostAuth::Bearer {
                     realm: realm.clone(),
                     service: service.clone(),
@@ -470,8 +483,6 @@ impl RegistryClient {
             HostAuth::Anonymous
         };
         self.auth.set_host_auth(host, host_auth);
-        lock(&self.base_urls).insert(host.to_string(), base.clone());
-        Ok(base)
     }
 
     /// Sends one request, following GET/HEAD redirects (credentials only go
