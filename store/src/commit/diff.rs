@@ -347,7 +347,8 @@ impl<W: Write> Walker<'_, W> {
         let mut file = std::fs::File::from(data);
         self.tar
             .append_file(&h, &mut file)
-            .map_err(|e| self.fail(data_view, &h.path, "read", e))?;
+            // Reading the file or writing the layer (a full disk) may fail.
+            .map_err(|e| self.fail(data_view, &h.path, "add to the layer", e))?;
         self.entries += 1;
         Ok(())
     }
