@@ -436,6 +436,60 @@ fn bad_archives() {
         &index_of(vec![missing]),
     ));
 
+    // Blob files longer or shorter than their descriptors say: the error
+    // names the sizes, not what a decompressor made of the cut.
+    let mut t = TarBuilder::new();
+    t.file("sized", noise(64 * 1024, 23));
+    let sized = ImageBuilder::new().tar(&t, Compression::Gzip).build();
+    let layer_size = sized.layers[0].size();
+    let config_size = sized.config.len() as u64;
+    let cases: [(&str, &str, i64, String); 4] = [
+        (
+            "layer-longer",
+            &sized.layers[0].digest,
+            100,
+            format!("expected {layer_size} bytes, got more"),
+        ),
+        (
+            "layer-shorter",
+            &sized.layers[0].digest,
+            -100,
+            format!("expected {layer_size} bytes, got {}", layer_size - 100),
+        ),
+        (
+            "config-longer",
+            &sized.config_digest,
+            2,
+            format!("expected {config_size} bytes, got {}", config_size + 2),
+        ),
+        (
+            "config-shorter",
+            &sized.config_digest,
+            -2,
+            format!("expected {config_size} bytes, got {}", config_size - 2),
+        ),
+    ];
+    for (name, digest, change, words) in cases {
+        let dir = fx.path(name);
+        write_oci_layout(
+            &dir,
+            &[(&sized, LayoutNames::containerd("example.com/sized/x:1"))],
+        );
+        let blob = blob_path(&dir, digest);
+        let mut bytes = fs::read(&blob).expect("blob");
+        if change > 0 {
+            bytes.extend(std::iter::repeat_n(0u8, change as usize));
+        } else {
+            bytes.truncate(bytes.len() - change.unsigned_abs() as usize);
+        }
+        fs::write(&blob, &bytes).expect("blob");
+        let line = fx.refused_load(&dir);
+        assert!(
+            line.contains("size mismatch") && line.contains(&words),
+            "{name}: the error should say the size is wrong ({words}): {line}"
+        );
+    }
+
     // An index blob that names itself: its file holds an index pointing
     // at its own name. Content addressing makes a real loop impossible,
     // so only a reader that trusts file names could go round forever.
@@ -1109,9 +1163,8 @@ fn bad_registry_answers() {
         ("unknown-layer-type", &["lz4", "media type"]),
         ("big-config", &["larger than"]),
         ("short-blob", &["ended", "size", "eof", "early"]),
-        // Read up to one byte past the descriptor's size; gzip then finds
-        // a truncated next member (so the message names the gzip stream).
-        ("long-blob", &["size", "digest", "end of file"]),
+        // The body goes on past the descriptor's size.
+        ("long-blob", &["bytes, got more"]),
         ("flipped-blob", &["digest", "corrupt"]),
         ("wrong-config", &["digest"]),
         ("garbage", &["127.0.0.1"]),

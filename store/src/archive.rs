@@ -292,19 +292,20 @@ fn read_verified(files: &ArchiveFiles, desc: &Descriptor) -> Result<Vec<u8>> {
         });
     }
     let bytes = files.read_small(&member)?;
+    // The size first: it says more than the digest a wrong length breaks.
+    if bytes.len() as u64 != desc.size {
+        return Err(Error::SizeMismatch {
+            what: member,
+            expected: desc.size,
+            actual: bytes.len() as u64,
+        });
+    }
     let actual = Digest::of(&bytes);
     if actual != desc.digest {
         return Err(Error::DigestMismatch {
             what: member,
             expected: desc.digest,
             actual,
-        });
-    }
-    if bytes.len() as u64 != desc.size {
-        return Err(Error::SizeMismatch {
-            what: blob_member(&desc.digest),
-            expected: desc.size,
-            actual: bytes.len() as u64,
         });
     }
     Ok(bytes)

@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
@@ -242,21 +243,23 @@ impl BlobWriter {
         let hasher = std::mem::take(&mut self.hasher);
         let len = hasher.len();
         let digest = hasher.finish();
+        // The size first: a blob of the wrong length has the wrong digest
+        // too, and its length says more about what went wrong.
+        if let Some(s) = size {
+            if s != len {
+                return Err(Error::SizeMismatch {
+                    what: format!("blob {}", expected.unwrap_or(&digest)),
+                    expected: s,
+                    actual: len,
+                });
+            }
+        }
         if let Some(e) = expected {
             if *e != digest {
                 return Err(Error::DigestMismatch {
                     what: "blob".into(),
                     expected: *e,
                     actual: digest,
-                });
-            }
-        }
-        if let Some(s) = size {
-            if s != len {
-                return Err(Error::SizeMismatch {
-                    what: format!("blob {digest}"),
-                    expected: s,
-                    actual: len,
                 });
             }
         }
@@ -300,6 +303,113 @@ impl Drop for BlobWriter {
         if !self.keep {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+/// What was wrong with the length of a blob read through a [`SizedReader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeProblem {
+    /// The source ended after this many bytes.
+    Shorter(u64),
+    /// The source went on past the declared size.
+    Longer,
+}
+
+/// Reads a blob whose size a descriptor declares: yields at most that many
+/// bytes and fails the read when the source ends early or goes on past it.
+/// A decompressor reading from it turns that failure into an error of its
+/// own ("unexpected end of file", "invalid gzip header"), so the problem is
+/// also recorded in the [`SizeCheck`], for the caller to report instead.
+pub struct SizedReader<R> {
+    inner: R,
+    size: u64,
+    read: u64,
+    check: SizeCheck,
+}
+
+/// The record a [`SizedReader`] keeps of a wrong length.
+#[derive(Debug, Clone)]
+pub struct SizeCheck {
+    size: u64,
+    problem: Arc<OnceLock<SizeProblem>>,
+}
+
+impl<R: Read> SizedReader<R> {
+    pub fn new(inner: R, size: u64) -> (SizedReader<R>, SizeCheck) {
+        let check = SizeCheck {
+            size,
+            problem: Arc::new(OnceLock::new()),
+        };
+        let reader = SizedReader {
+            inner,
+            size,
+            read: 0,
+            check: check.clone(),
+        };
+        (reader, check)
+    }
+
+    fn fail(&self, problem: SizeProblem) -> io::Error {
+        let _ = self.check.problem.set(problem);
+        match problem {
+            SizeProblem::Shorter(got) => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("blob ended after {got} of {} bytes", self.size),
+            ),
+            SizeProblem::Longer => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob is longer than {} bytes", self.size),
+            ),
+        }
+    }
+}
+
+impl<R: Read> Read for SizedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.size - self.read;
+        if left == 0 {
+            // One more byte would be one too many.
+            let mut probe = [0u8; 1];
+            return loop {
+                match self.inner.read(&mut probe) {
+                    Ok(0) => break Ok(0),
+                    Ok(_) => break Err(self.fail(SizeProblem::Longer)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(self.fail(SizeProblem::Shorter(self.read)));
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl SizeCheck {
+    pub fn problem(&self) -> Option<SizeProblem> {
+        self.problem.get().copied()
+    }
+
+    /// The size error for `what`, when the length was wrong.
+    pub fn error(&self, what: &str) -> Option<Error> {
+        Some(match self.problem()? {
+            SizeProblem::Shorter(actual) => Error::SizeMismatch {
+                what: what.to_string(),
+                expected: self.size,
+                actual,
+            },
+            SizeProblem::Longer => Error::SizeExceeded {
+                what: what.to_string(),
+                expected: self.size,
+            },
+        })
     }
 }
 
@@ -352,6 +462,71 @@ mod tests {
         ));
         assert!(cs.list().unwrap().0.is_empty());
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_size_mismatch_is_reported_before_the_digest() {
+        let (_dir, cs) = store();
+        let right = Digest::of(b"hello");
+        let mut w = cs.writer("t.1").unwrap();
+        w.write_all(b"hello!").unwrap();
+        let err = w.commit(Some(&right), Some(5)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 5,
+                    actual: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&right.to_string()), "{err}");
+    }
+
+    fn read_sized(data: &[u8], size: u64) -> (io::Result<Vec<u8>>, Option<SizeProblem>) {
+        let (mut reader, check) = SizedReader::new(data, size);
+        let mut out = Vec::new();
+        let result = reader.read_to_end(&mut out).map(|_| out);
+        (result, check.problem())
+    }
+
+    #[test]
+    fn a_sized_reader_passes_exactly_the_declared_size() {
+        let (got, problem) = read_sized(b"hello", 5);
+        assert_eq!(got.unwrap(), b"hello");
+        assert_eq!(problem, None);
+        let (got, problem) = read_sized(b"", 0);
+        assert_eq!(got.unwrap(), b"");
+        assert_eq!(problem, None);
+    }
+
+    #[test]
+    fn a_sized_reader_refuses_a_longer_or_shorter_source() {
+        let (got, problem) = read_sized(b"hello world", 5);
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(problem, Some(SizeProblem::Longer));
+        let (got, problem) = read_sized(b"hel", 5);
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(problem, Some(SizeProblem::Shorter(3)));
+
+        let (mut reader, check) = SizedReader::new(&b"abcdef"[..], 4);
+        let mut out = Vec::new();
+        assert!(reader.read_to_end(&mut out).is_err());
+        assert_eq!(out, b"abcd", "never more than the declared size");
+        let err = check.error("layer x").unwrap();
+        assert!(matches!(err, Error::SizeExceeded { expected: 4, .. }));
+        assert_eq!(
+            err.to_string(),
+            "layer x: size mismatch: expected 4 bytes, got more"
+        );
+        let (mut reader, check) = SizedReader::new(&b"ab"[..], 4);
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+        assert_eq!(
+            check.error("layer y").unwrap().to_string(),
+            "layer y: size mismatch: expected 4 bytes, got 2"
+        );
     }
 
     #[test]

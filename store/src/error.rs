@@ -36,6 +36,9 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
+    /// The source went on past the size its descriptor declares.
+    #[error("{what}: size mismatch: expected {expected} bytes, got more")]
+    SizeExceeded { what: String, expected: u64 },
     #[error("layer {layer}: {source}")]
     Unpack {
         layer: String,

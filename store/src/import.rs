@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use crate::content::SizedReader;
 use crate::digest::{chain_ids, Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::images::Stored;
@@ -400,6 +401,15 @@ fn store_layer(
             Some(store.content.writer(&store.unique(lease, "blob"))?),
         ),
     };
+    // A blob longer or shorter than its descriptor says is reported as
+    // such, not as whatever the decompressor made of the cut.
+    let (reader, size_check) = match expected {
+        Some(d) => {
+            let (r, check) = SizedReader::new(reader, d.size);
+            (Box::new(r) as Box<dyn Read + Send>, Some(check))
+        }
+        None => (reader, None),
+    };
     let outcome = extract_or_measure(
         store,
         req,
@@ -416,6 +426,9 @@ fn store_layer(
     let (media_type, unpacked_digest, csize, size, file_bytes, present) = match outcome {
         Ok(v) => v,
         Err(e) => {
+            let e = size_check
+                .and_then(|c| c.error(&format!("layer {layer_name}")))
+                .unwrap_or(e);
             if source_failed.load(Ordering::Relaxed) && req.source.resumable() {
                 if let Some(w) = writer.take() {
                     w.keep_partial();
