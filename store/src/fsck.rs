@@ -233,6 +233,9 @@ struct Check<'a> {
     /// Blobs whose file is here and hashes to its name, with its size.
     good_blobs: BTreeMap<Digest, u64>,
     corrupt_blobs: BTreeSet<Digest>,
+    /// How many images used each blob and layer before any was removed.
+    blob_refs_before: BTreeMap<Digest, u64>,
+    layer_refs_before: BTreeMap<Digest, u64>,
 }
 
 impl Check<'_> {
@@ -571,6 +574,7 @@ impl Check<'_> {
             .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
             .collect();
         let tags = meta.tags()?;
+        (self.blob_refs_before, self.layer_refs_before) = count_uses(&images);
         let mut batch = meta.batch();
 
         self.check_blob_files(&blob_records, &mut batch)?;
@@ -734,16 +738,19 @@ impl Check<'_> {
                             false,
                         );
                     }
-                    if rec.refs != want {
-                        if self.repair {
-                            let mut r = rec.clone();
-                            r.refs = want;
-                            batch.put(CF_BLOBS, d.as_bytes(), &r)?;
-                        }
+                    // A count that was wrong is a problem; one that changes
+                    // because an image was removed just now is not.
+                    let before = self.blob_refs_before.get(&d).copied().unwrap_or(0);
+                    if rec.refs != before {
                         self.problem(
-                            format!("blob {d}: reference count {} should be {want}", rec.refs),
+                            format!("blob {d}: reference count {} should be {before}", rec.refs),
                             self.repair,
                         );
+                    }
+                    if self.repair && rec.refs != want {
+                        let mut r = rec.clone();
+                        r.refs = want;
+                        batch.put(CF_BLOBS, d.as_bytes(), &r)?;
                     }
                 }
                 None if leased => {}
@@ -791,12 +798,7 @@ impl Check<'_> {
         fates: &BTreeMap<Digest, Fate>,
         batch: &mut crate::meta::Batch<'_>,
     ) -> Result<Vec<Digest>> {
-        let mut count: BTreeMap<Digest, u64> = BTreeMap::new();
-        for img in kept {
-            for c in img.chain_ids() {
-                *count.entry(c).or_insert(0) += 1;
-            }
-        }
+        let (_, count) = count_uses(kept);
         let mut trash = Vec::new();
         let chains: BTreeSet<Digest> = records.keys().chain(count.keys()).copied().collect();
         for c in chains {
@@ -814,13 +816,14 @@ impl Check<'_> {
                     if let Some(Fate::Restored { file_bytes, .. }) = fate {
                         r.file_bytes = *file_bytes;
                     }
-                    if rec.refs != want {
+                    let before = self.layer_refs_before.get(&c).copied().unwrap_or(0);
+                    if rec.refs != before {
                         self.problem(
-                            format!("layer {c}: reference count {} should be {want}", rec.refs),
+                            format!("layer {c}: reference count {} should be {before}", rec.refs),
                             self.repair,
                         );
-                        r.refs = want;
                     }
+                    r.refs = want;
                     if self.repair && r != *rec {
                         batch.put(CF_LAYERS, c.as_bytes(), &r)?;
                     }
@@ -866,6 +869,21 @@ impl Check<'_> {
         }
         Ok(trash)
     }
+}
+
+/// How many images use each blob and each layer.
+fn count_uses(images: &[ImageRecord]) -> (BTreeMap<Digest, u64>, BTreeMap<Digest, u64>) {
+    let mut blobs = BTreeMap::new();
+    let mut layers = BTreeMap::new();
+    for img in images {
+        for b in img.blobs() {
+            *blobs.entry(b).or_insert(0) += 1;
+        }
+        for c in img.chain_ids() {
+            *layers.entry(c).or_insert(0) += 1;
+        }
+    }
+    (blobs, layers)
 }
 
 /// `sha256:<id> (name:tag, …)`: how reports name an image.
@@ -918,8 +936,281 @@ impl Store {
                 mounted_layers,
                 good_blobs: BTreeMap::new(),
                 corrupt_blobs: BTreeSet::new(),
+                blob_refs_before: BTreeMap::new(),
+                layer_refs_before: BTreeMap::new(),
             }
             .run()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::{import, ImportRequest, LayerSource, NoProgress};
+    use crate::layers::LayerStore;
+    use crate::lock::LeaseContent;
+    use crate::meta::ImageLayer;
+    use crate::oci::Descriptor;
+    use crate::store::StoreOptions;
+
+    fn layer_store() -> (tempfile::TempDir, LayerStore) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("overlay2/l")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let ls = LayerStore::new(dir.path().join("overlay2"), dir.path().join("tmp"));
+        (dir, ls)
+    }
+
+    #[test]
+    fn lower_names_the_parents_nearest_first() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        assert_eq!(expected_lower(&[]), None);
+        assert_eq!(
+            expected_lower(&[b, a]),
+            Some(format!("l/{}:l/{}", short_id(&b), short_id(&a)))
+        );
+    }
+
+    #[test]
+    fn each_kind_of_folder_damage_is_seen() {
+        let (_dir, ls) = layer_store();
+        let (base, top) = (Digest::of(b"base"), Digest::of(b"top"));
+        ls.commit(ls.stage("t.base").unwrap(), &base, &[]).unwrap();
+        ls.commit(ls.stage("t.top").unwrap(), &top, &[base])
+            .unwrap();
+        assert_eq!(folder_state(&ls, &base, Some(&[])), FolderState::Intact);
+        assert_eq!(folder_state(&ls, &top, Some(&[base])), FolderState::Intact);
+        // The parents decide what `lower` must say.
+        assert!(matches!(
+            folder_state(&ls, &top, Some(&[])),
+            FolderState::Damaged(_)
+        ));
+        assert_eq!(folder_state(&ls, &top, None), FolderState::Intact);
+
+        let damaged = |what: &str| FolderState::Damaged(what.to_string());
+        std::fs::write(ls.dir(&top).join("lower"), "l/X").unwrap();
+        assert_eq!(
+            folder_state(&ls, &top, Some(&[base])),
+            damaged("lower is missing or wrong")
+        );
+        std::fs::remove_dir(ls.dir(&top).join("work")).unwrap();
+        assert_eq!(folder_state(&ls, &top, None), damaged("no work/"));
+        std::fs::write(ls.dir(&top).join("link"), "WRONG").unwrap();
+        assert_eq!(
+            folder_state(&ls, &top, None),
+            damaged("link is missing or wrong")
+        );
+        std::fs::remove_dir(ls.diff_dir(&top)).unwrap();
+        assert_eq!(folder_state(&ls, &top, None), damaged("no diff/"));
+        crate::layers::remove_tree(&ls.dir(&top)).unwrap();
+        assert_eq!(folder_state(&ls, &top, None), FolderState::Missing);
+        std::fs::write(ls.dir(&top), b"").unwrap();
+        assert_eq!(folder_state(&ls, &top, None), damaged("not a directory"));
+    }
+
+    fn image_record(manifest: &[u8], layers: &[(&[u8], &[u8])]) -> ImageRecord {
+        let mut chain: Option<Digest> = None;
+        ImageRecord {
+            manifest: Digest::of(manifest),
+            manifest_media_type: oci::OCI_MANIFEST.into(),
+            manifest_size: 1,
+            config: Digest::of(b"config"),
+            config_size: 1,
+            index: None,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            created: None,
+            layers: layers
+                .iter()
+                .map(|(blob, diff)| {
+                    let diff_id = Digest::of(diff);
+                    let c = crate::digest::chain_ids(&[diff_id])[0];
+                    let c = chain.map_or(c, |p| Digest::of(format!("{p} {diff_id}").as_bytes()));
+                    chain = Some(c);
+                    ImageLayer {
+                        digest: Digest::of(blob),
+                        diff_id,
+                        chain_id: c,
+                        media_type: oci::OCI_LAYER_GZIP.into(),
+                        compressed_size: 1,
+                        size: 2,
+                    }
+                })
+                .collect(),
+            stored_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_layer_carried_by_two_blobs_knows_both() {
+        let gzip = image_record(b"m1", &[(b"base.gz", b"base"), (b"app.gz", b"app")]);
+        let zstd = image_record(b"m2", &[(b"base.zst", b"base")]);
+        let uses = layer_uses(&[gzip.clone(), zstd.clone()]);
+        assert_eq!(uses.len(), 2);
+        let base = &uses[&gzip.layers[0].chain_id];
+        assert_eq!(base.blobs.len(), 2);
+        assert_eq!(base.images.len(), 2);
+        assert!(base.parents.is_empty());
+        let app = &uses[&gzip.layers[1].chain_id];
+        assert_eq!(app.parents, vec![gzip.layers[0].chain_id]);
+        assert_eq!(
+            app.blobs,
+            vec![(Digest::of(b"app.gz"), oci::OCI_LAYER_GZIP.into())]
+        );
+        let (blobs, layers) = count_uses(&[gzip.clone(), zstd]);
+        assert_eq!(blobs[&Digest::of(b"config")], 2);
+        assert_eq!(layers[&gzip.layers[0].chain_id], 2);
+    }
+
+    #[test]
+    fn only_content_errors_condemn_a_layer() {
+        let d = Digest::of(b"x");
+        let mismatch = Error::DigestMismatch {
+            what: "x".into(),
+            expected: d,
+            actual: d,
+        };
+        assert!(blob_cannot_give_layer(&mismatch));
+        let bad_tar = Error::Unpack {
+            layer: "x".into(),
+            source: UnpackError::InvalidTar {
+                offset: 0,
+                reason: "x".into(),
+            },
+        };
+        assert!(blob_cannot_give_layer(&bad_tar));
+        let full = Error::Unpack {
+            layer: "x".into(),
+            source: UnpackError::Io(std::io::Error::other("no space left")),
+        };
+        assert!(!blob_cannot_give_layer(&full));
+        assert!(!blob_cannot_give_layer(&Error::io(
+            "x",
+            std::io::Error::other("x")
+        )));
+    }
+
+    struct OneBlob(Vec<u8>);
+
+    impl LayerSource for OneBlob {
+        fn open(&self, _index: usize) -> Result<Box<dyn Read + Send>> {
+            Ok(Box::new(std::io::Cursor::new(self.0.clone())))
+        }
+    }
+
+    /// A store holding one single-layer image; returns the layer's chain id.
+    fn store_with_an_image() -> (tempfile::TempDir, Store, Digest) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "hello", &b"world"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let diff_id = Digest::of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let desc = Descriptor::new(oci::OCI_LAYER_GZIP, Digest::of(&blob), blob.len() as u64);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        )
+        .into_bytes();
+        let config_digest = Digest::of(&config);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let source = OneBlob(blob);
+        import(
+            &store,
+            ImportRequest {
+                names: vec![Reference::parse("example.com/fsck:1").unwrap()],
+                repo_digest: None,
+                index: None,
+                manifest: None,
+                config: (config, config_digest),
+                layers: vec![Some(desc)],
+                source: &source,
+                progress: &NoProgress,
+            },
+        )
+        .unwrap();
+        (dir, store, diff_id)
+    }
+
+    #[test]
+    fn a_layer_a_running_command_holds_is_left_alone_until_it_is_done() {
+        let (_dir, store, chain) = store_with_an_image();
+        assert!(store.fsck(false).unwrap().clean());
+        crate::layers::remove_tree(&store.layer_store().dir(&chain)).unwrap();
+
+        let lease = store
+            .session(|_| {
+                store.lease(&LeaseContent {
+                    pid: std::process::id(),
+                    blobs: vec![],
+                    layers: vec![chain],
+                })
+            })
+            .unwrap();
+        let report = store.fsck(true).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(report.layers_reextracted, 0);
+        assert!(!store.layer_store().is_present(&chain));
+
+        drop(lease);
+        let report = store.fsck(false).unwrap();
+        assert!(!report.clean());
+        assert!(report.problems[0].what.contains(&chain.to_string()));
+        let report = store.fsck(true).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(report.layers_reextracted, 1);
+        let hello = store.layer_store().diff_dir(&chain).join("hello");
+        assert_eq!(std::fs::read(hello).unwrap(), b"world");
+        assert!(store.fsck(false).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_blob_that_gives_another_layer_is_refused() {
+        let (_dir, store, chain) = store_with_an_image();
+        let images = store.image_records().unwrap();
+        let img = images.values().next().unwrap();
+        // The records say the layer has another diff id than the blob gives.
+        let want = LayerUse {
+            diff_id: Digest::of(b"another layer"),
+            parents: vec![],
+            blobs: vec![(img.layers[0].digest, img.layers[0].media_type.clone())],
+            size: 0,
+            images: BTreeSet::new(),
+        };
+        let err = store
+            .session(|meta| {
+                let check = Check {
+                    store: &store,
+                    meta,
+                    repair: true,
+                    report: FsckReport::default(),
+                    leased_blobs: HashSet::new(),
+                    leased_layers: HashSet::new(),
+                    mounted_images: BTreeMap::new(),
+                    mounted_layers: BTreeMap::new(),
+                    good_blobs: BTreeMap::new(),
+                    corrupt_blobs: BTreeSet::new(),
+                    blob_refs_before: BTreeMap::new(),
+                    layer_refs_before: BTreeMap::new(),
+                };
+                Ok(check
+                    .reextract(&chain, &want, &img.layers[0].digest, oci::OCI_LAYER_GZIP)
+                    .unwrap_err())
+            })
+            .unwrap();
+        assert!(blob_cannot_give_layer(&err), "{err}");
+        // Nothing was swapped in, nothing left in tmp/.
+        assert!(store.layer_store().is_present(&chain));
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }
