@@ -2,16 +2,23 @@
 # Fuzzes the reference parser, manifest/index/config parsing and layer
 # extraction with cargo fuzz (libFuzzer + AddressSanitizer).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   each target SECONDS (default 60);
-#                                           targets: reference document unpack
-#   scripts/fuzz.sh --replay                the kept corpus and regressions
-#                                           through the targets, no fuzzing
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   replays the kept corpus and the
+#                                           regressions, then fuzzes each
+#                                           target SECONDS (default
+#                                           $LSTORE_FUZZ_SECONDS, else 60;
+#                                           0: replay only)
+#   scripts/fuzz.sh --replay [TARGET...]    the replay only
 #
-# Not part of `cargo test` at the top (CI time). Needs cargo-fuzz
-# (`cargo install cargo-fuzz`) and a compiler that accepts -Z flags: nightly,
-# or stable with RUSTC_BOOTSTRAP=1 (set here). New inputs go to a scratch
-# corpus; fuzz/corpus/<target>/ stays small. A crash is copied to
-# fuzz/artifacts/<target>/ and the script fails.
+# Targets: reference document unpack. scripts/test.sh runs it after
+# `cargo test` (which builds the RocksDB library this build links).
+# Needs cargo-fuzz (scripts/setup.sh installs it) and a compiler that
+# accepts -Z flags: nightly, or stable with RUSTC_BOOTSTRAP=1 (set here).
+# New inputs go to a scratch corpus; fuzz/corpus/<target>/ stays small. A
+# crash is copied to fuzz/artifacts/<target>/ and the script fails.
+#
+# Prints one line per check ("fuzz: replay reference: 24 inputs, ok",
+# "fuzz: unpack: 81234 inputs in 60s, cov: 2345, ok") and last
+# "fuzz: N passed, M failed". Exit status 0 when nothing failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -21,6 +28,28 @@ unset CARGO_TARGET_DIR
 # outside the clone between runs.
 fuzz_target_dir="${LSTORE_FUZZ_TARGET_DIR:-/var/cache/lstore/fuzz-target}"
 export RUSTC_BOOTSTRAP=1
+all_targets=(reference document unpack)
+
+replay_only=0
+if [ "${1:-}" = "--replay" ]; then
+  replay_only=1
+  shift
+  seconds=0
+else
+  seconds="${1:-${LSTORE_FUZZ_SECONDS:-60}}"
+  shift || true
+fi
+case "$seconds" in *[!0-9]*|'') echo "usage: $0 [SECONDS|--replay] [TARGET...]" >&2; exit 2;; esac
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
+for target in "${targets[@]}"; do
+  case " ${all_targets[*]} " in *" $target "*) ;; *) echo "fuzz: no target $target" >&2; exit 2;; esac
+done
+
+command -v cargo-fuzz >/dev/null || {
+  echo "fuzz: cargo-fuzz is missing (scripts/setup.sh installs it)" >&2
+  exit 1
+}
 
 # Link the RocksDB the main build already compiled instead of compiling it
 # again (15 minutes) with these flags: the fuzzed code never reaches it.
@@ -32,51 +61,79 @@ else
        "RocksDB will be compiled for the fuzz build" >&2
 fi
 
-if [ "${1:-}" = "--replay" ]; then
-  cd fuzz
-  if ! command -v cargo-fuzz >/dev/null; then
-    # Without cargo-fuzz: the same checks as plain test binaries.
-    exec cargo test --target-dir "$fuzz_target_dir" --release -q
-  fi
-  for target in reference document unpack; do
-    dirs=("corpus/$target")
-    [ -d "regressions/$target" ] && dirs+=("regressions/$target")
-    cargo fuzz run --target-dir "$fuzz_target_dir" "$target" "${dirs[@]}" -- -runs=0 2>&1 |
-      grep -E 'INITED|Done|ERROR|panicked' || true
-    [ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz: replay of $target FAILED" >&2; exit 1; }
-  done
-  exit 0
+cd fuzz
+# The committed fuzz/Cargo.lock, as CI must build it (cargo fuzz has no
+# --locked of its own).
+if ! cargo fetch --locked -q; then
+  echo "fuzz: fuzz/Cargo.lock does not match the manifests (a dependency of" \
+       "store/ changed?): run 'cd fuzz && cargo update -p lstore' and commit it" >&2
+  echo "fuzz: 0 passed, 1 failed"
+  exit 1
 fi
-
-seconds="${1:-60}"
-shift || true
-targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(reference document unpack)
-command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo install cargo-fuzz" >&2; exit 1; }
 
 scratch=$(mktemp -d /tmp/lstore-fuzz.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-status=0
+passed=0
+failed=0
+
+# Shows the end of a failed run's log without the long stack listings.
+show_failure() {
+  grep -v '^ *#[0-9]* 0x\|^ *[0-9]*: \|^ *at ' "$1" | tail -40 >&2 || true
+}
+
+# Builds all the targets once, so that build time is not fuzzing time.
+echo "fuzz: building ${targets[*]} (target dir $fuzz_target_dir)"
+build_start=$SECONDS
+if ! cargo fuzz build --target-dir "$fuzz_target_dir" >"$scratch/build.log" 2>&1; then
+  tail -40 "$scratch/build.log" >&2
+  echo "fuzz: the fuzz build FAILED"
+  echo "fuzz: 0 passed, 1 failed"
+  exit 1
+fi
+echo "fuzz: built in $((SECONDS - build_start))s"
+
+# The kept corpus and the inputs that once crashed a target, each run once.
 for target in "${targets[@]}"; do
-  mkdir -p "$scratch/$target" "fuzz/artifacts/$target"
-  max_len=4096; [ "$target" = unpack ] && max_len=65536
-  echo "fuzz: $target for ${seconds}s"
-  if ! (cd fuzz && cargo fuzz run --target-dir "$fuzz_target_dir" "$target" \
-        "$scratch/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -max_len="$max_len" -timeout=20 \
-        -artifact_prefix="artifacts/$target/" -print_final_stats=1) \
-        >"$scratch/$target.log" 2>&1; then
-    status=1
-    grep -v '^ *[0-9]*: \|^ *at ' "$scratch/$target.log" | tail -40 >&2
-    if [ -n "$(ls -A "fuzz/artifacts/$target")" ]; then
-      echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/" >&2
-    else
-      echo "fuzz: $target FAILED to build or run" >&2
-    fi
+  dirs=("corpus/$target")
+  [ -d "regressions/$target" ] && dirs+=("regressions/$target")
+  inputs=$(find "${dirs[@]}" -type f | wc -l)
+  log="$scratch/replay-$target.log"
+  if cargo fuzz run --target-dir "$fuzz_target_dir" "$target" "${dirs[@]}" -- \
+       -runs=0 -timeout=20 -artifact_prefix="$scratch/" >"$log" 2>&1; then
+    passed=$((passed + 1))
+    echo "fuzz: replay $target: $inputs inputs, ok"
+  else
+    failed=$((failed + 1))
+    show_failure "$log"
+    echo "fuzz: replay $target: $inputs inputs, FAILED"
   fi
-  runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$scratch/$target.log" | grep -Eo '[0-9]+$' || echo "?")
-  cov=$(grep -Eo 'cov: [0-9]+' "$scratch/$target.log" | tail -1 || true)
-  found=$(ls "$scratch/$target" | wc -l)
-  echo "fuzz: $target: $runs inputs in ${seconds}s, $cov, $found new corpus entries"
 done
-exit "$status"
+
+if [ "$replay_only" = 0 ] && [ "$seconds" -gt 0 ]; then
+  for target in "${targets[@]}"; do
+    mkdir -p "$scratch/$target" "artifacts/$target"
+    max_len=4096; [ "$target" = unpack ] && max_len=65536
+    log="$scratch/$target.log"
+    if cargo fuzz run --target-dir "$fuzz_target_dir" "$target" \
+         "$scratch/$target" "corpus/$target" -- \
+         -max_total_time="$seconds" -max_len="$max_len" -timeout=20 \
+         -artifact_prefix="artifacts/$target/" -print_final_stats=1 \
+         >"$log" 2>&1; then
+      verdict=ok
+      passed=$((passed + 1))
+    else
+      verdict=FAILED
+      failed=$((failed + 1))
+      show_failure "$log"
+      if [ -n "$(ls -A "artifacts/$target")" ]; then
+        echo "fuzz: $target: the crashing input is in fuzz/artifacts/$target/" >&2
+      fi
+    fi
+    runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
+    cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 || true)
+    found=$(find "$scratch/$target" -type f | wc -l)
+    echo "fuzz: $target: $runs inputs in ${seconds}s, ${cov:-cov: ?}, $found new corpus entries, $verdict"
+  done
+fi
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" = 0 ]

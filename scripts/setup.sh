@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lstore needs on Debian 12 and builds it.
 # Packages: libclang-dev/clang (the rocksdb crate runs bindgen and compiles
-# RocksDB), docker-registry, skopeo and umoci (tests and the demo), and the
-# small tools the benchmarks use.
+# RocksDB), docker-registry, skopeo and umoci (tests and the demo), the
+# small tools the benchmarks use, and cargo-fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust >= 1.88) is required" >&2; exit 1; }
+
+# cargo-fuzz for scripts/fuzz.sh (the fuzz targets scripts/test.sh runs);
+# the fuzz build needs nothing else beyond what RocksDB's build needs.
+fuzz_version=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $fuzz_version"; then
+  echo "setup: installing cargo-fuzz $fuzz_version"
+  env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-fuzz --version "$fuzz_version"
+fi
 
 # A target dir outside the clone keeps the RocksDB build (15+ minutes) between runs.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/lstore/target}"

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, integration tests against the real binary,
-# docker-registry, skopeo, umoci and the kernel's overlayfs. Needs root.
+# docker-registry, skopeo, umoci and the kernel's overlayfs, then the fuzz
+# targets (scripts/fuzz.sh: the kept corpus replayed, then each target
+# fuzzed LSTORE_FUZZ_SECONDS, default 60; 0 skips the fuzz part). Needs root.
+# Ends with "total: N passed, M failed" (tests and fuzz checks together);
+# the exit status is non-zero when anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -10,10 +14,37 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --workspace --all-targets 2>&1 | tee /tmp/lstore-test.log
-status=${PIPESTATUS[0]}
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/lstore-test.log | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' /tmp/lstore-test.log | awk '{s+=$1} END {print s+0}')
+
+log=$(mktemp /tmp/lstore-test.XXXXXX.log)
+trap 'rm -f "$log" "$log.fuzz"' EXIT
+status=0
+cargo test --locked --workspace --all-targets 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
+if [ "$status" != 0 ] && [ "$failed" = 0 ]; then
+  # A build error or a test binary that died before its summary.
+  echo "test: cargo test failed (exit $status) without a failed test to count" >&2
+  failed=1
+fi
+
+# After cargo test: the fuzz build links the RocksDB library it built.
+fuzz_seconds="${LSTORE_FUZZ_SECONDS:-60}"
+if [ "$fuzz_seconds" = 0 ]; then
+  echo "fuzz: skipped (LSTORE_FUZZ_SECONDS=0)"
+else
+  fuzz_status=0
+  bash scripts/fuzz.sh "$fuzz_seconds" 2>&1 | tee "$log.fuzz" || fuzz_status=$?
+  fuzz_line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed$' "$log.fuzz" | tail -1 || true)
+  if [ -n "$fuzz_line" ]; then
+    passed=$((passed + $(echo "$fuzz_line" | awk '{print $2}')))
+    failed=$((failed + $(echo "$fuzz_line" | awk '{print $4}')))
+  elif [ "$fuzz_status" != 0 ]; then
+    failed=$((failed + 1))
+  fi
+  [ "$fuzz_status" = 0 ] || status=1
+fi
+
 echo "total: $passed passed, $failed failed"
 exit "$status"
