@@ -510,11 +510,23 @@ fn extract_or_measure(
         (m.0, m.1, m.2, m.3, 0)
     } else {
         let staging = store.layers.stage(&store.unique(lease, "layer"))?;
-        let u = unpack::unpack_layer(&mut tee, declared, &staging.diff(), &store.opts.limits)
-            .map_err(|source| Error::Unpack {
-                layer: layer_name.to_string(),
-                source,
-            })?;
+        // The first layer has no parent: its whiteouts hide nothing.
+        let position = if i == 0 {
+            unpack::LayerPosition::Base
+        } else {
+            unpack::LayerPosition::Upper
+        };
+        let u = unpack::unpack_layer_at(
+            &mut tee,
+            declared,
+            &staging.diff(),
+            &store.opts.limits,
+            position,
+        )
+        .map_err(|source| Error::Unpack {
+            layer: layer_name.to_string(),
+            source,
+        })?;
         // Nothing becomes visible before both digests are checked.
         verify_layer(
             layer_name,

@@ -38,7 +38,7 @@ use rustix::io::Errno;
 
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
-use super::UnpackError;
+use super::{writeback, LayerPosition, UnpackError};
 
 /// The overlay xattr that makes a directory hide lower layers' content.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -83,6 +83,8 @@ struct State {
     /// Paths whited out by this layer: a directory made there later must
     /// be opaque, or the lower layers' old content would show through it.
     whiteouts: HashSet<Vec<u8>>,
+    /// A base layer: whiteouts and opaque markers have nothing to hide.
+    base: bool,
     /// Running as root: any failure to chown is an error.
     privileged: bool,
     /// Owner a new file gets without chown, when that is predictable.
@@ -142,7 +144,7 @@ impl Ctx<'_> {
 
 impl Applier {
     /// `root` is the layer directory, opened with `O_DIRECTORY | O_NOFOLLOW`.
-    pub(crate) fn new(root: OwnedFd) -> io::Result<Applier> {
+    pub(crate) fn new(root: OwnedFd, position: LayerPosition) -> io::Result<Applier> {
         let st = rfs::fstat(&root)?;
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
@@ -155,6 +157,7 @@ impl Applier {
             state: State {
                 deferred: BTreeMap::new(),
                 whiteouts: HashSet::new(),
+                base: position == LayerPosition::Base,
                 privileged: euid == 0,
                 default_owner,
                 umask: if inherits_acl { None } else { process_umask() },
@@ -178,6 +181,13 @@ impl Applier {
         match role(&path) {
             Role::AufsMeta => Ok(0),
             Role::InvalidWhiteout => Err(ctx.invalid("whiteout without a name")),
+            // Nothing below a base layer to hide: the marker is not applied,
+            // nor are the parents it names created. A parent path that
+            // passes through a symlink is still refused, as for any entry.
+            Role::Opaque | Role::Whiteout(_) if self.state.base => {
+                check_parent(self.root.as_fd(), parent_path, &ctx, &self.state)?;
+                Ok(0)
+            }
             Role::Opaque => {
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
                 set_opaque(parent).map_err(|e| ctx.fs("marking the directory opaque", e))?;
@@ -393,6 +403,30 @@ fn open_dir_beneath(
     current.ok_or_else(|| ctx.invalid(format!("{what}: empty path")))
 }
 
+/// Checks, creating nothing, that `path` is not reached through a symlink
+/// or a non-directory. A missing directory is fine: nothing is there.
+fn check_parent(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    ctx: &Ctx<'_>,
+    state: &State,
+) -> Result<(), UnpackError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    match rfs::openat2(
+        root,
+        path,
+        dir_open_flags(),
+        Mode::empty(),
+        resolve_beneath(),
+    ) {
+        Ok(_) | Err(Errno::NOENT) => Ok(()),
+        // The walk says precisely what is in the way.
+        Err(_) => open_dir_beneath(root, path, Missing::Fail, "parent", ctx, state).map(drop),
+    }
+}
+
 /// Creates a directory the archive implies (a parent it does not list).
 fn make_implied_dir(
     base: BorrowedFd<'_>,
@@ -457,6 +491,7 @@ impl Op<'_> {
         };
         let mut file = File::from(fd);
         let mut written = 0u64;
+        let mut flushed = 0u64;
         while written < self.ctx.entry.size {
             let chunk = tar.data_chunk()?;
             if chunk.is_empty() {
@@ -467,6 +502,14 @@ impl Op<'_> {
             let n = chunk.len();
             tar.consume_data(n);
             written += n as u64;
+            if written - flushed >= writeback::STEP {
+                writeback::start(file.as_fd(), flushed, written - flushed);
+                flushed = written;
+            }
+        }
+        // The tail of a big file; small files are left to the flusher.
+        if flushed > 0 && written > flushed {
+            writeback::start(file.as_fd(), flushed, 0);
         }
         let fd = file.as_fd();
         // chown before chmod (chown clears setuid/setgid), xattrs after both

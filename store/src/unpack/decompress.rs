@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Chain, Cursor, Read};
 
+use super::pipe::Chunk;
 use super::UnpackError;
 use crate::digest::{Digest, Hasher, HashingReader};
 use crate::oci::Compression;
@@ -144,24 +145,24 @@ pub(crate) fn open(
 }
 
 impl Uncompressed<'_> {
-    /// Appends stream data to `chunk` until it holds `CHUNK` bytes or the
-    /// stream ends. False when nothing was left to read.
-    pub(crate) fn fill_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+    /// Appends stream data to `chunk` until it is full or the stream ends.
+    /// False when nothing was left to read.
+    pub(crate) fn fill_chunk(&mut self, chunk: &mut Chunk) -> io::Result<bool> {
         let start = chunk.len();
-        chunk.resize(CHUNK, 0);
         let mut filled = start;
+        let space = chunk.space();
         let result = loop {
-            if filled == CHUNK {
+            if filled == space.len() {
                 break Ok(());
             }
-            match self.read(&mut chunk[filled..]) {
+            match self.read(&mut space[filled..]) {
                 Ok(0) => break Ok(()),
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(e),
             }
         };
-        chunk.truncate(filled);
+        chunk.set_len(filled);
         result.map(|()| filled > start)
     }
 }
@@ -173,9 +174,9 @@ pub(crate) fn finish(
     mut stream: Uncompressed<'_>,
     compression: Compression,
 ) -> Result<Digests, UnpackError> {
-    let mut scratch = Vec::with_capacity(CHUNK);
+    let mut scratch = Chunk::new(CHUNK);
     loop {
-        scratch.clear();
+        scratch.set_len(0);
         match stream.fill_chunk(&mut scratch) {
             Ok(true) => {}
             Ok(false) => break,

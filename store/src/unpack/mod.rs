@@ -15,7 +15,9 @@
 //!   leaves the layer directory, whiteouts, metadata;
 //! - `pipe`: the calling thread reads, decompresses and hashes while a
 //!   second thread parses and writes, so inflation and file creation
-//!   overlap.
+//!   overlap;
+//! - `writeback`: starts writing file data to disk as soon as it is
+//!   written, so the layer's final `syncfs` has little left to wait for.
 
 mod apply;
 mod decompress;
@@ -26,6 +28,7 @@ mod tar_reader;
 mod tests;
 #[cfg(test)]
 mod testtar;
+mod writeback;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -57,6 +60,19 @@ impl Default for Limits {
     }
 }
 
+/// Where a layer sits in its chain, which decides what its whiteouts do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerPosition {
+    /// The first layer (no parent): its whiteouts and opaque markers have
+    /// nothing below to hide, so they are skipped, as umoci does. A
+    /// one-layer image is a bind mount of this folder, where an overlay
+    /// whiteout would show as a 0/0 character device.
+    Base,
+    /// A layer over parents: whiteouts become overlay whiteouts and opaque
+    /// markers the overlay opaque xattr.
+    Upper,
+}
+
 /// The result of extracting one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unpacked {
@@ -80,6 +96,10 @@ pub struct Unpacked {
 pub enum UnpackError {
     #[error("cannot open layer directory {}: {source}", path.display())]
     Destination { path: PathBuf, source: io::Error },
+    /// Writing extracted data back to disk failed (reported by a
+    /// background `syncfs`): the disk, not the layer, is at fault.
+    #[error("writing layer directory {} to disk: {source}", path.display())]
+    WriteBack { path: PathBuf, source: io::Error },
     #[error("{}", mismatch_message(*declared, *found))]
     CompressionMismatch {
         declared: Compression,
@@ -165,11 +185,25 @@ fn read_error(compression: Compression, e: io::Error) -> UnpackError {
 ///
 /// The caller compares the digests with the manifest and config, and
 /// removes `dest` on error.
+///
+/// The layer is treated as an upper layer (whiteouts are kept); see
+/// [`unpack_layer_at`] for a base layer.
 pub fn unpack_layer(
     blob: &mut dyn Read,
     declared: Compression,
     dest: &Path,
     limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
+    unpack_layer_at(blob, declared, dest, limits, LayerPosition::Upper)
+}
+
+/// [`unpack_layer`] for a layer at `position` in its chain.
+pub fn unpack_layer_at(
+    blob: &mut dyn Read,
+    declared: Compression,
+    dest: &Path,
+    limits: &Limits,
+    position: LayerPosition,
 ) -> Result<Unpacked, UnpackError> {
     let destination = |source: io::Error| UnpackError::Destination {
         path: dest.to_path_buf(),
@@ -182,14 +216,20 @@ pub fn unpack_layer(
         Mode::empty(),
     )
     .map_err(|e| destination(e.into()))?;
-    let applier = apply::Applier::new(root).map_err(destination)?;
+    // Opened before anything is written, so its syncfs reports every
+    // write-back error of the extraction.
+    let flush_fd = root.try_clone().map_err(destination)?;
+    let applier = apply::Applier::new(root, position).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
     // The blob reader need not be Send, so this thread reads, decompresses
-    // and hashes, while a second one parses the tar and writes the files.
+    // and hashes, while a second one parses the tar and writes the files
+    // and a third, mostly waiting, starts writing them back to disk.
     let (sender, reader) = pipe::pipe();
-    let (read_result, applied) = std::thread::scope(|scope| {
-        let worker = scope.spawn(move || apply_tar(reader, applier, declared, limits));
+    let (flusher, flush_requests) = writeback::flusher();
+    let (read_result, applied, flushed) = std::thread::scope(|scope| {
+        let flush = scope.spawn(move || writeback::flush_loop(flush_fd, flush_requests));
+        let worker = scope.spawn(move || apply_tar(reader, applier, flusher, declared, limits));
         let mut read_result = Ok(());
         loop {
             let mut chunk = sender.buffer(decompress::CHUNK);
@@ -212,11 +252,18 @@ pub fn unpack_layer(
         let applied = worker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (read_result, applied)
+        let flushed = flush
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read_result, applied, flushed)
     });
     // A read error comes first: it is why the worker saw a truncated tar.
     read_result?;
     let (entries, file_bytes) = applied?;
+    flushed.map_err(|source| UnpackError::WriteBack {
+        path: dest.to_path_buf(),
+        source,
+    })?;
     // Whatever follows the end-of-archive marker is part of the digests.
     let digests = decompress::finish(stream, declared)?;
     Ok(Unpacked {
@@ -229,11 +276,15 @@ pub fn unpack_layer(
     })
 }
 
+/// What an entry costs to write back besides its data, in bytes.
+const ENTRY_COST: u64 = 4096;
+
 /// The extraction thread: parses the tar stream and applies every entry.
 /// Returns the entry count and file bytes written.
 fn apply_tar(
     stream: pipe::ChunkReader,
     mut applier: apply::Applier,
+    mut flusher: writeback::Flusher,
     declared: Compression,
     limits: &Limits,
 ) -> Result<(u64, u64), UnpackError> {
@@ -247,7 +298,10 @@ fn apply_tar(
                 limit: limits.max_entries,
             });
         }
-        file_bytes += applier.apply(&entry, &mut tar)?;
+        let written = applier.apply(&entry, &mut tar)?;
+        file_bytes += written;
+        // An inode, a directory entry and a partial block: about a block.
+        flusher.extracted(written + ENTRY_COST);
     }
     applier.finish()?;
     Ok((entries, file_bytes))

@@ -9,21 +9,59 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 /// files on one side or slow inflation on the other.
 pub(crate) const CHUNKS_IN_FLIGHT: usize = 4;
 
+/// A piece of the stream: the first `len` bytes of `buf`. The whole of
+/// `buf` stays initialised as it travels back and forth, so a recycled
+/// buffer is filled again without being zeroed first.
+pub(crate) struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Chunk {
+    /// A zeroed buffer of `capacity` bytes, holding no data yet.
+    pub(crate) fn new(capacity: usize) -> Chunk {
+        Chunk {
+            buf: vec![0; capacity],
+            len: 0,
+        }
+    }
+
+    /// The data.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The data held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The whole buffer, to fill from `len()` on, and its size.
+    pub(crate) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Marks the first `len` bytes of `space()` as the data.
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len());
+    }
+}
+
 /// The extraction side: a `BufRead` over the received chunks. The end of
 /// the stream is the sender going away.
 pub(crate) struct ChunkReader {
-    chunks: Receiver<Vec<u8>>,
-    spare: Sender<Vec<u8>>,
-    current: Vec<u8>,
+    chunks: Receiver<Chunk>,
+    spare: Sender<Chunk>,
+    current: Chunk,
     pos: usize,
 }
 
 impl ChunkReader {
-    pub(crate) fn new(chunks: Receiver<Vec<u8>>, spare: Sender<Vec<u8>>) -> ChunkReader {
+    pub(crate) fn new(chunks: Receiver<Chunk>, spare: Sender<Chunk>) -> ChunkReader {
         ChunkReader {
             chunks,
             spare,
-            current: Vec::new(),
+            current: Chunk::new(0),
             pos: 0,
         }
     }
@@ -48,14 +86,14 @@ impl BufRead for ChunkReader {
                     self.pos = 0;
                     // The reading side may have finished: then the buffer
                     // is simply dropped.
-                    if used.capacity() > 0 {
+                    if !used.buf.is_empty() {
                         let _ = self.spare.send(used);
                     }
                 }
                 Err(_) => return Ok(&[]),
             }
         }
-        Ok(&self.current[self.pos..])
+        Ok(&self.current.data()[self.pos..])
     }
 
     fn consume(&mut self, n: usize) {
@@ -65,19 +103,19 @@ impl BufRead for ChunkReader {
 
 /// The reading side's end of the pipe.
 pub(crate) struct ChunkSender {
-    pub(crate) chunks: SyncSender<Vec<u8>>,
-    pub(crate) spare: Receiver<Vec<u8>>,
+    pub(crate) chunks: SyncSender<Chunk>,
+    pub(crate) spare: Receiver<Chunk>,
 }
 
 impl ChunkSender {
-    /// An empty buffer to fill: a recycled one when there is one.
-    pub(crate) fn buffer(&self, capacity: usize) -> Vec<u8> {
+    /// An empty chunk to fill: a recycled one when there is one.
+    pub(crate) fn buffer(&self, capacity: usize) -> Chunk {
         match self.spare.try_recv() {
-            Ok(mut buf) => {
-                buf.clear();
-                buf
+            Ok(mut chunk) => {
+                chunk.set_len(0);
+                chunk
             }
-            Err(_) => Vec::with_capacity(capacity),
+            Err(_) => Chunk::new(capacity),
         }
     }
 }
@@ -104,9 +142,11 @@ mod tests {
         let (tx, mut rx) = pipe();
         let writer = std::thread::spawn(move || {
             for i in 0..10u8 {
-                let mut buf = tx.buffer(16);
-                buf.extend_from_slice(&[i; 3]);
-                tx.chunks.send(buf).unwrap();
+                let mut chunk = tx.buffer(16);
+                assert_eq!(chunk.space().len(), 16);
+                chunk.space()[..3].copy_from_slice(&[i; 3]);
+                chunk.set_len(3);
+                tx.chunks.send(chunk).unwrap();
             }
         });
         let mut all = Vec::new();

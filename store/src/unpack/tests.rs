@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::testtar::{self, RawEntry};
-use super::{unpack_layer, Limits, UnpackError, Unpacked};
+use super::{unpack_layer, unpack_layer_at, LayerPosition, Limits, UnpackError, Unpacked};
 use crate::digest::Digest;
 use crate::oci::Compression;
 
@@ -131,6 +131,20 @@ impl Scene {
 
     fn entries(&self, entries: &[RawEntry]) -> Result<Unpacked, UnpackError> {
         self.unpack(&testtar::archive(entries))
+    }
+
+    /// Extracts `entries` as the first layer of a chain.
+    fn base_entries(&self, entries: &[RawEntry]) -> Result<Unpacked, UnpackError> {
+        let tar = testtar::archive(entries);
+        let result = unpack_layer_at(
+            &mut &tar[..],
+            Compression::None,
+            &self.dest,
+            &Limits::default(),
+            LayerPosition::Base,
+        );
+        self.assert_outside_untouched();
+        result
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -640,6 +654,95 @@ fn a_whiteout_after_same_layer_content_hides_only_lower_layers() {
         xattr(&s.path("d"), "trusted.overlay.opaque").as_deref(),
         Some(&b"y"[..])
     );
+}
+
+#[test]
+fn a_base_layer_applies_whiteouts_and_opaque_markers_as_nothing() {
+    let s = Scene::new();
+    s.base_entries(&[
+        RawEntry::file(".wh.gone", b""),
+        RawEntry::file("absent/parent/.wh.x", b""),
+        RawEntry::file("absent2/.wh..wh..opq", b""),
+        RawEntry::file(".wh..wh..opq", b""),
+        RawEntry::dir("d/"),
+        RawEntry::file("d/.wh..wh..opq", b""),
+        RawEntry::file("d/kept", b"k"),
+        RawEntry::file("keep", b"this layer's file"),
+        RawEntry::file(".wh.keep", b""),
+        RawEntry::dir("e/"),
+        RawEntry::file("e/f", b"this layer's content"),
+        RawEntry::file(".wh.e", b""),
+        RawEntry::file(".wh.again", b""),
+        RawEntry::dir("again/"),
+        RawEntry::file("implied/.wh.y", b""),
+        RawEntry::file("implied/z", b"z"),
+    ])
+    .unwrap();
+    let mut names: Vec<String> = fs::read_dir(&s.dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["again", "d", "e", "implied", "keep"]);
+    assert_eq!(fs::read(s.path("d/kept")).unwrap(), b"k");
+    assert_eq!(fs::read(s.path("keep")).unwrap(), b"this layer's file");
+    assert_eq!(fs::read(s.path("e/f")).unwrap(), b"this layer's content");
+    assert_eq!(fs::read(s.path("implied/z")).unwrap(), b"z");
+    assert!(!s.exists("implied/y"));
+    for dir in ["", "d", "e", "again", "implied"] {
+        assert!(
+            xattr(&s.path(dir), "trusted.overlay.opaque").is_none(),
+            "{dir:?} was made opaque"
+        );
+    }
+}
+
+#[test]
+fn a_base_layer_still_refuses_bad_whiteout_names() {
+    for name in [".wh.", "d/.wh.."] {
+        let s = Scene::new();
+        let err = s.base_entries(&[RawEntry::file(name, b"")]).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::InvalidEntry { .. }),
+            "{name}: {err}"
+        );
+    }
+    let s = Scene::new();
+    let err = s
+        .base_entries(&[RawEntry::file("../../canary/.wh.secret", b"")])
+        .unwrap_err();
+    assert!(matches!(err, UnpackError::Unsafe { .. }), "{err}");
+}
+
+#[test]
+fn a_base_layer_refuses_whiteouts_through_symlinks_or_files() {
+    for marker in ["s/.wh.secret", "s/.wh..wh..opq", "s/sub/.wh.deep"] {
+        let s = Scene::new();
+        let canary = s.canary.to_str().unwrap().to_string();
+        let err = s
+            .base_entries(&[RawEntry::symlink("s", &canary), RawEntry::file(marker, b"")])
+            .unwrap_err();
+        assert!(matches!(err, UnpackError::Unsafe { .. }), "{marker}: {err}");
+        assert!(s.canary.join("secret").exists());
+    }
+    let s = Scene::new();
+    let err = s
+        .base_entries(&[RawEntry::file("f", b"x"), RawEntry::file("f/.wh.y", b"")])
+        .unwrap_err();
+    assert!(matches!(err, UnpackError::InvalidEntry { .. }), "{err}");
+}
+
+#[test]
+fn files_larger_than_the_write_back_step_are_intact() {
+    let len = usize::try_from(super::writeback::STEP).unwrap() * 2 + 12_345;
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let s = Scene::new();
+    let u = s
+        .entries(&[RawEntry::file("big", &data), RawEntry::file("small", b"s")])
+        .unwrap();
+    assert_eq!(u.file_bytes, len as u64 + 1);
+    assert!(fs::read(s.path("big")).unwrap() == data);
+    assert_eq!(fs::read(s.path("small")).unwrap(), b"s");
 }
 
 /// Unmounts on drop, so a failed assertion leaves no mount behind.
