@@ -179,6 +179,10 @@ fn damage(kind: &str, dir: &Path) {
             fs::remove_file(dir.join("link")).unwrap();
         }
         "no folder" => fs::remove_dir_all(dir).unwrap(),
+        "a file in its place" => {
+            fs::remove_dir_all(dir).unwrap();
+            fs::write(dir, "not a layer").unwrap();
+        }
         other => panic!("unknown damage {other}"),
     }
 }
@@ -192,6 +196,7 @@ fn a_damaged_layer_is_extracted_again_and_mounts_as_before() {
         "wrong lower",
         "emptied diff/",
         "no folder",
+        "a file in its place",
     ] {
         let store = store_with(&[(&a, A)]);
         let before = mounted_files(&store, A);

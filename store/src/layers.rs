@@ -321,6 +321,12 @@ pub fn tree_size(path: &Path) -> u64 {
 /// without CAP_DAC_OVERRIDE: they are made writable, then removal retried.
 pub fn remove_tree(path: &Path) -> Result<u64> {
     let size = tree_size(path);
+    // A file where a folder belongs (a damaged layer) goes the same way.
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return fs::remove_file(path)
+            .map(|_| size)
+            .ctx(|| format!("remove {}", path.display()));
+    }
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(size),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
