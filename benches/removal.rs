@@ -118,15 +118,28 @@ fn tiny_layer(image: usize, layer: usize) -> Vec<u8> {
 
 /// The store and the images in it.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     store: Store,
     images: Vec<ImageSpec>,
     unique_layers: usize,
 }
 
 fn build(images: usize, unique_layers: usize) -> Fixture {
-    let dir = common::scratch("removal");
-    let store = Store::open(&dir.path().join("store"), StoreOptions::default()).expect("store");
+    // LSTORE_BENCH_KEEP_STORE=DIR keeps the store in DIR and reuses it on
+    // the next run (building it takes minutes), e.g. to time the CLI on it.
+    let kept = std::env::var_os("LSTORE_BENCH_KEEP_STORE").map(std::path::PathBuf::from);
+    let dir = match &kept {
+        Some(_) => None,
+        None => Some(common::scratch("removal")),
+    };
+    let store_path = match (&kept, &dir) {
+        (Some(k), _) => k.join("store"),
+        (None, Some(d)) => d.path().join("store"),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let marker = store_path.with_file_name(format!("complete-{images}x{unique_layers}"));
+    let reuse = marker.exists();
+    let store = Store::open(&store_path, StoreOptions::default()).expect("store");
     let base = common::layer_tar(&[common::FileSpec {
         path: "etc/os-release".into(),
         data: b"ID=bench\n".to_vec(),
@@ -139,6 +152,9 @@ fn build(images: usize, unique_layers: usize) -> Fixture {
         })
         .collect();
     for (i, spec) in specs.iter().enumerate() {
+        if reuse {
+            break;
+        }
         spec.store_in(&store).expect("store image");
         if (i + 1) % 100 == 0 {
             eprintln!(
@@ -147,6 +163,9 @@ fn build(images: usize, unique_layers: usize) -> Fixture {
                 start.elapsed()
             );
         }
+    }
+    if kept.is_some() && !reuse {
+        std::fs::write(&marker, b"").expect("marker");
     }
     Fixture {
         _dir: dir,

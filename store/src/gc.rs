@@ -82,15 +82,14 @@ fn mounted_images(store: &Store) -> BTreeSet<Digest> {
         .collect()
 }
 
-/// Plans the removal of `drop_tags` and `doomed` images. With `whole_store`
-/// every unmarked record and file is swept too, not only what the doomed
-/// images used.
+/// Plans the removal of `drop_tags` and `doomed` images with a full mark:
+/// every unmarked record and file is swept, not only what the doomed images
+/// used, and every stored count is set to what the mark found.
 pub(crate) fn plan_sweep(
     store: &Store,
     meta: &Meta,
     drop_tags: &BTreeSet<String>,
     doomed: &BTreeSet<Digest>,
-    whole_store: bool,
 ) -> Result<SweepPlan> {
     let all = meta.images()?;
     let mounted = mounted_images(store);
@@ -119,19 +118,9 @@ pub(crate) fn plan_sweep(
         ..SweepPlan::default()
     };
 
-    // Candidates: what the doomed images used, or everything.
+    // Candidates: every record.
     let blob_records = meta.all::<BlobRecord>(CF_BLOBS)?;
     let layer_records = meta.all::<LayerRecord>(CF_LAYERS)?;
-    let doomed_blobs: BTreeSet<Digest> = all
-        .iter()
-        .filter(|i| doomed.contains(&i.manifest))
-        .flat_map(|i| i.blobs())
-        .collect();
-    let doomed_layers: BTreeSet<Digest> = all
-        .iter()
-        .filter(|i| doomed.contains(&i.manifest))
-        .flat_map(|i| i.chain_ids())
-        .collect();
 
     for (key, mut rec) in blob_records {
         let Ok(bytes) = <[u8; 32]>::try_from(key.as_slice()) else {
@@ -143,7 +132,7 @@ pub(crate) fn plan_sweep(
             plan.refcount_fixes += 1;
         }
         let now = blob_count.get(&d).copied().unwrap_or(0);
-        let candidate = now == 0 && (whole_store || doomed_blobs.contains(&d));
+        let candidate = now == 0;
         if candidate && !leased_blobs.contains(&d) {
             plan.blob_records.push(d);
             plan.blob_files.push(d);
@@ -164,7 +153,7 @@ pub(crate) fn plan_sweep(
             plan.refcount_fixes += 1;
         }
         let now = layer_count.get(&d).copied().unwrap_or(0);
-        let candidate = now == 0 && (whole_store || doomed_layers.contains(&d));
+        let candidate = now == 0;
         if candidate && !leased_layers.contains(&d) {
             plan.layer_records.push(d);
             plan.layer_dirs.push(d);
@@ -176,25 +165,79 @@ pub(crate) fn plan_sweep(
         }
     }
 
-    if whole_store {
-        // Files no record names: left by a crash or an interrupted command.
-        let (on_disk, _) = store.content().list()?;
-        for d in on_disk {
-            if !blob_count.contains_key(&d)
-                && !leased_blobs.contains(&d)
-                && !plan.blob_files.contains(&d)
-            {
-                plan.blob_files.push(d);
-            }
+    // Files no record names: left by a crash or an interrupted command.
+    let (on_disk, _) = store.content().list()?;
+    for d in on_disk {
+        if !blob_count.contains_key(&d)
+            && !leased_blobs.contains(&d)
+            && !plan.blob_files.contains(&d)
+        {
+            plan.blob_files.push(d);
         }
-        let (dirs, _) = store.layer_store().list()?;
-        for d in dirs {
-            if !layer_count.contains_key(&d)
-                && !leased_layers.contains(&d)
-                && !plan.layer_dirs.contains(&d)
-            {
-                plan.layer_dirs.push(d);
-            }
+    }
+    let (dirs, _) = store.layer_store().list()?;
+    for d in dirs {
+        if !layer_count.contains_key(&d)
+            && !leased_layers.contains(&d)
+            && !plan.layer_dirs.contains(&d)
+        {
+            plan.layer_dirs.push(d);
+        }
+    }
+    Ok(plan)
+}
+
+/// Plans `rmi`: the removal of `drop_tags` and `doomed` images, with the
+/// stored reference counts (kept true by every batch that adds or drops an
+/// image) instead of a mark over the whole store, so its cost follows the
+/// size of the doomed images, not of the store. A blob or layer whose count
+/// falls to zero goes, unless a running command holds it; a count that was
+/// wrong is left to the next `gc`, whose mark sets every count.
+pub(crate) fn plan_removal(
+    store: &Store,
+    meta: &Meta,
+    drop_tags: &BTreeSet<String>,
+    doomed: &BTreeSet<Digest>,
+) -> Result<SweepPlan> {
+    let mounted = mounted_images(store);
+    let mut doomed_images = Vec::new();
+    for d in doomed.iter().filter(|d| !mounted.contains(d)) {
+        if let Some(img) = meta.image(d)? {
+            doomed_images.push(img);
+        }
+    }
+    let (leased_blobs, leased_layers, _) = leased(store)?;
+    let mut plan = SweepPlan {
+        drop_tags: drop_tags.iter().cloned().collect(),
+        drop_images: doomed_images.iter().map(|i| i.manifest).collect(),
+        drop_ids: doomed_images.iter().map(|i| i.config).collect(),
+        ..SweepPlan::default()
+    };
+    let (blob_uses, layer_uses) = mark(&doomed_images.iter().collect::<Vec<_>>());
+    for (d, uses) in blob_uses {
+        let Some(mut rec) = meta.blob(&d)? else {
+            continue;
+        };
+        let now = rec.refs.saturating_sub(uses);
+        if now == 0 && !leased_blobs.contains(&d) {
+            plan.blob_records.push(d);
+            plan.blob_files.push(d);
+        } else if rec.refs != now {
+            rec.refs = now;
+            plan.blob_refs.push((d, rec));
+        }
+    }
+    for (d, uses) in layer_uses {
+        let Some(mut rec) = meta.layer(&d)? else {
+            continue;
+        };
+        let now = rec.refs.saturating_sub(uses);
+        if now == 0 && !leased_layers.contains(&d) {
+            plan.layer_records.push(d);
+            plan.layer_dirs.push(d);
+        } else if rec.refs != now {
+            rec.refs = now;
+            plan.layer_refs.push((d, rec));
         }
     }
     Ok(plan)
@@ -292,11 +335,11 @@ pub(crate) fn full(
         .map(|i| i.manifest)
         .filter(|d| !tagged.contains(d))
         .collect();
-    let plan = plan_sweep(store, meta, &BTreeSet::new(), &doomed, true)?;
+    let plan = plan_sweep(store, meta, &BTreeSet::new(), &doomed)?;
     apply_sweep(store, meta, &plan, &mut report, trash)?;
 
     // Leftovers of interrupted commands whose process is gone.
-    let (_, _, live) = leased(store)?;
+    let (_, leased_layers, live) = leased(store)?;
     let is_live = |name: &str| lease_of_entry(name).is_some_and(|l| live.contains(l));
     for dir in ["tmp", "ingest"] {
         let path = store.root().join(dir);
@@ -320,7 +363,17 @@ pub(crate) fn full(
     }
     let (_, junk_blobs) = store.content().list()?;
     let (_, junk_dirs) = store.layer_store().list()?;
-    let dangling = store.layer_store().dangling_links()?;
+    // A running import points a layer's short link at it just before the
+    // folder is renamed into place: not dangling, only early.
+    let early: HashSet<PathBuf> = leased_layers
+        .iter()
+        .map(|c| store.layer_store().link_path(c))
+        .collect();
+    let dangling = store
+        .layer_store()
+        .dangling_links()?
+        .into_iter()
+        .filter(|p| !early.contains(p));
     for p in junk_blobs.into_iter().chain(junk_dirs).chain(dangling) {
         report.leftovers += 1;
         if dry_run {

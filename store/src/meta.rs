@@ -13,7 +13,10 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -133,15 +136,15 @@ pub struct Meta {
     db: DB,
 }
 
-/// Level-0 tables a family may gather before a write session merges them.
-/// Every session that wrote leaves one more (its log is flushed to a table
-/// when the next session opens the database), and each open reads every
-/// table's footer: without merging, a store that took 1,000 imports opened
-/// 1,281 tables per command.
-const MAX_LEVEL0_TABLES: u64 = 8;
+/// Tables a family may gather before a write session merges them. Every
+/// session that wrote leaves one more (its log is flushed to a table when
+/// the next session opens the database), and each open reads every table's
+/// footer: without merging, a store that took 1,000 imports opened 2,000
+/// tables per command.
+const MAX_TABLES: u64 = 8;
 
-/// Memtable size per family. Sessions write kilobytes; the log of a
-/// session is preallocated at about this size (64 MiB by default, which
+/// Memtable and table size per family. Sessions write kilobytes; logs and
+/// tables are preallocated at about this size (64 MiB by default, which
 /// cost more than the writes themselves, most of all on tmpfs).
 const WRITE_BUFFER: usize = 4 << 20;
 
@@ -157,6 +160,7 @@ fn db_options() -> Options {
     opts.set_stats_persist_period_sec(0);
     opts.set_manifest_preallocation_size(64 << 10);
     opts.set_write_buffer_size(WRITE_BUFFER);
+    opts.set_target_file_size_base(WRITE_BUFFER as u64);
     opts
 }
 
@@ -164,6 +168,7 @@ fn families() -> impl Iterator<Item = ColumnFamilyDescriptor> {
     FAMILIES.iter().map(|name| {
         let mut opts = Options::default();
         opts.set_write_buffer_size(WRITE_BUFFER);
+        opts.set_target_file_size_base(WRITE_BUFFER as u64);
         ColumnFamilyDescriptor::new(*name, opts)
     })
 }
@@ -191,17 +196,27 @@ impl Meta {
         path.join("CURRENT").is_file()
     }
 
-    /// Merges the level-0 tables of a family that gathered too many, so that
-    /// opens stay cheap however many sessions the store has seen.
+    /// Merges the tables of a family that gathered too many, so that opens
+    /// stay cheap however many sessions the store has seen. (RocksDB's own
+    /// compactions run in the background and die with these short-lived
+    /// processes, or only move tables down a level without merging them.)
     pub fn compact_if_needed(&self) -> Result<()> {
         for name in FAMILIES {
             let cf = self.cf(name)?;
-            let level0 = self
-                .db
-                .property_int_value_cf(cf, "rocksdb.num-files-at-level0")?
-                .unwrap_or(0);
-            if level0 > MAX_LEVEL0_TABLES {
-                self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            let mut tables = 0u64;
+            for level in 0..7 {
+                // A string property (RocksDB has no integer form of it).
+                tables += self
+                    .db
+                    .property_value_cf(cf, &format!("rocksdb.num-files-at-level{level}"))?
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if tables > MAX_TABLES {
+                let mut opts = CompactOptions::default();
+                opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+                self.db
+                    .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
             }
         }
         Ok(())
@@ -323,6 +338,41 @@ mod tests {
         assert_eq!(meta.blob(&d).unwrap().unwrap().refs, 2);
         assert_eq!(meta.tags().unwrap()[0].0, "docker.io/library/x:latest");
         assert!(meta.layer(&d).unwrap().is_none());
+    }
+
+    #[test]
+    fn tables_are_merged_once_they_gather() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().ends_with(".sst")
+                })
+                .count()
+        };
+        // Each session's log becomes a table when the next one opens.
+        for i in 0..(MAX_TABLES as usize + 4) {
+            let meta = Meta::open(dir.path()).unwrap();
+            let mut b = meta.batch();
+            let rec = BlobRecord {
+                size: i as u64,
+                media_type: "m".into(),
+                refs: 1,
+            };
+            b.put(CF_BLOBS, Digest::of(&[i as u8]).as_bytes(), &rec)
+                .unwrap();
+            b.commit().unwrap();
+        }
+        let before = tables();
+        assert!(before > MAX_TABLES as usize, "{before} tables");
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.compact_if_needed().unwrap();
+        drop(meta);
+        assert!(tables() <= 2, "{} tables after merging", tables());
+        let meta = Meta::open_read_only(dir.path()).unwrap();
+        assert_eq!(meta.all::<BlobRecord>(CF_BLOBS).unwrap().len(), 12);
     }
 
     #[test]

@@ -176,14 +176,30 @@ impl Store {
     /// (`sha256:…`), or a unique prefix of an image id.
     pub(crate) fn resolve(&self, meta: &Meta, word: &str) -> Result<ImageRecord> {
         let not_found = || Error::ImageNotFound(word.to_string());
-        let images = meta.images()?;
+        if let Some(hex) = word.strip_prefix("sha256:") {
+            // A full digest names an image id or a manifest; anything else
+            // after `sha256:` is a prefix of an image id, or a mistake.
+            if hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::Invalid(format!(
+                    "invalid digest {word}: expected sha256: and up to 64 hex digits"
+                )));
+            }
+        }
         let hex = word.strip_prefix("sha256:").unwrap_or(word);
         let is_hex = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
         if is_hex && (word.starts_with("sha256:") || hex.len() >= 4) {
             let hex = hex.to_ascii_lowercase();
+            // A manifest digest is a key; an id (config digest) or its
+            // prefix needs the records.
+            if let Ok(d) = Digest::parse(&format!("sha256:{hex}")) {
+                if let Some(img) = meta.image(&d)? {
+                    return Ok(img);
+                }
+            }
+            let images = meta.images()?;
             let matches: Vec<&ImageRecord> = images
                 .iter()
-                .filter(|i| i.config.hex().starts_with(&hex) || i.manifest.hex() == hex)
+                .filter(|i| i.config.hex().starts_with(&hex))
                 .collect();
             match matches.as_slice() {
                 [one] => return Ok((*one).clone()),
@@ -201,16 +217,18 @@ impl Store {
         }
         let r = Reference::parse(word)?;
         if let Some(d) = r.digest() {
+            // `repo@digest`: the manifest itself, or the index it came from
+            // when this repository recorded that index.
+            if let Some(img) = meta.image(d)? {
+                return Ok(img);
+            }
             let repo = r.repository();
             let tagged_here = meta.tags()?.into_iter().any(|(name, t)| {
                 t.image == *d || t.repo_digest == Some(*d) && name.starts_with(&repo)
             });
-            if let Some(img) = images
-                .iter()
-                .find(|i| i.manifest == *d || i.index == Some(*d))
-            {
-                if tagged_here || images.iter().any(|i| i.manifest == *d) {
-                    return Ok(img.clone());
+            if tagged_here {
+                if let Some(img) = meta.images()?.into_iter().find(|i| i.index == Some(*d)) {
+                    return Ok(img);
                 }
             }
             return Err(not_found());
@@ -392,7 +410,7 @@ impl Store {
                         .unwrap_or_else(|_| n.clone()),
                 );
             }
-            let plan = crate::gc::plan_sweep(self, meta, &drop_tags, &doomed, false)?;
+            let plan = crate::gc::plan_removal(self, meta, &drop_tags, &doomed)?;
             crate::gc::apply_sweep(self, meta, &plan, &mut report, &mut trash)?;
             Ok(report)
         })?;
