@@ -104,3 +104,27 @@ fn usage_errors_are_one_error_line_too() {
         assert_one_line_error(&args.join(" "), &out);
     }
 }
+
+#[test]
+fn a_malformed_digest_is_called_invalid_not_unknown() {
+    let (_scratch, store) = loaded_store();
+    let too_long = format!("sha256:{}", "a".repeat(65));
+    let not_hex = format!("sha256:{}", "g".repeat(64));
+    for word in [too_long.as_str(), not_hex.as_str()] {
+        for command in [
+            &["inspect"][..],
+            &["rmi"],
+            &["tag", "x:1"],
+            &["save", "-o", "/dev/null"],
+        ] {
+            let mut args: Vec<&str> = command.to_vec();
+            args.insert(1, word);
+            let stderr = store.fails(&args);
+            assert!(stderr.contains("invalid digest"), "{args:?}: {stderr}");
+        }
+    }
+    // A well-formed digest nobody has is unknown, not invalid.
+    let unknown = format!("sha256:{}", "b".repeat(64));
+    let stderr = store.fails(&["inspect", unknown.as_str()]);
+    assert!(!stderr.contains("invalid"), "{stderr}");
+}
