@@ -164,13 +164,18 @@ fn db_options() -> Options {
     opts
 }
 
+/// Every family, `default` included: left out, it would be opened with
+/// RocksDB's default options and its 64 MiB memtable would size the log's
+/// preallocation.
 fn families() -> impl Iterator<Item = ColumnFamilyDescriptor> {
-    FAMILIES.iter().map(|name| {
-        let mut opts = Options::default();
-        opts.set_write_buffer_size(WRITE_BUFFER);
-        opts.set_target_file_size_base(WRITE_BUFFER as u64);
-        ColumnFamilyDescriptor::new(*name, opts)
-    })
+    std::iter::once(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+        .chain(FAMILIES.iter())
+        .map(|name| {
+            let mut opts = Options::default();
+            opts.set_write_buffer_size(WRITE_BUFFER);
+            opts.set_target_file_size_base(WRITE_BUFFER as u64);
+            ColumnFamilyDescriptor::new(*name, opts)
+        })
 }
 
 impl Meta {
