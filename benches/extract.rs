@@ -3,7 +3,8 @@
 //! reported per uncompressed tar byte and per file.
 //!
 //! Each iteration extracts into a fresh folder; removing it afterwards is
-//! not timed. The blob is in memory, so this measures decompression,
+//! not timed. `plain+syncfs` also times the `syncfs` the store runs before
+//! a layer counts, which is where early write-back shows. The blob is in memory, so this measures decompression,
 //! hashing and file creation, not reading the blob from disk.
 //!
 //! `bound/*` measures what extraction cannot beat on one thread:
@@ -58,37 +59,58 @@ fn extract_group(c: &mut Criterion, fixture: &Fixture, measurement: Duration) {
             elements: fixture.files,
             bytes: fixture.tar_len,
         });
-    for (compression, blob) in &fixture.blobs {
-        let mut n = 0u64;
-        group.bench_with_input(
-            BenchmarkId::from_parameter(compression_name(*compression)),
-            blob,
-            |b, blob| {
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        n += 1;
-                        let dest = scratch.path().join(format!("diff{n}"));
-                        std::fs::create_dir(&dest).expect("create dest");
-                        let start = Instant::now();
-                        let unpacked = unpack_layer(
-                            &mut blob.as_slice(),
-                            *compression,
-                            &dest,
-                            &Limits::default(),
-                        )
-                        .expect("extraction");
-                        spent += start.elapsed();
-                        assert_eq!(unpacked.size, fixture.tar_len);
-                        black_box(unpacked);
-                        std::fs::remove_dir_all(&dest).expect("remove dest");
+    let mut n = 0u64;
+    let plain = fixture
+        .blobs
+        .iter()
+        .filter(|(c, _)| *c == Compression::None)
+        .map(|(c, blob)| (*c, blob, true));
+    let runs = fixture
+        .blobs
+        .iter()
+        .map(|(c, blob)| (*c, blob, false))
+        .chain(plain);
+    for (compression, blob, durable) in runs {
+        let mut id = compression_name(compression).to_string();
+        if durable {
+            id.push_str("+syncfs");
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(id), blob, |b, blob| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let dest = scratch.path().join(format!("diff{n}"));
+                    std::fs::create_dir(&dest).expect("create dest");
+                    let start = Instant::now();
+                    let unpacked =
+                        unpack_layer(&mut blob.as_slice(), compression, &dest, &Limits::default())
+                            .expect("extraction");
+                    if durable {
+                        syncfs(&dest).expect("syncfs");
                     }
-                    spent
-                })
-            },
-        );
+                    spent += start.elapsed();
+                    assert_eq!(unpacked.size, fixture.tar_len);
+                    black_box(unpacked);
+                    std::fs::remove_dir_all(&dest).expect("remove dest");
+                }
+                spent
+            })
+        });
     }
     group.finish();
+}
+
+/// What the store does before a layer counts: write its filesystem back.
+fn syncfs(dir: &std::path::Path) -> io::Result<()> {
+    let dir = std::fs::File::open(dir)?;
+    // SAFETY: syncfs reads only the fd, which `dir` keeps open.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Decompression and both digests, discarding the tar: the floor of what
