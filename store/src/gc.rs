@@ -407,3 +407,44 @@ fn remove_idle_locks(store: &Store) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::digest::Digest;
+    use crate::lock::LeaseContent;
+    use crate::store::{Store, StoreOptions};
+    use std::path::Path;
+
+    /// A short link to a layer folder not renamed into place yet.
+    fn early_link(store: &Store, chain: &Digest) -> std::path::PathBuf {
+        let link = store.layer_store().link_path(chain);
+        std::os::unix::fs::symlink(Path::new("..").join(chain.hex()).join("diff"), &link).unwrap();
+        link
+    }
+
+    #[test]
+    fn gc_keeps_the_early_short_link_of_a_layer_being_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let leased = Digest::of(b"being imported");
+        let orphan = Digest::of(b"left by a crash");
+        let lease = store
+            .lease(&LeaseContent {
+                pid: std::process::id(),
+                blobs: Vec::new(),
+                layers: vec![leased],
+            })
+            .unwrap();
+        let kept = early_link(&store, &leased);
+        let removed = early_link(&store, &orphan);
+        store.gc(false).unwrap();
+        assert!(kept.symlink_metadata().is_ok(), "the leased layer's link");
+        assert!(removed.symlink_metadata().is_err(), "the dangling link");
+        drop(lease);
+        store.gc(false).unwrap();
+        assert!(
+            kept.symlink_metadata().is_err(),
+            "dangling once the lease is gone"
+        );
+    }
+}
