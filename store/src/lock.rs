@@ -134,17 +134,37 @@ pub struct Lease {
 impl Lease {
     /// Creates a lease with a fresh id under `leases_dir`. Call it with the
     /// root lock held, so gc never sees a lease half-written.
+    ///
+    /// Other commands list leases without the root lock, so a lease must
+    /// never show under its name before it is locked and written: it is
+    /// made as an unnamed file (`O_TMPFILE`), locked, written and synced,
+    /// then linked into `leases_dir`.
     pub fn create(leases_dir: &Path, content: &LeaseContent) -> Result<Lease> {
         let id = new_lease_id();
         let path = leases_dir.join(&id);
-        let file = OpenOptions::new()
+        let unnamed = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .ctx(|| format!("create lease {}", path.display()))?;
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(leases_dir);
+        let (file, named) = match unnamed {
+            Ok(f) => (f, false),
+            // A filesystem without unnamed files: created under its name,
+            // locked straight after.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&path)
+                    .ctx(|| format!("create lease {}", path.display()))?;
+                (f, true)
+            }
+            Err(e) => return Err(Error::io(format!("create lease {}", path.display()), e)),
+        };
         flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| Error::io(format!("lock lease {}", path.display()), e.into()))?;
         let lease = Lease {
@@ -154,7 +174,28 @@ impl Lease {
             content: Mutex::new(content.clone()),
         };
         lease.write()?;
+        if !named {
+            lease.link()?;
+        }
         Ok(lease)
+    }
+
+    /// Gives the unnamed lease file its name (the lock goes with it).
+    fn link(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let file = self
+            .file
+            .lock()
+            .map_err(|_| Error::Invalid("lease lock poisoned".into()))?;
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            fd_path.as_str(),
+            rustix::fs::CWD,
+            &self.path,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(|e| Error::io(format!("create lease {}", self.path.display()), e.into()))
     }
 
     /// The lease id; names of this command's entries in `tmp/` and
@@ -322,6 +363,44 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert!(!found[0].live);
         assert!(!dir.path().join("123-abc-def").exists());
+    }
+
+    /// Commands list leases without the root lock (to know which partial
+    /// downloads are still someone's), while another command may be
+    /// creating one under a shared lock: a lease must never be seen before
+    /// its lock is held, or it is taken for a dead one and removed, or its
+    /// creator fails to lock it.
+    #[test]
+    fn a_lease_being_created_is_never_taken_for_a_dead_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = live_leases(dir.path());
+                }
+            });
+            let content = LeaseContent {
+                pid: 1,
+                blobs: vec![Digest::of(b"a")],
+                layers: vec![],
+            };
+            for i in 0..2000 {
+                let lease = Lease::create(dir.path(), &content);
+                let lease = match lease {
+                    Ok(l) => l,
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        panic!("creation {i} failed: {e}");
+                    }
+                };
+                if !lease.path.exists() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("lease {i} was removed while its creator holds it");
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     #[test]
