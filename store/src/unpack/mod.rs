@@ -304,5 +304,6 @@ fn apply_tar(
         flusher.extracted(written + ENTRY_COST);
     }
     applier.finish()?;
+    flusher.finish();
     Ok((entries, file_bytes))
 }

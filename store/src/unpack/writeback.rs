@@ -17,6 +17,11 @@
 //!   file, measured twice as slow on 100k small files), while one `syncfs`
 //!   writes many files' blocks and metadata in one journal commit, on a
 //!   thread that only waits.
+//!
+//! When anything was written back early, extraction ends with one more
+//! `syncfs` on an fd opened before it began, so no write-back error of the
+//! layer goes unreported (the kernel reports one only to fds already open
+//! when it happened).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -49,18 +54,41 @@ pub(crate) fn start(fd: BorrowedFd<'_>, offset: u64, len: u64) {
 pub(crate) struct Flusher {
     requests: SyncSender<()>,
     pending: u64,
+    /// Some data was sent to disk early (a flush asked for, or a file big
+    /// enough for `sync_file_range`).
+    started: bool,
 }
 
 impl Flusher {
-    /// Notes `bytes` more extracted (file data plus a little per entry).
+    /// Notes an entry of `bytes` extracted (file data plus a little per
+    /// entry).
     pub(crate) fn extracted(&mut self, bytes: u64) {
+        self.started |= bytes >= STEP;
         self.pending += bytes;
         if self.pending >= FLUSH_EVERY {
-            // Full: a flush is already queued and will cover these bytes.
-            match self.requests.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) => self.pending = 0,
-                Err(TrySendError::Disconnected(())) => {}
+            self.request();
+        }
+    }
+
+    fn request(&mut self) {
+        // Full: a flush is already queued and will cover these bytes.
+        match self.requests.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => {
+                self.pending = 0;
+                self.started = true;
             }
+            Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+
+    /// Extraction is complete. When write-back was started early, one last
+    /// `syncfs` on the fd opened before extraction: write-back errors are
+    /// reported to the fds open when they happen, so an fd opened later
+    /// (the store's own `syncfs`) might not hear of them.
+    pub(crate) fn finish(self) {
+        if self.started {
+            // After the last request, so it covers everything.
+            let _ = self.requests.send(());
         }
     }
 }
@@ -87,7 +115,53 @@ pub(crate) fn flusher() -> (Flusher, Receiver<()>) {
         Flusher {
             requests,
             pending: 0,
+            started: false,
         },
         receiver,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_are_asked_for_every_flush_every_bytes_and_once_at_the_end() {
+        let (mut flusher, requests) = flusher();
+        flusher.extracted(FLUSH_EVERY - 1);
+        assert!(requests.try_recv().is_err(), "too early");
+        flusher.extracted(1);
+        assert!(requests.try_recv().is_ok());
+        flusher.extracted(FLUSH_EVERY / 2);
+        flusher.finish();
+        assert!(requests.try_recv().is_ok(), "the last one");
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[test]
+    fn nothing_is_flushed_when_nothing_was_written_back_early() {
+        let (mut flusher, requests) = flusher();
+        flusher.extracted(STEP - 1);
+        flusher.finish();
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_big_file_alone_asks_for_the_last_flush() {
+        let (mut flusher, requests) = flusher();
+        flusher.extracted(STEP);
+        flusher.finish();
+        assert!(requests.try_recv().is_ok());
+    }
+
+    #[test]
+    fn the_flush_loop_syncs_until_the_flusher_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(dir.path()).unwrap());
+        let (mut flusher, requests) = flusher();
+        let thread = std::thread::spawn(move || flush_loop(fd, requests));
+        flusher.extracted(FLUSH_EVERY);
+        flusher.finish();
+        thread.join().unwrap().unwrap();
+    }
 }
