@@ -380,6 +380,68 @@ mod tests {
         assert_eq!(meta.all::<BlobRecord>(CF_BLOBS).unwrap().len(), 12);
     }
 
+    fn put_blob(meta: &Meta, i: u8) {
+        let mut b = meta.batch();
+        let rec = BlobRecord {
+            size: i as u64,
+            media_type: "m".into(),
+            refs: 1,
+        };
+        b.put(CF_BLOBS, Digest::of(&[i]).as_bytes(), &rec).unwrap();
+        b.commit().unwrap();
+    }
+
+    /// The newest write-ahead log of a closed database.
+    fn newest_log(dir: &Path) -> std::path::PathBuf {
+        let mut logs: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs.pop().expect("a write-ahead log")
+    }
+
+    /// A writer killed half-way through a write leaves a torn record at the
+    /// end of its log; a read-only open (which replays the log without
+    /// repairing it) must still open and see every completed write.
+    #[test]
+    fn a_read_only_open_survives_a_torn_log_tail() {
+        for torn in ["garbage", "cut"] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let meta = Meta::open(dir.path()).unwrap();
+                put_blob(&meta, 1);
+                put_blob(&meta, 2);
+            }
+            let log = newest_log(dir.path());
+            let len = std::fs::metadata(&log).unwrap().len();
+            assert!(len > 0, "the writes are in the log");
+            match torn {
+                "garbage" => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                    // A record header promising more than follows.
+                    f.write_all(&[0x11, 0x22, 0x33, 0x44, 0xff, 0x7f, 1, 9, 9])
+                        .unwrap();
+                }
+                _ => {
+                    // The second write only half on disk.
+                    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+                    f.set_len(len - 5).unwrap();
+                }
+            }
+            let meta = Meta::open_read_only(dir.path())
+                .unwrap_or_else(|e| panic!("read-only open after a {torn} tail: {e}"));
+            let blobs = meta.all::<BlobRecord>(CF_BLOBS).unwrap();
+            let want = if torn == "cut" { 1 } else { 2 };
+            assert_eq!(blobs.len(), want, "after a {torn} tail");
+            drop(meta);
+            let meta = Meta::open(dir.path()).unwrap();
+            assert_eq!(meta.all::<BlobRecord>(CF_BLOBS).unwrap().len(), want);
+        }
+    }
+
     #[test]
     fn decoding_checks_the_version_byte() {
         assert!(decode::<BlobRecord>(b"k", &[]).is_err());

@@ -141,8 +141,16 @@ impl Store {
         if !Meta::exists(&db) {
             return self.session(f);
         }
-        let _lock = RootLock::acquire_shared(&self.root, &*self.opts.on_wait)?;
-        let meta = Meta::open_read_only(&db)?;
+        let lock = RootLock::acquire_shared(&self.root, &*self.opts.on_wait)?;
+        let meta = match Meta::open_read_only(&db) {
+            Ok(meta) => meta,
+            // A database whose first open was cut short lacks column
+            // families; a write session makes them (or says what is wrong).
+            Err(_) => {
+                drop(lock);
+                return self.session(f);
+            }
+        };
         f(&meta)
     }
 
@@ -575,4 +583,25 @@ fn docker_archive_descriptor(
         *diff_id,
         size,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process killed during the very first open of a root can leave a
+    /// database that has its CURRENT file but not yet all its column
+    /// families. Reading commands must still work (and the first of them
+    /// completes the database), not fail until some writer runs.
+    #[test]
+    fn a_database_left_half_created_is_completed_by_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        drop(rocksdb::DB::open_default(dir.path().join("db")).unwrap());
+        assert!(Meta::exists(&dir.path().join("db")));
+        assert!(store.images().unwrap().is_empty());
+        assert_eq!(store.df().unwrap().images, 0);
+        // Read-only from now on: the families exist.
+        Meta::open_read_only(&dir.path().join("db")).unwrap();
+    }
 }
