@@ -148,15 +148,17 @@ impl Store {
             let json =
                 serde_json::to_vec_pretty(&record).map_err(|e| Error::Invalid(e.to_string()))?;
             fs::write(&record_path, json).ctx(|| format!("write {}", record_path.display()))?;
+            // Mounted before the lock goes: `mounts` (which drops records
+            // whose mount is gone) and gc never see the record unmounted.
+            if let Err(e) = self.do_mount(&record, &target) {
+                let _ = fs::remove_file(&record_path);
+                if let Some(c) = &record.container {
+                    let _ = fs::remove_dir_all(self.root().join("containers").join(c));
+                }
+                return Err(e);
+            }
             Ok(record)
         })?;
-        if let Err(e) = self.do_mount(&record, &target) {
-            let _ = fs::remove_file(&record_path);
-            if let Some(c) = &record.container {
-                let _ = fs::remove_dir_all(self.root().join("containers").join(c));
-            }
-            return Err(e);
-        }
         Ok(record)
     }
 
