@@ -441,3 +441,21 @@ fn a_mounted_image_is_left_alone() {
     assert_eq!(report["images_removed"], 1, "{report:#}");
     assert_fsck_clean(&store, "after unmount and repair");
 }
+
+#[test]
+fn a_repaired_base_layer_keeps_its_whiteouts_out_as_a_pull_does() {
+    // One layer holding whiteouts: mounted as a bind mount of that layer,
+    // so a whiteout extracted by the repair would show as a 0/0 device.
+    let single = ImageBuilder::new()
+        .layer(scenes::small_app("single"))
+        .build();
+    let store = store_with(&[(&single, A)]);
+    let before = mounted_files(&store, A);
+    let layers = chains(&store, A);
+    damage("emptied diff/", &layer_dir(&store, &layers[0]));
+    assert_fsck_finds(&store, hex(&layers[0]));
+    let (ok, report) = fsck(&store, true);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["layers_reextracted"], 1);
+    assert_same_tree(&before, &mounted_files(&store, A), "base layer repaired");
+}

@@ -213,7 +213,10 @@ fn blob_cannot_give_layer(e: &Error) -> bool {
         Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => true,
         Error::Unpack { source, .. } => !matches!(
             source,
-            UnpackError::Destination { .. } | UnpackError::Fs { .. } | UnpackError::Io(_)
+            UnpackError::Destination { .. }
+                | UnpackError::Fs { .. }
+                | UnpackError::Io(_)
+                | UnpackError::WriteBack { .. }
         ),
         _ => false,
     }
@@ -350,12 +353,23 @@ impl Check<'_> {
             chain.hex()
         ))?;
         let mut file = store.content().open(blob)?;
-        let unpacked =
-            unpack::unpack_layer(&mut file, declared, &staging.diff(), &store.opts.limits)
-                .map_err(|source| Error::Unpack {
-                    layer: blob.to_string(),
-                    source,
-                })?;
+        // As import does: a base layer's whiteouts hide nothing.
+        let position = if layer.parents.is_empty() {
+            unpack::LayerPosition::Base
+        } else {
+            unpack::LayerPosition::Upper
+        };
+        let unpacked = unpack::unpack_layer_at(
+            &mut file,
+            declared,
+            &staging.diff(),
+            &store.opts.limits,
+            position,
+        )
+        .map_err(|source| Error::Unpack {
+            layer: blob.to_string(),
+            source,
+        })?;
         if unpacked.compressed_digest != *blob {
             return Err(Error::DigestMismatch {
                 what: format!("blob {blob}"),
