@@ -4,6 +4,7 @@
 # of every layer in parallel), on a corpus made here.
 #
 #   scripts/bench-compare.sh [--quick] [--runs N] [--size SIZE] [--out FILE] [--keep]
+#                            [--only "realistic small big"]
 #
 # Corpus (each image in gzip, zstd and uncompressed variants):
 #   realistic  debootstrap --variant=minbase bookworm rootfs; a layer of
@@ -12,6 +13,7 @@
 #   small      one layer of 100,000 small files (0-4 KiB)
 #   big        one layer of 8 files of 128 MiB (~1 GiB; half random bytes)
 # --quick makes small 20,000 files and big 256 MiB, and runs everything once.
+# --only runs the named images only (e.g. to repeat one on a quieter machine).
 # --keep leaves the scratch filesystem (corpus, OCI layouts) mounted for
 # profiling and says where.
 #
@@ -32,7 +34,7 @@ BENCH_NAME=bench-compare
 top="$(cd "$(dirname "$0")/.." && pwd)"
 . "$top/scripts/bench-lib.sh"
 
-quick=0 runs="" size=40G out="" keep=0
+quick=0 runs="" size=40G out="" keep=0 only="realistic small big"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --only) only=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) bench_die "unknown argument $1 (see --help)" ;;
   esac
@@ -213,18 +216,27 @@ make_layout() {
 
 t0=$(date +%s)
 bench_log "building the corpus (debootstrap from $mirror, python .debs, $small_files small files, $big_count x $big_mib MiB)"
-make_base
-make_python
-make_app
-make_small "$small_files"
-make_big "$big_count" "$big_mib"
-layer_tar "$C/base" base --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*'
-layer_tar "$C/python" python
-layer_tar "$C/app" app
-layer_tar "$C/small" small
-layer_tar "$C/big" big
+wanted() { [[ " $only " == *" $1 "* ]]; }
+if wanted realistic; then
+  make_base
+  make_python
+  make_app
+  layer_tar "$C/base" base --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*'
+  layer_tar "$C/python" python
+  layer_tar "$C/app" app
+fi
+if wanted small; then
+  make_small "$small_files"
+  layer_tar "$C/small" small
+fi
+if wanted big; then
+  make_big "$big_count" "$big_mib"
+  layer_tar "$C/big" big
+fi
 for t in "$C"/tars/*.tar; do sha256sum "$t" | cut -d' ' -f1 > "$t.sha256"; done
-images=(realistic small big)
+images=()
+for img in realistic small big; do wanted "$img" && images+=("$img"); done
+[ ${#images[@]} -gt 0 ] || bench_die "--only: none of realistic, small, big named"
 declare -A image_layers=([realistic]="base python app" [small]="small" [big]="big")
 comps=(gzip zstd plain)
 for img in "${images[@]}"; do
@@ -483,17 +495,19 @@ min_of() { printf '%s\n' "$@" | grep -v NA | sort -g | head -1 || true; }
       echo "| $img $comp | ${n_layers[$img]} | $(bench_si "${blob_bytes[$c]}")B | $(bench_si "${tar_bytes[$img]}")B | $(bench_si "${n_files[$img]}") | $(fmt_s "$l") | $(fmt_s "$cd") | $(fmt_s "$pd") | $(fmt_s "$su") | $(fmt_s "$tx") | $(fmt_s "$ts") | $(fmt_s "$dc") | $(fmt_s "$sh") | $(fmt_ratio "$l" "${faster:-NA}") | $(fmt_ratio "$l" "$tx") | $(fmt_ratio "$l" "$ts") |"
     done
   done
-  echo
-  echo "### Files per second, cold pull (the small-files image)"
-  echo
-  echo "| image | lstore pull | containerd | podman | tar -x | tar -x + syncfs | lstore / tar -x |"
-  echo "|---|---|---|---|---|---|---|"
-  for comp in "${comps[@]}"; do
-    c="small-$comp" f=${n_files[small]}
-    fps() { awk -v f="$f" -v s="$1" 'BEGIN { if (s == "NA") print "n/a"; else printf "%.0f", f / s }'; }
-    l=$(median "$c.lstore_pull") tx=$(median "$c.tar")
-    echo "| small $comp | $(fps "$l") | $(fps "$(median "$c.containerd")") | $(fps "$(median "$c.podman")") | $(fps "$tx") | $(fps "$(median "$c.tar_sync")") | $(fmt_ratio "$tx" "$l") |"
-  done
+  if wanted small; then
+    echo
+    echo "### Files per second, cold pull (the small-files image)"
+    echo
+    echo "| image | lstore pull | containerd | podman | tar -x | tar -x + syncfs | lstore / tar -x |"
+    echo "|---|---|---|---|---|---|---|"
+    for comp in "${comps[@]}"; do
+      c="small-$comp" f=${n_files[small]}
+      fps() { awk -v f="$f" -v s="$1" 'BEGIN { if (s == "NA") print "n/a"; else printf "%.0f", f / s }'; }
+      l=$(median "$c.lstore_pull") tx=$(median "$c.tar")
+      echo "| small $comp | $(fps "$l") | $(fps "$(median "$c.containerd")") | $(fps "$(median "$c.podman")") | $(fps "$tx") | $(fps "$(median "$c.tar_sync")") | $(fmt_ratio "$tx" "$l") |"
+    done
+  fi
   echo
   echo "### Load of an OCI layout, cold (seconds), and re-pull of a present image"
   echo
