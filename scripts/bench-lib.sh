@@ -92,7 +92,7 @@ bench_fs_of() {
   local t
   t=$(stat -f -c %T "$1")
   case "$t" in
-    ext2/ext3) echo "ext4 (loop-mounted image)" ;;
+    ext2/ext3) echo "ext4 (an image file on a direct-I/O loop device)" ;;
     *) echo "$t" ;;
   esac
 }
