@@ -72,7 +72,8 @@ impl ContentStore {
         Ok(BlobWriter {
             file: io::BufWriter::with_capacity(1 << 20, file),
             path,
-            hasher: Hasher::new(),
+            hasher: Some(Hasher::new()),
+            received: 0,
             dir: self.dir.clone(),
             skip: 0,
             keep: false,
@@ -117,7 +118,8 @@ impl ContentStore {
                 BlobWriter {
                     file: io::BufWriter::with_capacity(1 << 20, file),
                     path,
-                    hasher: Hasher::new(),
+                    hasher: Some(Hasher::new()),
+                    received: 0,
                     dir: self.dir.clone(),
                     skip: held,
                     keep: false,
@@ -194,7 +196,10 @@ impl ContentStore {
 pub struct BlobWriter {
     file: io::BufWriter<File>,
     path: PathBuf,
-    hasher: Hasher,
+    /// `None` once the caller took over hashing (`hashed_by_caller`).
+    hasher: Option<Hasher>,
+    /// Bytes given to the writer, skipped ones included.
+    received: u64,
     dir: PathBuf,
     /// Bytes already in the file (a resumed download): hashed, not written.
     skip: u64,
@@ -212,7 +217,14 @@ impl BlobWriter {
     }
 
     pub fn written(&self) -> u64 {
-        self.hasher.len()
+        self.received
+    }
+
+    /// The caller hashes every byte it gives this writer (the layer
+    /// pipeline does, for the manifest digest) and passes the digest to
+    /// `commit_hashed`: one sha256 of a blob instead of two.
+    pub fn hashed_by_caller(&mut self) {
+        self.hasher = None;
     }
 
     /// Flushes, fsyncs and verifies the blob, then renames it into place.
@@ -225,7 +237,29 @@ impl BlobWriter {
     /// and verified, just before the blob becomes visible (to protect it
     /// from gc when the digest was not known in advance).
     pub fn commit_with(
+        self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        before_rename: impl FnOnce(&Digest) -> Result<()>,
+    ) -> Result<(Digest, u64)> {
+        self.finish(None, expected, size, before_rename)
+    }
+
+    /// `commit_with` for a writer whose bytes the caller hashed: `digest`
+    /// is the sha256 of exactly the bytes given to it.
+    pub fn commit_hashed(
+        self,
+        digest: Digest,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        before_rename: impl FnOnce(&Digest) -> Result<()>,
+    ) -> Result<(Digest, u64)> {
+        self.finish(Some(digest), expected, size, before_rename)
+    }
+
+    fn finish(
         mut self,
+        hashed: Option<Digest>,
         expected: Option<&Digest>,
         size: Option<u64>,
         before_rename: impl FnOnce(&Digest) -> Result<()>,
@@ -240,9 +274,17 @@ impl BlobWriter {
                 self.skip
             )));
         }
-        let hasher = std::mem::take(&mut self.hasher);
-        let len = hasher.len();
-        let digest = hasher.finish();
+        let len = self.received;
+        let digest = match (hashed, self.hasher.take()) {
+            (Some(d), _) => d,
+            (None, Some(hasher)) => hasher.finish(),
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "{}: committed without a digest although the caller hashed it",
+                    self.path.display()
+                )))
+            }
+        };
         // The size first: a blob of the wrong length has the wrong digest
         // too, and its length says more about what went wrong.
         if let Some(s) = size {
@@ -284,12 +326,18 @@ impl Write for BlobWriter {
             let k = buf
                 .len()
                 .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
-            self.hasher.update(&buf[..k]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..k]);
+            }
             self.skip -= k as u64;
+            self.received += k as u64;
             return Ok(k);
         }
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.received += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -439,6 +487,36 @@ mod tests {
         assert!(cs.contains(&d));
         assert_eq!(cs.read(&d, 100).unwrap(), b"hello");
         assert_eq!(cs.put_bytes("t.2", b"hello", Some(&d)).unwrap(), d);
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(cs.list().unwrap().0, vec![d]);
+    }
+
+    #[test]
+    fn a_writer_hashed_by_its_caller_takes_the_callers_digest() {
+        let (dir, cs) = store();
+        let d = Digest::of(b"hello");
+        let mut w = cs.writer("t.1").unwrap();
+        w.hashed_by_caller();
+        w.write_all(b"hello").unwrap();
+        assert_eq!(w.written(), 5);
+        let (got, len) = w.commit_hashed(d, Some(&d), Some(5), |_| Ok(())).unwrap();
+        assert_eq!((got, len), (d, 5));
+        assert_eq!(cs.read(&d, 100).unwrap(), b"hello");
+
+        // The caller's digest is still checked against the expected one.
+        let mut w = cs.writer("t.2").unwrap();
+        w.hashed_by_caller();
+        w.write_all(b"hellO").unwrap();
+        let other = Digest::of(b"hellO");
+        assert!(matches!(
+            w.commit_hashed(other, Some(&d), Some(5), |_| Ok(())),
+            Err(Error::DigestMismatch { .. })
+        ));
+        // Without a digest it refuses rather than inventing one.
+        let mut w = cs.writer("t.3").unwrap();
+        w.hashed_by_caller();
+        w.write_all(b"x").unwrap();
+        assert!(w.commit(None, None).is_err());
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
         assert_eq!(cs.list().unwrap().0, vec![d]);
     }

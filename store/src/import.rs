@@ -364,10 +364,11 @@ fn store_layer(
                 .content
                 .claim_partial(&d.digest, &name, &|id| live.iter().any(|l| l == id))?
                 .filter(|(_, held)| *held < d.size);
-            let (w, held) = match claimed {
+            let (mut w, held) = match claimed {
                 Some(c) => c,
                 None => (store.content.writer(&name)?, 0),
             };
+            w.hashed_by_caller();
             let opened = if held > 0 {
                 req.source.open_at(i, held).map(|rest| {
                     let done = std::fs::File::open(store.content.ingest_path(&name))
@@ -396,10 +397,11 @@ fn store_layer(
                 }
             }
         }
-        (None, _) => (
-            req.source.open(i)?,
-            Some(store.content.writer(&store.unique(lease, "blob"))?),
-        ),
+        (None, _) => {
+            let mut w = store.content.writer(&store.unique(lease, "blob"))?;
+            w.hashed_by_caller();
+            (req.source.open(i)?, Some(w))
+        }
     };
     // A blob longer or shorter than its descriptor says is reported as
     // such, not as whatever the decompressor made of the cut.
@@ -438,7 +440,7 @@ fn store_layer(
         }
     };
     if let Some(w) = writer.take() {
-        let (d, _) = commit_blob(store, lease, w, expected)?;
+        let (d, _) = commit_blob(store, lease, w, expected, unpacked_digest, csize)?;
         lock_list(&created.blobs)?.push(d);
     }
     let file_bytes = if present {
@@ -577,18 +579,29 @@ fn lock_list(list: &Mutex<Vec<Digest>>) -> Result<std::sync::MutexGuard<'_, Vec<
         .map_err(|_| Error::Invalid("a layer thread panicked".into()))
 }
 
-/// Commits a layer blob. A digest the lease did not name in advance (a
-/// compressed docker-archive layer) is added to it first, under the root
-/// lock, so a concurrent gc cannot take the blob for an orphan.
+/// Commits a layer blob under `digest`, the sha256 the extraction pipeline
+/// computed over every byte it read, which are the bytes the writer got
+/// (see `Tee`; `written` must equal what the pipeline counted). A digest the
+/// lease did not name in advance (a compressed docker-archive layer) is
+/// added to it first, under the root lock, so a concurrent gc cannot take
+/// the blob for an orphan.
 fn commit_blob(
     store: &Store,
     lease: &Lease,
     writer: crate::content::BlobWriter,
     expected: Option<&Descriptor>,
+    digest: Digest,
+    read: u64,
 ) -> Result<(Digest, u64)> {
+    if writer.written() != read {
+        return Err(Error::Invalid(format!(
+            "blob {digest}: {} bytes stored but {read} read",
+            writer.written()
+        )));
+    }
     match expected {
-        Some(d) => writer.commit(Some(&d.digest), Some(d.size)),
-        None => writer.commit_with(None, None, |d| {
+        Some(d) => writer.commit_hashed(digest, Some(&d.digest), Some(d.size), |_| Ok(())),
+        None => writer.commit_hashed(digest, None, None, |d| {
             let _lock = crate::lock::RootLock::acquire(store.root(), &*store.opts.on_wait)?;
             lease.add_blob(*d)
         }),
