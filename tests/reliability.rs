@@ -704,6 +704,309 @@ fn kill_anything_at_any_point() {
     );
 }
 
+// ------------------------------------------------- kill during a commit
+
+/// A `lstore mount --rw`, undone when dropped even if a check panics;
+/// `umount` asserts the regular way out works.
+struct RwMount<'a> {
+    store: &'a Lstore,
+    target: TempDir,
+    mounted: bool,
+}
+
+impl<'a> RwMount<'a> {
+    fn new(store: &'a Lstore, reference: &str) -> RwMount<'a> {
+        let target = tempfile::Builder::new()
+            .prefix("lstore-rel-rw-")
+            .tempdir()
+            .expect("mount point");
+        store.ok(&[
+            "mount",
+            "--rw",
+            reference,
+            target.path().to_str().expect("utf-8"),
+        ]);
+        RwMount {
+            store,
+            target,
+            mounted: true,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.target.path()
+    }
+
+    fn target(&self) -> String {
+        self.path().to_str().expect("utf-8").to_string()
+    }
+
+    fn umount(mut self, what: &str) {
+        let out = self.store.run(&["umount", &self.target()]);
+        assert!(
+            out.success(),
+            "{what}: lstore umount failed: {}",
+            out.stderr
+        );
+        self.mounted = false;
+    }
+}
+
+impl Drop for RwMount<'_> {
+    fn drop(&mut self) {
+        if self.mounted {
+            let target = self.target();
+            if !self.store.run(&["umount", &target]).success() {
+                let _ = Command::new("umount").arg("-l").arg(&target).status();
+            }
+        }
+    }
+}
+
+/// The changes a commit stores: a file of a few MiB (so the commit takes
+/// long enough for a kill to land inside it), a small one, a deletion of
+/// a lower file (a whiteout). Returns the tree the mount shows.
+fn change_for_commit(mount: &RwMount, iteration: u64) -> Tree {
+    let root = mount.path();
+    fs::create_dir_all(root.join("committed")).expect("mkdir");
+    fs::write(
+        root.join("committed/big"),
+        noise(4 * 1024 * 1024, 1000 + iteration),
+    )
+    .expect("write big");
+    fs::write(root.join("committed/iteration"), format!("{iteration}\n")).expect("write small");
+    fs::remove_file(root.join(COMMIT_DELETED)).expect("delete a lower file");
+    snapshot(root)
+}
+
+/// The lower file every commit deletes.
+const COMMIT_DELETED: &str = "usr/lib/lib3.so";
+
+/// A committed image mounts read-only as the tree its mount showed: the
+/// written files there, the deleted one gone.
+fn assert_commit_stored(store: &Lstore, reference: &str, written: &Tree, what: &str) {
+    let mount = StoreMount::new(store, reference);
+    let actual = snapshot(mount.target.path());
+    drop(mount);
+    assert!(
+        actual.get("committed/big").is_some() && actual.get("committed/iteration").is_some(),
+        "{what}: {reference} lacks the written files"
+    );
+    assert!(
+        actual.get(COMMIT_DELETED).is_none(),
+        "{what}: {reference} still shows the deleted {COMMIT_DELETED}"
+    );
+    let differences = diff(written, &actual);
+    assert!(
+        differences.is_empty(),
+        "{what}: {reference} differs from the mount it was committed from:\n  {}",
+        differences
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+/// What the commit kill loop did.
+#[derive(Default, Debug)]
+struct CommitKillSummary {
+    iterations: u64,
+    kills: u64,
+    finished: u64,
+    /// Killed commits whose image was listed (and intact) afterwards.
+    killed_but_stored: u64,
+    repairs: u64,
+    problem_kinds: BTreeMap<String, u64>,
+    lost: u64,
+}
+
+fn run_commit_kill_loop(iterations: u64, seed: u64) -> CommitKillSummary {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let image = image_on(&base_layer(7), "c0", Compression::Gzip);
+    let base_ref = "example.com/commit/base:1";
+    let layout = layout_of(&scratch.path().join("base"), &image, base_ref);
+    store.ok(&["load", "-q", "-i", layout.to_str().expect("utf-8")]);
+    let base_tree = expected_tree(&image);
+    let base_blobs = store.blobs();
+    let base_layers = store.layer_dirs();
+    let reference = |i: u64| format!("example.com/commit/c:i{i}");
+    let mut rng = Rng::new(seed);
+
+    // Calibration: one commit left to finish, removed again.
+    let typical = {
+        let mount = RwMount::new(&store, base_ref);
+        let written = change_for_commit(&mount, iterations);
+        let start = Instant::now();
+        store.ok(&[
+            "commit",
+            &mount.target(),
+            "example.com/commit/c:calibration",
+        ]);
+        let took = start.elapsed();
+        mount.umount("calibration");
+        assert_commit_stored(
+            &store,
+            "example.com/commit/c:calibration",
+            &written,
+            "calibration",
+        );
+        store.ok(&["rmi", "example.com/commit/c:calibration"]);
+        store.ok(&["gc"]);
+        took
+    };
+    let mut typical = typical;
+    eprintln!("commit kill loop: seed {seed}, {iterations} iterations, calibrated {typical:?}");
+
+    let mut summary = CommitKillSummary::default();
+    let mut stored: Vec<String> = Vec::new();
+    for iteration in 0..iterations {
+        let name = reference(iteration);
+        let mount = RwMount::new(&store, base_ref);
+        let written = change_for_commit(&mount, iteration);
+        // Up to 1.1 times the typical run time, as in the kill loop.
+        let delay = Duration::from_micros(rng.below(typical.as_micros() as u64 * 11 / 10));
+        let args = vec!["commit".to_string(), mount.target(), name.clone()];
+        let mut child = store.spawn(&args);
+        let start = Instant::now();
+        let exited = loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break Some(start.elapsed());
+            }
+            let spent = start.elapsed();
+            if spent >= delay {
+                break None;
+            }
+            sleep((delay - spent).min(Duration::from_millis(2)));
+        };
+        match exited {
+            Some(took) => typical = (typical * 2 + took) / 3,
+            None => {
+                let _ = child.kill();
+                typical = typical.max(delay + delay / 4);
+            }
+        }
+        let output = child.wait_with_output().expect("wait");
+        let what =
+            format!("iteration {iteration} (seed {seed}): lstore commit killed after {delay:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let killed = output.status.signal() == Some(libc::SIGKILL);
+        if killed {
+            summary.kills += 1;
+        } else {
+            summary.finished += 1;
+            assert!(
+                output.status.success(),
+                "{what}: finished but failed ({}): {stderr}",
+                output.status
+            );
+        }
+        summary.iterations += 1;
+        mount.umount(&what);
+
+        // Before any repair: a listed commit is a whole one.
+        let listed_before = listed(&store).contains_key(&name);
+        if !killed && !listed_before {
+            summary.lost += 1;
+            panic!("{what}: LOST {name}: a finished commit is not listed");
+        }
+        if listed_before {
+            assert_commit_stored(&store, &name, &written, &what);
+            if killed {
+                summary.killed_but_stored += 1;
+            }
+            stored.push(name.clone());
+        }
+
+        let problems = fsck_or_repair(&store, &what);
+        if !problems.is_empty() {
+            summary.repairs += 1;
+            for p in &problems {
+                *summary.problem_kinds.entry(problem_kind(p)).or_insert(0) += 1;
+            }
+        }
+        let tags = listed(&store);
+        for earlier in &stored {
+            if !tags.contains_key(earlier) {
+                summary.lost += 1;
+                panic!("{what}: LOST {earlier}: stored before, no longer listed");
+            }
+        }
+        assert!(
+            tags.keys()
+                .filter(|t| t.starts_with("example.com/commit/c:"))
+                .count()
+                == stored.len(),
+            "{what}: images listed that no commit stored: {tags:?}"
+        );
+        assert_mounts_as(&store, base_ref, &base_tree);
+    }
+
+    // The end: the committed images removed, one gc leaves the store as
+    // it was with the base alone.
+    for name in &stored {
+        store.ok(&["rmi", name]);
+    }
+    store.ok(&["gc"]);
+    assert_fsck_clean(&store, "after the commit kill loop");
+    assert_eq!(
+        store.unfinished(),
+        Vec::<String>::new(),
+        "gc empties tmp/, ingest/"
+    );
+    assert_eq!(
+        common::lstore::list(&store.path("containers")),
+        Vec::<String>::new(),
+        "umount and gc empty containers/"
+    );
+    assert_eq!(
+        store.blobs(),
+        base_blobs,
+        "gc leaves the base's blobs alone"
+    );
+    assert_eq!(
+        store.layer_dirs(),
+        base_layers,
+        "gc leaves the base's layer folders alone"
+    );
+    assert_mounts_as(&store, base_ref, &base_tree);
+    summary
+}
+
+/// `lstore commit` SIGKILLed at random points of its run, in its own loop
+/// so that the kill loop's figures stay comparable. 50 iterations take
+/// about 20 s here (more beside other tests);
+/// `LSTORE_COMMIT_KILL_ITERATIONS` and `LSTORE_KILL_SEED` change the
+/// length and the seed.
+#[test]
+fn kill_during_commit() {
+    let iterations = env_number("LSTORE_COMMIT_KILL_ITERATIONS", 50);
+    let seed = env_number("LSTORE_KILL_SEED", 0x6c73_746f_7265);
+    let start = Instant::now();
+    let s = run_commit_kill_loop(iterations, seed);
+    report(&format!(
+        "commit kill loop (seed {seed}): {} iterations in {:.0?}, {} killed mid-run \
+         ({} of them stored whole), {} finished first, {} needed fsck --repair + gc, {} lost",
+        s.iterations,
+        start.elapsed(),
+        s.kills,
+        s.killed_but_stored,
+        s.finished,
+        s.repairs,
+        s.lost
+    ));
+    for (kind, n) in &s.problem_kinds {
+        report(&format!("  fsck after a killed commit found {n}×: {kind}"));
+    }
+    assert_eq!(s.lost, 0);
+    assert!(
+        s.kills * 3 >= s.iterations,
+        "at least a third of the iterations must kill a running commit: {s:?}"
+    );
+}
+
 // ------------------------------------------------ processes side by side
 
 /// Images on one shared base, each with its expected tree.
