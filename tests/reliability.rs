@@ -350,6 +350,23 @@ fn problem_kind(line: &str) -> String {
 
 // ------------------------------------------------------------- kill loop
 
+/// Lets `child` run for up to `delay`: returns how long it took when it
+/// exited by then, else SIGKILLs it and returns `None`.
+fn exit_or_kill(child: &mut std::process::Child, delay: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return Some(start.elapsed());
+        }
+        let spent = start.elapsed();
+        if spent >= delay {
+            let _ = child.kill();
+            return None;
+        }
+        sleep((delay - spent).min(Duration::from_millis(2)));
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Load(usize),
@@ -560,23 +577,10 @@ fn run_kill_loop(iterations: u64, seed: u64) -> KillSummary {
         let delay = Duration::from_micros(world.rng.below(typical.as_micros() as u64 * 11 / 10));
         let before: Vec<bool> = world.present.clone();
         let mut child = store.spawn(&args);
-        let start = Instant::now();
-        let exited = loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break Some(start.elapsed());
-            }
-            let spent = start.elapsed();
-            if spent >= delay {
-                break None;
-            }
-            sleep((delay - spent).min(Duration::from_millis(2)));
-        };
+        let exited = exit_or_kill(&mut child, delay);
         match exited {
             Some(took) => world.learn(kind, took, true),
-            None => {
-                let _ = child.kill();
-                world.learn(kind, delay, false);
-            }
+            None => world.learn(kind, delay, false),
         }
         let output = child.wait_with_output().expect("wait");
         let what = format!(
@@ -870,23 +874,10 @@ fn run_commit_kill_loop(iterations: u64, seed: u64) -> CommitKillSummary {
         let delay = Duration::from_micros(rng.below(typical.as_micros() as u64 * 11 / 10));
         let args = vec!["commit".to_string(), mount.target(), name.clone()];
         let mut child = store.spawn(&args);
-        let start = Instant::now();
-        let exited = loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break Some(start.elapsed());
-            }
-            let spent = start.elapsed();
-            if spent >= delay {
-                break None;
-            }
-            sleep((delay - spent).min(Duration::from_millis(2)));
-        };
+        let exited = exit_or_kill(&mut child, delay);
         match exited {
             Some(took) => typical = (typical * 2 + took) / 3,
-            None => {
-                let _ = child.kill();
-                typical = typical.max(delay + delay / 4);
-            }
+            None => typical = typical.max(delay + delay / 4),
         }
         let output = child.wait_with_output().expect("wait");
         let what =
