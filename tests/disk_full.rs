@@ -7,6 +7,7 @@
 mod common;
 
 use common::checks::assert_matches_umoci;
+use common::mount::LstoreMount;
 use common::registry::Registry;
 use common::scenes::{noise, small_app, small_base};
 use common::{scratch, Compression, ImageBuilder, Lstore, TarBuilder};
@@ -73,44 +74,6 @@ fn mount(args: &[&str]) {
         "mount {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// An `lstore mount --rw`, undone when dropped.
-struct RwMount<'a> {
-    store: &'a Lstore,
-    dir: tempfile::TempDir,
-}
-
-impl<'a> RwMount<'a> {
-    fn new(store: &'a Lstore, reference: &str) -> RwMount<'a> {
-        let dir = tempfile::Builder::new()
-            .prefix("lstore-full-mnt-")
-            .tempdir()
-            .expect("mount point");
-        store.ok(&[
-            "mount",
-            reference,
-            dir.path().to_str().expect("utf-8"),
-            "--rw",
-        ]);
-        RwMount { store, dir }
-    }
-
-    fn target(&self) -> &str {
-        self.dir.path().to_str().expect("utf-8")
-    }
-}
-
-impl Drop for RwMount<'_> {
-    fn drop(&mut self) {
-        let out = self.store.run(&["umount", self.target()]);
-        if !out.success() {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
 }
 
 /// Fills the filesystem of `path` with a file until the kernel refuses,
@@ -254,7 +217,7 @@ fn a_commit_on_a_full_disk_fails_cleanly() {
     store.ok(&["pull", "-q", &base_ref]);
     let committed = "local/full/changed:1";
 
-    let rw = RwMount::new(&store, &base_ref);
+    let rw = LstoreMount::new(&store, &base_ref, true);
     let data = noise(3 * MIB, 73);
     fs::write(Path::new(rw.target()).join("data"), &data).expect("write through the mount");
     // About 1 MiB left: the 3 MiB layer blob cannot be written.

@@ -7,6 +7,7 @@
 mod common;
 
 use common::image::{write_oci_layout, Image};
+use common::mount::LstoreMount;
 use common::scenes;
 use common::tarball::Layer;
 use common::tree::{assert_same_tree, snapshot, Tree};
@@ -46,43 +47,10 @@ fn store_with(images: &[(&Image, &str)]) -> Lstore {
     store
 }
 
-/// `lstore mount REF TARGET` for the life of the value.
-struct Mounted<'a> {
-    store: &'a Lstore,
-    dir: tempfile::TempDir,
-}
-
-impl<'a> Mounted<'a> {
-    fn new(store: &'a Lstore, reference: &str) -> Mounted<'a> {
-        let dir = tempfile::Builder::new()
-            .prefix("lstore-fsck-mnt-")
-            .tempdir()
-            .expect("mount point");
-        store.ok(&["mount", reference, dir.path().to_str().expect("utf-8")]);
-        Mounted { store, dir }
-    }
-
-    fn target(&self) -> &str {
-        self.dir.path().to_str().expect("utf-8")
-    }
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let out = self.store.run(&["umount", self.target()]);
-        if !out.success() {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
-
 /// What `lstore mount REF` shows.
 fn mounted_files(store: &Lstore, reference: &str) -> Tree {
-    let mount = Mounted::new(store, reference);
-    snapshot(mount.dir.path())
+    let mount = LstoreMount::new(store, reference, false);
+    snapshot(mount.root())
 }
 
 /// `fsck --format json [--repair]`: whether it succeeded, and its report.
@@ -416,7 +384,7 @@ fn a_layer_is_restored_from_another_images_blob_of_it() {
 fn a_mounted_image_is_left_alone() {
     let a = image("mounted");
     let store = store_with(&[(&a, A)]);
-    let mount = Mounted::new(&store, A);
+    let mount = LstoreMount::new(&store, A, false);
     let top = chains(&store, A)[2].clone();
     fs::remove_file(blob_file(&store, &a.manifest_digest)).unwrap();
     damage("no link", &layer_dir(&store, &top));

@@ -14,6 +14,7 @@ mod common;
 use common::checks::umoci_twin;
 use common::image::{docker_archive, write_oci_layout, write_oci_layout_tar, Image};
 use common::lstore::{assert_one_line_error, Output};
+use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, umoci_unpack};
 use common::scenes::{noise, small_app, small_base};
 use common::tarball::Layer;
@@ -218,47 +219,10 @@ impl Drop for Registry {
 
 // ------------------------------------------------------------- checks
 
-/// An `lstore mount` that is always undone, even when a check panics.
-struct StoreMount<'a> {
-    store: &'a Lstore,
-    target: TempDir,
-}
-
-impl<'a> StoreMount<'a> {
-    fn new(store: &'a Lstore, reference: &str) -> StoreMount<'a> {
-        let target = tempfile::Builder::new()
-            .prefix("lstore-rel-mnt-")
-            .tempdir()
-            .expect("mount point");
-        let mount = StoreMount { store, target };
-        let out = store.run(&[
-            "mount",
-            reference,
-            mount.target.path().to_str().expect("utf-8"),
-        ]);
-        assert!(
-            out.success(),
-            "lstore mount {reference} failed: {}",
-            out.stderr
-        );
-        mount
-    }
-}
-
-impl Drop for StoreMount<'_> {
-    fn drop(&mut self) {
-        let target = self.target.path().to_str().expect("utf-8").to_string();
-        let out = self.store.run(&["umount", &target]);
-        if !out.success() {
-            let _ = Command::new("umount").arg("-l").arg(&target).status();
-        }
-    }
-}
-
 /// The image mounts with `lstore mount` and equals `expected`.
 fn assert_mounts_as(store: &Lstore, reference: &str, expected: &Tree) {
-    let mount = StoreMount::new(store, reference);
-    let actual = snapshot(mount.target.path());
+    let mount = LstoreMount::new(store, reference, false);
+    let actual = snapshot(mount.root());
     drop(mount);
     let differences = diff(expected, &actual);
     assert!(
@@ -710,68 +674,11 @@ fn kill_anything_at_any_point() {
 
 // ------------------------------------------------- kill during a commit
 
-/// A `lstore mount --rw`, undone when dropped even if a check panics;
-/// `umount` asserts the regular way out works.
-struct RwMount<'a> {
-    store: &'a Lstore,
-    target: TempDir,
-    mounted: bool,
-}
-
-impl<'a> RwMount<'a> {
-    fn new(store: &'a Lstore, reference: &str) -> RwMount<'a> {
-        let target = tempfile::Builder::new()
-            .prefix("lstore-rel-rw-")
-            .tempdir()
-            .expect("mount point");
-        store.ok(&[
-            "mount",
-            "--rw",
-            reference,
-            target.path().to_str().expect("utf-8"),
-        ]);
-        RwMount {
-            store,
-            target,
-            mounted: true,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.target.path()
-    }
-
-    fn target(&self) -> String {
-        self.path().to_str().expect("utf-8").to_string()
-    }
-
-    fn umount(mut self, what: &str) {
-        let out = self.store.run(&["umount", &self.target()]);
-        assert!(
-            out.success(),
-            "{what}: lstore umount failed: {}",
-            out.stderr
-        );
-        self.mounted = false;
-    }
-}
-
-impl Drop for RwMount<'_> {
-    fn drop(&mut self) {
-        if self.mounted {
-            let target = self.target();
-            if !self.store.run(&["umount", &target]).success() {
-                let _ = Command::new("umount").arg("-l").arg(&target).status();
-            }
-        }
-    }
-}
-
 /// The changes a commit stores: a file of a few MiB (so the commit takes
 /// long enough for a kill to land inside it), a small one, a deletion of
 /// a lower file (a whiteout). Returns the tree the mount shows.
-fn change_for_commit(mount: &RwMount, iteration: u64) -> Tree {
-    let root = mount.path();
+fn change_for_commit(mount: &LstoreMount, iteration: u64) -> Tree {
+    let root = mount.root();
     fs::create_dir_all(root.join("committed")).expect("mkdir");
     fs::write(
         root.join("committed/big"),
@@ -789,8 +696,8 @@ const COMMIT_DELETED: &str = "usr/lib/lib3.so";
 /// A committed image mounts read-only as the tree its mount showed: the
 /// written files there, the deleted one gone.
 fn assert_commit_stored(store: &Lstore, reference: &str, written: &Tree, what: &str) {
-    let mount = StoreMount::new(store, reference);
-    let actual = snapshot(mount.target.path());
+    let mount = LstoreMount::new(store, reference, false);
+    let actual = snapshot(mount.root());
     drop(mount);
     assert!(
         actual.get("committed/big").is_some() && actual.get("committed/iteration").is_some(),
@@ -841,14 +748,10 @@ fn run_commit_kill_loop(iterations: u64, seed: u64) -> CommitKillSummary {
 
     // Calibration: one commit left to finish, removed again.
     let typical = {
-        let mount = RwMount::new(&store, base_ref);
+        let mount = LstoreMount::new(&store, base_ref, true);
         let written = change_for_commit(&mount, iterations);
         let start = Instant::now();
-        store.ok(&[
-            "commit",
-            &mount.target(),
-            "example.com/commit/c:calibration",
-        ]);
+        store.ok(&["commit", mount.target(), "example.com/commit/c:calibration"]);
         let took = start.elapsed();
         mount.umount("calibration");
         assert_commit_stored(
@@ -868,11 +771,15 @@ fn run_commit_kill_loop(iterations: u64, seed: u64) -> CommitKillSummary {
     let mut stored: Vec<String> = Vec::new();
     for iteration in 0..iterations {
         let name = reference(iteration);
-        let mount = RwMount::new(&store, base_ref);
+        let mount = LstoreMount::new(&store, base_ref, true);
         let written = change_for_commit(&mount, iteration);
         // Up to 1.1 times the typical run time, as in the kill loop.
         let delay = Duration::from_micros(rng.below(typical.as_micros() as u64 * 11 / 10));
-        let args = vec!["commit".to_string(), mount.target(), name.clone()];
+        let args = vec![
+            "commit".to_string(),
+            mount.target().to_string(),
+            name.clone(),
+        ];
         let mut child = store.spawn(&args);
         let exited = exit_or_kill(&mut child, delay);
         match exited {

@@ -7,6 +7,7 @@ mod common;
 
 use common::checks::umoci_twin;
 use common::image::{write_oci_layout, Image};
+use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, umoci_unpack};
 use common::scenes::{everything_image, small_app, small_base};
 use common::tree::{assert_same_tree, snapshot, Tree};
@@ -141,51 +142,6 @@ impl Drop for Registry {
     }
 }
 
-/// An `lstore mount`, unmounted (through lstore) when dropped.
-struct Mounted<'a> {
-    store: &'a Lstore,
-    target: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl<'a> Mounted<'a> {
-    fn new(store: &'a Lstore, reference: &str, rw: bool) -> Mounted<'a> {
-        let dir = tempfile::Builder::new()
-            .prefix("lstore-target-")
-            .tempdir()
-            .unwrap();
-        let target = dir.path().join("mnt");
-        fs::create_dir(&target).unwrap();
-        let mut args = vec!["mount", reference, target.to_str().unwrap()];
-        if rw {
-            args.push("--rw");
-        }
-        store.ok(&args);
-        Mounted {
-            store,
-            target,
-            _dir: dir,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.target.join(rel)
-    }
-
-    fn target(&self) -> &str {
-        self.target.to_str().unwrap()
-    }
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let out = self.store.run(&["umount", self.target()]);
-        if !out.success() {
-            let _ = Command::new("umount").arg("-l").arg(&self.target).status();
-        }
-    }
-}
-
 /// Writes `image` as an OCI layout tagged `v1`.
 fn layout(dir: &Path, image: &Image) -> PathBuf {
     let path = dir.join("layout");
@@ -221,7 +177,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 
 /// Changes of every kind, made through a read-write mount of the
 /// "everything" image.
-fn change_everything(m: &Mounted<'_>) {
+fn change_everything(m: &LstoreMount<'_>) {
     // A file changed, one deleted, a directory deleted.
     fs::write(m.path("etc/passwd"), "root:x:0:0:root:/root:/bin/zsh\n").unwrap();
     fs::remove_file(m.path("bin/sh")).unwrap();
@@ -268,13 +224,13 @@ fn committed_image_round_trips_through_registry_skopeo_and_umoci() {
     let app_ref = registry.name("write/app:v2");
     let merged: Tree;
     {
-        let m = Mounted::new(&store, &base_ref, true);
+        let m = LstoreMount::new(&store, &base_ref, true);
         change_everything(&m);
-        merged = snapshot(&m.target);
+        merged = snapshot(m.root());
         let out = store.ok(&["commit", m.target(), &app_ref]);
         assert!(out.stdout.contains("Committed"), "{}", out.stdout);
         // The mount still shows the same tree after the commit.
-        assert_same_tree(&merged, &snapshot(&m.target), "mount after commit");
+        assert_same_tree(&merged, &snapshot(m.root()), "mount after commit");
     }
     let inspect = store.inspect(&app_ref);
     let layers = inspect["layers"].as_array().unwrap();
@@ -313,8 +269,8 @@ fn committed_image_round_trips_through_registry_skopeo_and_umoci() {
     );
 
     // The committed image mounts as the same tree from the store too.
-    let again = Mounted::new(&store, &app_ref, false);
-    assert_same_tree(&merged, &snapshot(&again.target), "mounted commit");
+    let again = LstoreMount::new(&store, &app_ref, false);
+    assert_same_tree(&merged, &snapshot(again.root()), "mounted commit");
 }
 
 /// A zstd commit pushed and pulled into a fresh store shows the tree the
@@ -333,11 +289,11 @@ fn zstd_commit_pulls_back_into_another_store() {
     store.ok(&["pull", &base_ref]);
     let app_ref = registry.name("z/app:zstd");
     let merged = {
-        let m = Mounted::new(&store, &base_ref, true);
+        let m = LstoreMount::new(&store, &base_ref, true);
         fs::write(m.path("app/name"), "changed\n").unwrap();
         fs::remove_file(m.path("etc/os-release")).unwrap();
         fs::create_dir(m.path("var")).unwrap();
-        let tree = snapshot(&m.target);
+        let tree = snapshot(m.root());
         store.ok(&["commit", "--compression", "zstd", m.target(), &app_ref]);
         tree
     };
@@ -350,8 +306,8 @@ fn zstd_commit_pulls_back_into_another_store() {
 
     let other = Lstore::new();
     other.ok(&["pull", &app_ref]);
-    let m = Mounted::new(&other, &app_ref, false);
-    assert_same_tree(&merged, &snapshot(&m.target), "pulled zstd commit");
+    let m = LstoreMount::new(&other, &app_ref, false);
+    assert_same_tree(&merged, &snapshot(m.root()), "pulled zstd commit");
 }
 
 /// Writing through a `--rw` mount (and committing it) never changes the
@@ -371,7 +327,7 @@ fn copy_up_leaves_the_lower_layers_byte_identical() {
         .collect();
     let before: Vec<Tree> = folders.iter().map(|f| snapshot(f)).collect();
     {
-        let m = Mounted::new(&store, "local/every:v1", true);
+        let m = LstoreMount::new(&store, "local/every:v1", true);
         change_everything(&m);
         // Appending, renaming and truncating copy whole files up.
         let mut f = fs::OpenOptions::new()
@@ -462,10 +418,10 @@ fn pushes_skip_existing_blobs_and_mount_across_repositories() {
     // A local image pushed twice: the second push mounts its new layer
     // from where the first push put it (no tag names that repository).
     let merged = {
-        let m = Mounted::new(&store, &base_ref, true);
+        let m = LstoreMount::new(&store, &base_ref, true);
         fs::write(m.path("app/local"), "local change\n").unwrap();
         store.ok(&["commit", m.target(), "local/app:1"]);
-        snapshot(&m.target)
+        snapshot(m.root())
     };
     store.ok(&["push", "local/app:1", &registry.name("c/app:1")]);
     let first = registry.take_lstore_requests();
@@ -498,8 +454,8 @@ fn pushes_skip_existing_blobs_and_mount_across_repositories() {
     let other = Lstore::new();
     let d = registry.name("d/app:1");
     other.ok(&["pull", &d]);
-    let m = Mounted::new(&other, &d, false);
-    assert_same_tree(&merged, &snapshot(&m.target), "pushed by mounts only");
+    let m = LstoreMount::new(&other, &d, false);
+    assert_same_tree(&merged, &snapshot(m.root()), "pushed by mounts only");
 }
 
 /// `tag`: an edge image promoted to latest, both tags pushed.
@@ -586,7 +542,7 @@ fn an_image_of_200_layers_mounts() {
         200
     );
     {
-        let m = Mounted::new(&store, "local/tall:200", false);
+        let m = LstoreMount::new(&store, "local/tall:200", false);
         assert_eq!(
             fs::read_to_string(m.path("bottom")).unwrap(),
             "lowest layer\n"
@@ -600,11 +556,11 @@ fn an_image_of_200_layers_mounts() {
     }
     // Read-write too, and its commit makes a 201-layer image.
     {
-        let m = Mounted::new(&store, "local/tall:200", true);
+        let m = LstoreMount::new(&store, "local/tall:200", true);
         fs::write(m.path("winner"), "rw\n").unwrap();
         store.ok(&["commit", m.target(), "local/tall:201"]);
     }
-    let m = Mounted::new(&store, "local/tall:201", false);
+    let m = LstoreMount::new(&store, "local/tall:201", false);
     assert_eq!(fs::read_to_string(m.path("winner")).unwrap(), "rw\n");
     assert_eq!(
         fs::read_to_string(m.path("bottom")).unwrap(),
@@ -628,12 +584,12 @@ fn commit_and_push_refuse_what_they_cannot_do() {
     let err = store.fails(&["commit", plain.to_str().unwrap(), "local/x:2"]);
     assert!(err.contains("not an lstore mount"), "{err}");
     {
-        let ro = Mounted::new(&store, "local/x:1", false);
+        let ro = LstoreMount::new(&store, "local/x:1", false);
         let err = store.fails(&["commit", ro.target(), "local/x:2"]);
         assert!(err.contains("--rw"), "{err}");
     }
     {
-        let rw = Mounted::new(&store, "local/x:1", true);
+        let rw = LstoreMount::new(&store, "local/x:1", true);
         fs::write(rw.path(".wh.trick"), "x").unwrap();
         let err = store.fails(&["commit", rw.target(), "local/x:2"]);
         assert!(err.contains(".wh."), "{err}");

@@ -80,3 +80,70 @@ fn run_mount(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// An `lstore mount` of an image (read-only, or copy-on-write with `--rw`)
+/// on a temp dir, unmounted through `lstore umount` when dropped (lazily
+/// by umount(8) if that fails, so a failing test leaves no mount behind).
+pub struct LstoreMount<'a> {
+    store: &'a crate::common::Lstore,
+    target: TempDir,
+    mounted: bool,
+}
+
+impl<'a> LstoreMount<'a> {
+    pub fn new(store: &'a crate::common::Lstore, reference: &str, rw: bool) -> LstoreMount<'a> {
+        let target = tempfile::Builder::new()
+            .prefix("lstore-image-mnt-")
+            .tempdir()
+            .expect("mount point");
+        let mut args = vec!["mount", reference, path_str(target.path())];
+        if rw {
+            args.push("--rw");
+        }
+        store.ok(&args);
+        LstoreMount {
+            store,
+            target,
+            mounted: true,
+        }
+    }
+
+    /// The mounted root.
+    pub fn root(&self) -> &Path {
+        self.target.path()
+    }
+
+    /// A path below the mounted root.
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.target.path().join(rel)
+    }
+
+    pub fn target(&self) -> &str {
+        path_str(self.target.path())
+    }
+
+    /// Unmounts the regular way, asserting that it works.
+    pub fn umount(mut self, what: &str) {
+        let out = self.store.run(&["umount", self.target()]);
+        assert!(
+            out.success(),
+            "{what}: lstore umount failed: {}",
+            out.stderr
+        );
+        self.mounted = false;
+    }
+}
+
+impl Drop for LstoreMount<'_> {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        if !self.store.run(&["umount", self.target()]).success() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.target.path())
+                .status();
+        }
+    }
+}
