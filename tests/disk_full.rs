@@ -120,17 +120,7 @@ fn assert_fsck_clean(store: &Lstore, what: &str) {
 
 /// References `images` lists, in order.
 fn listed(store: &Lstore) -> Vec<String> {
-    store
-        .images()
-        .iter()
-        .filter_map(|row| {
-            Some(format!(
-                "{}:{}",
-                row["repository"].as_str()?,
-                row["tag"].as_str()?
-            ))
-        })
-        .collect()
+    store.listed_references()
 }
 
 /// After a failure: the store lists what it had, fsck is clean, nothing

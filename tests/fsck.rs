@@ -122,17 +122,7 @@ fn blob_file(store: &Lstore, digest: &str) -> PathBuf {
 }
 
 fn tags(store: &Lstore) -> Vec<String> {
-    store
-        .images()
-        .iter()
-        .filter_map(|row| {
-            Some(format!(
-                "{}:{}",
-                row["repository"].as_str()?,
-                row["tag"].as_str()?
-            ))
-        })
-        .collect()
+    store.listed_references()
 }
 
 /// Ways a layer folder gets damaged.

@@ -152,6 +152,20 @@ impl Lstore {
         }
     }
 
+    /// `repository:tag` of each tagged row of `images`, in its order.
+    pub fn listed_references(&self) -> Vec<String> {
+        self.images()
+            .iter()
+            .filter_map(|row| {
+                Some(format!(
+                    "{}:{}",
+                    row["repository"].as_str()?,
+                    row["tag"].as_str()?
+                ))
+            })
+            .collect()
+    }
+
     /// The `lowerdir` of `inspect REF`.
     pub fn lowerdir(&self, reference: &str) -> String {
         let inspect = self.inspect(reference);
