@@ -24,11 +24,14 @@
 //! directories can be filled and their mtimes are not disturbed.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
+use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use rustix::fs::{
     self as rfs, AtFlags, Dev, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
@@ -36,6 +39,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use super::files::{self, FileJob, FilePool};
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
 use super::{writeback, LayerPosition, UnpackError};
@@ -70,10 +74,10 @@ struct DirAttrs {
 }
 
 /// The last parent directory used, kept open so a run of entries in one
-/// directory resolves it once.
+/// directory resolves it once (shared with the file pool's jobs).
 #[derive(Default)]
 struct ParentCache {
-    entry: Option<(Vec<u8>, OwnedFd)>,
+    entry: Option<(Vec<u8>, Arc<OwnedFd>)>,
 }
 
 /// Context every filesystem operation needs, apart from the fds.
@@ -97,14 +101,118 @@ struct State {
 
 /// Writes entries into one layer directory.
 pub(crate) struct Applier {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     cache: ParentCache,
     state: State,
+    parallel: Parallel,
+}
+
+/// Small files created by a pool of threads, and what keeps that safe:
+/// a file goes to the pool only at a path nothing in this layer has made
+/// yet (so it cannot exist: the layer directory started empty), and any
+/// entry that could touch a path still being written waits for the pool.
+struct Parallel {
+    /// Threads to start (0: everything on the extraction thread).
+    workers: usize,
+    pool: Option<FilePool>,
+    /// Hashes of every path this layer made (entries and the parents they
+    /// implied). Past `MAX_TRACKED` the pool is no longer used.
+    made: HashSet<u64>,
+    /// Hashes of the paths handed to the pool since it was last drained.
+    pending: HashSet<u64>,
+    /// The parent whose own parents were last recorded in `made`.
+    last_parent: Vec<u8>,
+    /// The directory of the last file handed to the pool.
+    last_pooled_dir: Option<Arc<OwnedFd>>,
+}
+
+/// Paths tracked at most (about 16 bytes each) before the rest of a layer
+/// is extracted on one thread.
+const MAX_TRACKED: usize = 1 << 20;
+
+fn path_hash(path: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+impl Parallel {
+    fn active(&self) -> bool {
+        self.workers > 0 && self.made.len() < MAX_TRACKED
+    }
+
+    /// Waits until the pool has written every file handed to it.
+    fn drain(&mut self) -> Result<(), UnpackError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending.clear();
+        match &mut self.pool {
+            Some(pool) => pool.drain(),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `path` and every parent of it as made by this layer.
+    fn made_with_parents(&mut self, path: &[u8]) {
+        if self.workers == 0 {
+            return;
+        }
+        self.made.insert(path_hash(path));
+        let (parent, _) = split_parent(path);
+        if parent.is_empty() || parent == self.last_parent.as_slice() {
+            return;
+        }
+        self.made.insert(path_hash(parent));
+        for (i, &b) in parent.iter().enumerate() {
+            if b == b'/' {
+                self.made.insert(path_hash(&parent[..i]));
+            }
+        }
+        self.last_parent = parent.to_vec();
+    }
+
+    /// Whether `path` or a parent of it is still being written by the pool.
+    fn pending_within(&self, path: &[u8]) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        self.pending.contains(&path_hash(path))
+            || path
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'/' && self.pending.contains(&path_hash(&path[..i])))
+    }
+}
+
+/// Threads of the file pool: one per core, at most 4. `LSTORE_FILE_WORKERS`
+/// overrides it (0 writes every file on the extraction thread), for
+/// benchmarks.
+pub(super) fn file_workers() -> usize {
+    if let Some(n) = std::env::var("LSTORE_FILE_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return n.min(64);
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Whether a directory has no entries.
+fn is_empty_dir(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut entries = rfs::Dir::read_from(dir)?;
+    while let Some(item) = entries.read() {
+        let name = item?.file_name().to_owned();
+        if name.as_c_str() != c"." && name.as_c_str() != c".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Errors of one entry, with its name for messages.
-struct Ctx<'a> {
-    entry: &'a Entry,
+pub(super) struct Ctx<'a> {
+    pub(super) entry: &'a Entry,
 }
 
 impl Ctx<'_> {
@@ -112,7 +220,11 @@ impl Ctx<'_> {
         self.entry.display_name()
     }
 
-    fn fs(&self, action: impl Into<String>, source: impl Into<io::Error>) -> UnpackError {
+    pub(super) fn fs(
+        &self,
+        action: impl Into<String>,
+        source: impl Into<io::Error>,
+    ) -> UnpackError {
         UnpackError::Fs {
             path: self.name(),
             action: action.into(),
@@ -144,15 +256,35 @@ impl Ctx<'_> {
 
 impl Applier {
     /// `root` is the layer directory, opened with `O_DIRECTORY | O_NOFOLLOW`.
-    pub(crate) fn new(root: OwnedFd, position: LayerPosition) -> io::Result<Applier> {
+    /// `workers` threads create small files (0: none, all on this thread).
+    pub(crate) fn new(
+        root: OwnedFd,
+        position: LayerPosition,
+        workers: usize,
+    ) -> io::Result<Applier> {
         let st = rfs::fstat(&root)?;
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         // New entries take the directory's group when it is setgid.
         let default_owner = (st.st_mode & 0o2000 == 0).then_some((euid, egid));
         let inherits_acl = rfs::fgetxattr_query(&root, DEFAULT_ACL_XATTR).is_ok();
+        // Only into an empty directory: there a path the layer has not made
+        // cannot exist, which is what lets the pool create files unchecked.
+        let workers = if workers > 0 && is_empty_dir(root.as_fd())? {
+            workers
+        } else {
+            0
+        };
         Ok(Applier {
-            root,
+            root: Arc::new(root),
+            parallel: Parallel {
+                workers,
+                pool: None,
+                made: HashSet::new(),
+                pending: HashSet::new(),
+                last_parent: Vec::new(),
+                last_pooled_dir: None,
+            },
             cache: ParentCache::default(),
             state: State {
                 deferred: BTreeMap::new(),
@@ -166,19 +298,25 @@ impl Applier {
     }
 
     /// Applies one entry, reading its data from `tar`. Returns the number
-    /// of file content bytes written.
+    /// of file content bytes written (or handed to the file pool).
     pub(crate) fn apply<R: BufRead>(
         &mut self,
-        entry: &Entry,
+        entry: Entry,
         tar: &mut TarReader<R>,
     ) -> Result<u64, UnpackError> {
-        let ctx = Ctx { entry };
-        let path = normalize(&entry.name).map_err(|e| ctx.path_error(e, "path"))?;
+        let path =
+            normalize(&entry.name).map_err(|e| Ctx { entry: &entry }.path_error(e, "path"))?;
+        let role = role(&path);
+        let may_pool = self.order_with_pool(&entry, &path, &role)?;
+        if may_pool {
+            return self.submit_file(entry, &path, tar);
+        }
+        let ctx = Ctx { entry: &entry };
         if path.is_empty() {
             return self.apply_root(&ctx);
         }
         let (parent_path, name) = split_parent(&path);
-        match role(&path) {
+        match role {
             Role::AufsMeta => Ok(0),
             Role::InvalidWhiteout => Err(ctx.invalid("whiteout without a name")),
             // Nothing below a base layer to hide: the marker is not applied,
@@ -190,7 +328,8 @@ impl Applier {
             }
             Role::Opaque => {
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
-                set_opaque(parent).map_err(|e| ctx.fs("marking the directory opaque", e))?;
+                set_opaque(parent.as_fd())
+                    .map_err(|e| ctx.fs("marking the directory opaque", e))?;
                 Ok(0)
             }
             Role::Whiteout(target) => {
@@ -200,7 +339,7 @@ impl Applier {
                 }
                 target_path.extend_from_slice(target);
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
-                whiteout(parent, target, &ctx)?;
+                whiteout(parent.as_fd(), target, &ctx)?;
                 self.state.whiteouts.insert(target_path);
                 Ok(0)
             }
@@ -209,7 +348,7 @@ impl Applier {
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
                 let mut removed_dir = false;
                 let op = Op {
-                    parent,
+                    parent: parent.as_fd(),
                     name,
                     path: &path,
                     ctx: &ctx,
@@ -232,6 +371,102 @@ impl Applier {
         }
     }
 
+    /// Keeps the file pool's work ordered with this entry: waits for the
+    /// pool unless the entry makes a new plain path whose parents are not
+    /// being written, and records the path. Returns whether the entry
+    /// itself may go to the pool.
+    fn order_with_pool(
+        &mut self,
+        entry: &Entry,
+        path: &[u8],
+        role: &Role<'_>,
+    ) -> Result<bool, UnpackError> {
+        let parallel = &mut self.parallel;
+        if parallel.workers == 0 {
+            return Ok(false);
+        }
+        if !parallel.active() {
+            // Past the tracking limit: the rest of the layer on this thread.
+            parallel.drain()?;
+            parallel.workers = 0;
+            parallel.pool = None;
+            return Ok(false);
+        }
+        let (parent_path, _) = split_parent(path);
+        let new_plain = !path.is_empty()
+            && *role == Role::Plain
+            && entry.kind != Kind::Hardlink
+            && !parallel.made.contains(&path_hash(path));
+        if !new_plain || parallel.pending_within(parent_path) {
+            parallel.drain()?;
+        }
+        parallel.made_with_parents(path);
+        if let Role::Whiteout(target) = role {
+            // The whiteout device is made at the name it deletes.
+            let mut target_path = parent_path.to_vec();
+            if !target_path.is_empty() {
+                target_path.push(b'/');
+            }
+            target_path.extend_from_slice(target);
+            parallel.made.insert(path_hash(&target_path));
+        }
+        Ok(new_plain && entry.kind == Kind::File && entry.size <= files::MAX_FILE)
+    }
+
+    /// Reads a small file's data and hands it to the pool.
+    fn submit_file<R: BufRead>(
+        &mut self,
+        entry: Entry,
+        path: &[u8],
+        tar: &mut TarReader<R>,
+    ) -> Result<u64, UnpackError> {
+        let (parent_path, name) = split_parent(path);
+        let parent = {
+            let ctx = Ctx { entry: &entry };
+            self.cache
+                .get(&self.root, parent_path, &ctx, &self.state)?
+                .clone()
+        };
+        let mut data = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
+        loop {
+            let chunk = tar.data_chunk()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            data.extend_from_slice(chunk);
+            tar.consume_data(n);
+        }
+        let written = data.len() as u64;
+        let policy = file_policy(&self.state, &entry);
+        if self.parallel.pool.is_none() {
+            match FilePool::new(self.parallel.workers) {
+                Ok(pool) => self.parallel.pool = Some(pool),
+                Err(e) => {
+                    return Err(Ctx { entry: &entry }.fs("starting file writer threads", e));
+                }
+            }
+        }
+        self.parallel.pending.insert(path_hash(path));
+        let job = FileJob {
+            parent,
+            name: name.to_vec(),
+            entry,
+            data,
+            policy,
+        };
+        if let Some(pool) = &mut self.parallel.pool {
+            let same_dir = matches!(&self.parallel.last_pooled_dir,
+                Some(last) if Arc::ptr_eq(last, &job.parent));
+            if !same_dir {
+                pool.next_directory()?;
+                self.parallel.last_pooled_dir = Some(job.parent.clone());
+            }
+            pool.submit(job)?;
+        }
+        Ok(written)
+    }
+
     /// An entry naming the layer root: only a directory may, and then only
     /// its attributes change. The root is never replaced.
     fn apply_root(&mut self, ctx: &Ctx<'_>) -> Result<u64, UnpackError> {
@@ -250,7 +485,9 @@ impl Applier {
     }
 
     /// Applies the directories' modes, owners and times, deepest first.
-    pub(crate) fn finish(self) -> Result<(), UnpackError> {
+    pub(crate) fn finish(mut self) -> Result<(), UnpackError> {
+        self.parallel.drain()?;
+        self.parallel.pool = None;
         let mut dirs: Vec<(Vec<u8>, DirAttrs)> = self.state.deferred.into_iter().collect();
         dirs.sort_by_key(|(path, _)| {
             Reverse(path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty()))
@@ -297,21 +534,21 @@ impl ParentCache {
     /// when missing.
     fn get<'a>(
         &'a mut self,
-        root: &'a OwnedFd,
+        root: &'a Arc<OwnedFd>,
         path: &[u8],
         ctx: &Ctx<'_>,
         state: &State,
-    ) -> Result<BorrowedFd<'a>, UnpackError> {
+    ) -> Result<&'a Arc<OwnedFd>, UnpackError> {
         if path.is_empty() {
-            return Ok(root.as_fd());
+            return Ok(root);
         }
         let hit = matches!(&self.entry, Some((cached, _)) if cached == path);
         if !hit {
             let fd = open_dir_beneath(root.as_fd(), path, Missing::Create, "parent", ctx, state)?;
-            self.entry = Some((path.to_vec(), fd));
+            self.entry = Some((path.to_vec(), Arc::new(fd)));
         }
         match &self.entry {
-            Some((_, fd)) => Ok(fd.as_fd()),
+            Some((_, fd)) => Ok(fd),
             None => Err(ctx.invalid("parent directory cache is empty")),
         }
     }
@@ -456,6 +693,67 @@ fn make_implied_dir(
 }
 
 /// One plain entry being created in its parent directory.
+/// How a new file's owner and mode are set, decided from the extraction's
+/// state when its entry is read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FilePolicy {
+    /// Owner a new file gets without chown, when predictable.
+    default_owner: Option<(u32, u32)>,
+    /// Running as root: any failure to chown is an error.
+    privileged: bool,
+    /// The mode given at creation is not the final one.
+    needs_chmod: bool,
+}
+
+fn file_policy(state: &State, entry: &Entry) -> FilePolicy {
+    // Created with its final permissions when the umask cannot strip any;
+    // special bits are set after chown, which would clear them.
+    let needs_chmod = match state.umask {
+        Some(umask) => entry.mode & 0o7000 != 0 || entry.mode & umask != 0,
+        None => true,
+    };
+    FilePolicy {
+        default_owner: state.default_owner,
+        privileged: state.privileged,
+        needs_chmod,
+    }
+}
+
+/// Creates a regular file that must not exist yet, never following a
+/// symlink, with the entry's permission bits.
+pub(super) fn create_file(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    entry: &Entry,
+) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rfs::openat(parent, name, flags, Mode::from_raw_mode(entry.mode & 0o777))
+}
+
+/// Owner, mode, xattrs and times of a file just written.
+pub(super) fn file_metadata(
+    fd: BorrowedFd<'_>,
+    entry: &Entry,
+    policy: FilePolicy,
+    ctx: &Ctx<'_>,
+) -> Result<(), UnpackError> {
+    // chown before chmod (chown clears setuid/setgid), xattrs after both
+    // (chown drops security.capability), times last.
+    if policy.default_owner != Some((entry.uid, entry.gid)) {
+        chown_result(
+            rfs::fchown(fd, Some(uid(entry.uid)), Some(gid(entry.gid))),
+            policy.privileged,
+        )
+        .map_err(|e| ctx.fs("setting the owner", e))?;
+    }
+    if policy.needs_chmod {
+        rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
+            .map_err(|e| ctx.fs("setting the mode", e))?;
+    }
+    set_xattrs(XattrTarget::Open(fd), entry, ctx)?;
+    rfs::futimens(fd, &entry_times(entry)).map_err(|e| ctx.fs("setting the times", e))
+}
+
 struct Op<'a> {
     parent: BorrowedFd<'a>,
     name: &'a [u8],
@@ -470,21 +768,12 @@ impl Op<'_> {
         state: &mut State,
         tar: &mut TarReader<R>,
     ) -> Result<u64, UnpackError> {
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let entry = self.ctx.entry;
-        // Created with its final permissions when the umask cannot strip
-        // any; special bits are set after chown, which would clear them.
-        let needs_chmod = match state.umask {
-            Some(umask) => entry.mode & 0o7000 != 0 || entry.mode & umask != 0,
-            None => true,
-        };
-        let mode = Mode::from_raw_mode(entry.mode & 0o777);
-        let fd = match rfs::openat(self.parent, self.name, flags, mode) {
+        let fd = match create_file(self.parent, self.name, entry) {
             Ok(fd) => fd,
             Err(Errno::EXIST) => {
                 self.remove_existing(state)?;
-                rfs::openat(self.parent, self.name, flags, mode)
+                create_file(self.parent, self.name, entry)
                     .map_err(|e| self.ctx.fs("creating the file", e))?
             }
             Err(e) => return Err(self.ctx.fs("creating the file", e)),
@@ -511,22 +800,7 @@ impl Op<'_> {
         if flushed > 0 && written > flushed {
             writeback::start(file.as_fd(), flushed, 0);
         }
-        let fd = file.as_fd();
-        // chown before chmod (chown clears setuid/setgid), xattrs after both
-        // (chown drops security.capability), times last.
-        if state.default_owner != Some((entry.uid, entry.gid)) {
-            chown_result(
-                rfs::fchown(fd, Some(uid(entry.uid)), Some(gid(entry.gid))),
-                state.privileged,
-            )
-            .map_err(|e| self.ctx.fs("setting the owner", e))?;
-        }
-        if needs_chmod {
-            rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
-                .map_err(|e| self.ctx.fs("setting the mode", e))?;
-        }
-        set_xattrs(XattrTarget::Open(fd), entry, self.ctx)?;
-        rfs::futimens(fd, &entry_times(entry)).map_err(|e| self.ctx.fs("setting the times", e))?;
+        file_metadata(file.as_fd(), entry, file_policy(state, entry), self.ctx)?;
         Ok(written)
     }
 

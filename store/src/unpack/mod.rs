@@ -21,6 +21,7 @@
 
 mod apply;
 mod decompress;
+mod files;
 mod path;
 mod pipe;
 mod tar_reader;
@@ -205,6 +206,20 @@ pub fn unpack_layer_at(
     limits: &Limits,
     position: LayerPosition,
 ) -> Result<Unpacked, UnpackError> {
+    let workers = apply::file_workers();
+    unpack_with_workers(blob, declared, dest, limits, position, workers)
+}
+
+/// [`unpack_layer_at`] with `workers` threads creating small files (0: all
+/// on the extraction thread).
+fn unpack_with_workers(
+    blob: &mut dyn Read,
+    declared: Compression,
+    dest: &Path,
+    limits: &Limits,
+    position: LayerPosition,
+    workers: usize,
+) -> Result<Unpacked, UnpackError> {
     let destination = |source: io::Error| UnpackError::Destination {
         path: dest.to_path_buf(),
         source,
@@ -219,7 +234,7 @@ pub fn unpack_layer_at(
     // Opened before anything is written, so its syncfs reports every
     // write-back error of the extraction.
     let flush_fd = root.try_clone().map_err(destination)?;
-    let applier = apply::Applier::new(root, position).map_err(destination)?;
+    let applier = apply::Applier::new(root, position, workers).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
     // The blob reader need not be Send, so this thread reads, decompresses
@@ -298,7 +313,7 @@ fn apply_tar(
                 limit: limits.max_entries,
             });
         }
-        let written = applier.apply(&entry, &mut tar)?;
+        let written = applier.apply(entry, &mut tar)?;
         file_bytes += written;
         // An inode, a directory entry and a partial block: about a block.
         flusher.extracted(written + ENTRY_COST);

@@ -10,7 +10,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::testtar::{self, RawEntry};
-use super::{unpack_layer, unpack_layer_at, LayerPosition, Limits, UnpackError, Unpacked};
+use super::{
+    unpack_layer, unpack_layer_at, unpack_with_workers, LayerPosition, Limits, UnpackError,
+    Unpacked,
+};
 use crate::digest::Digest;
 use crate::oci::Compression;
 
@@ -24,6 +27,7 @@ struct Seen {
     mtime: (i64, i64),
     content: Vec<u8>,
     opaque: bool,
+    links: u64,
 }
 
 fn seen(path: &Path) -> Seen {
@@ -49,6 +53,7 @@ fn seen(path: &Path) -> Seen {
         mtime: (m.mtime(), m.mtime_nsec()),
         content,
         opaque: !ft.is_symlink() && xattr(path, "trusted.overlay.opaque").is_some(),
+        links: if ft.is_dir() { 0 } else { m.nlink() },
     }
 }
 
@@ -1312,4 +1317,209 @@ fn entry_errors_name_the_entry() {
         "{err}"
     );
     assert!(err.to_string().contains("not a directory"), "{err}");
+}
+
+/// A deterministic generator (xorshift), so that a failing seed replays.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A fresh run of small files (what the file pool exists for), then
+/// entries that keep coming back to a few names: files over files and
+/// directories, directories over files, hardlinks to files just written,
+/// symlinks, whiteouts and opaque markers, big files, setuid files, and
+/// children of all of these. What the pool writes must end up exactly as
+/// if one thread had written everything in archive order.
+fn churning_archive(seed: u64) -> Vec<RawEntry> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut entries = Vec::new();
+    for i in 0..400u32 {
+        let data = vec![b'a' + (i % 26) as u8; (i as usize * 37) % 900];
+        entries.push(
+            RawEntry::file(&format!("fresh/d{}/f{i}", i % 7), &data)
+                .with_mtime(1_000 + u64::from(i)),
+        );
+    }
+    // What each path is after the entries so far ("file", "dir", "link",
+    // "whiteout"), so that the archive stays valid: an entry below a file
+    // or through a symlink, or a hardlink to nothing, would end both
+    // extractions early and compare little.
+    let mut model: BTreeMap<String, &str> = BTreeMap::new();
+    let replace = |model: &mut BTreeMap<String, &str>, path: &str, kind: &'static str| {
+        let below = format!("{path}/");
+        model.retain(|p, _| p != path && !p.starts_with(&below));
+        model.insert(path.to_string(), kind);
+    };
+    for i in 0..400u64 {
+        let dir = format!("d{}", rng.below(3));
+        let name = format!("{dir}/n{}", rng.below(6));
+        let nested = rng.below(5) == 0;
+        let path = if nested {
+            // Its parent must be a directory (or missing, or whited out).
+            if matches!(model.get(&name).copied(), Some("file" | "link")) {
+                entries.push(RawEntry::dir(&format!("{name}/")));
+                replace(&mut model, &name, "dir");
+            }
+            format!("{name}/m{}", rng.below(3))
+        } else {
+            name
+        };
+        let (parent, last) = path.rsplit_once('/').unwrap_or(("", &path));
+        match rng.below(20) {
+            0..=8 => {
+                let len = if rng.below(30) == 0 {
+                    300 << 10
+                } else {
+                    rng.below(200) as usize
+                };
+                let data = vec![b'0' + (i % 10) as u8; len];
+                entries.push(RawEntry::file(&path, &data).with_mtime(2_000 + i));
+                replace(&mut model, &path, "file");
+            }
+            9 => {
+                entries.push(
+                    RawEntry::file(&path, b"setuid")
+                        .with_mode(0o4750)
+                        .with_owner(1000, 1000),
+                );
+                replace(&mut model, &path, "file");
+            }
+            10 | 11 => {
+                let mode = 0o700 + (i % 2) as u32 * 0o55;
+                entries.push(RawEntry::dir(&format!("{path}/")).with_mode(mode));
+                if model.get(&path) != Some(&"dir") {
+                    replace(&mut model, &path, "dir");
+                }
+            }
+            12 => {
+                entries.push(RawEntry::symlink(&path, "../elsewhere"));
+                replace(&mut model, &path, "link");
+            }
+            13 | 14 => {
+                let targets: Vec<String> = model
+                    .iter()
+                    .filter(|(p, kind)| **kind == "file" && **p != path)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                if targets.is_empty() {
+                    continue;
+                }
+                let target = &targets[rng.below(targets.len() as u64) as usize];
+                // Replacing an ancestor of its own target would remove it.
+                if target.starts_with(&format!("{path}/")) {
+                    continue;
+                }
+                entries.push(RawEntry::hardlink(&path, target));
+                replace(&mut model, &path, "file");
+            }
+            15 | 16 => {
+                entries.push(RawEntry::file(&format!("{parent}/.wh.{last}"), b""));
+                model.entry(path.clone()).or_insert("whiteout");
+            }
+            17 => entries.push(RawEntry::file(&format!("{dir}/.wh..wh..opq"), b"")),
+            _ => entries.push(
+                RawEntry::dir(&format!("{dir}/"))
+                    .with_mode(0o755)
+                    .with_mtime(3_000 + i),
+            ),
+        }
+    }
+    entries
+}
+
+#[test]
+fn the_file_pool_gives_what_one_thread_gives() {
+    if !is_root() {
+        // Whiteouts need mknod; owners need chown.
+        return;
+    }
+    let mut compared = 0;
+    for seed in 1..=8u64 {
+        let tar = testtar::archive(&churning_archive(seed));
+        let run = |workers: usize| {
+            let scene = Scene::new();
+            let result = unpack_with_workers(
+                &mut &tar[..],
+                Compression::None,
+                &scene.dest,
+                &Limits::default(),
+                LayerPosition::Upper,
+                workers,
+            );
+            scene.assert_outside_untouched();
+            let mut tree = BTreeMap::new();
+            if result.is_ok() {
+                let mut raw = BTreeMap::new();
+                snapshot(&scene.dest, &scene.canary, &mut raw);
+                for (path, seen) in raw {
+                    // Implied directories and whiteout devices are stamped
+                    // with the time of extraction, not from the archive.
+                    let mtime = if seen.mtime.0 > 1_600_000_000 {
+                        (0, 0)
+                    } else {
+                        seen.mtime
+                    };
+                    let summary = format!(
+                        "{} mode {:o} owner {}:{} mtime {mtime:?} {} bytes {:?} opaque {} links {}",
+                        seen.kind,
+                        seen.mode,
+                        seen.uid,
+                        seen.gid,
+                        seen.content.len(),
+                        Digest::of(&seen.content),
+                        seen.opaque,
+                        seen.links
+                    );
+                    let rel = path.strip_prefix(&scene.dest).unwrap();
+                    tree.insert(rel.to_string_lossy().into_owned(), summary);
+                }
+            }
+            (
+                result
+                    .map(|u| (u.entries, u.file_bytes))
+                    .map_err(|e| e.to_string()),
+                tree,
+            )
+        };
+        let (one, one_tree) = run(0);
+        for workers in [1, 3] {
+            let (pooled, pooled_tree) = run(workers);
+            assert_eq!(
+                pooled.is_ok(),
+                one.is_ok(),
+                "seed {seed}, {workers} workers: {pooled:?} vs {one:?}"
+            );
+            let differ: Vec<String> = one_tree
+                .keys()
+                .chain(pooled_tree.keys())
+                .filter(|k| one_tree.get(*k) != pooled_tree.get(*k))
+                .map(|k| format!("{k}: {:?} vs {:?}", one_tree.get(k), pooled_tree.get(k)))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "seed {seed}, {workers} workers: {differ:#?}"
+            );
+            if let (Ok(a), Ok(b)) = (&pooled, &one) {
+                assert_eq!(a, b, "seed {seed}");
+            }
+        }
+        if one.is_ok() {
+            assert!(
+                one_tree.len() > 400,
+                "seed {seed}: {} paths",
+                one_tree.len()
+            );
+            compared += 1;
+        }
+    }
+    // Most archives must extract, or the comparison says little.
+    eprintln!("{compared} of 8 archives extracted and compared");
+    assert!(compared >= 6, "only {compared} of 8 archives extracted");
 }
