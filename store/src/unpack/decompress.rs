@@ -59,11 +59,11 @@ impl fmt::Display for LayerTooLarge {
 
 impl std::error::Error for LayerTooLarge {}
 
-/// The uncompressed tar stream: counted against the limit and hashed (for
-/// an uncompressed layer the blob hash already is the diff id).
+/// The uncompressed tar stream, counted against the limit. It is hashed
+/// by whoever receives it (`pipe`; for an uncompressed layer the blob hash
+/// already is the diff id).
 pub(crate) struct Uncompressed<'a> {
     decoder: Decoder<'a>,
-    hasher: Option<Hasher>,
     len: u64,
     limit: u64,
 }
@@ -74,9 +74,6 @@ impl Read for Uncompressed<'_> {
         self.len += n as u64;
         if self.len > self.limit {
             return Err(io::Error::other(LayerTooLarge(self.limit)));
-        }
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
         }
         Ok(n)
     }
@@ -135,10 +132,8 @@ pub(crate) fn open(
             })?,
         ),
     };
-    let hasher = (declared != Compression::None).then(Hasher::new);
     Ok(Uncompressed {
         decoder,
-        hasher,
         len: 0,
         limit: max_size,
     })
@@ -167,18 +162,30 @@ impl Uncompressed<'_> {
     }
 }
 
+/// The hasher for the tar stream of a layer: none for an uncompressed one,
+/// whose blob digest is its diff id.
+pub(crate) fn diff_hasher(compression: Compression) -> Option<Hasher> {
+    (compression != Compression::None).then(Hasher::new)
+}
+
 /// Reads both streams to their ends (data after the tar end marker is part
 /// of the diff id, bytes after the compressed stream part of the blob) and
-/// returns the digests.
+/// returns the digests. `diff` is the hash of the tar stream read so far
+/// (from `diff_hasher`).
 pub(crate) fn finish(
     mut stream: Uncompressed<'_>,
     compression: Compression,
+    mut diff: Option<Hasher>,
 ) -> Result<Digests, UnpackError> {
     let mut scratch = Chunk::new(CHUNK);
     loop {
         scratch.set_len(0);
         match stream.fill_chunk(&mut scratch) {
-            Ok(true) => {}
+            Ok(true) => {
+                if let Some(h) = &mut diff {
+                    h.update(scratch.data());
+                }
+            }
             Ok(false) => break,
             Err(e) => return Err(super::read_error(compression, e)),
         }
@@ -190,7 +197,7 @@ pub(crate) fn finish(
     })?;
     let (_, hashing) = compressed.into_inner().into_inner();
     let (compressed_digest, compressed_size) = hashing.finish();
-    let (diff_id, size) = match stream.hasher {
+    let (diff_id, size) = match diff {
         Some(h) => (h.finish(), stream.len),
         None => (compressed_digest, compressed_size),
     };

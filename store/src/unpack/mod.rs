@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, CWD};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::oci::Compression;
 
 /// Bounds on what one layer may make us read and create.
@@ -237,10 +237,11 @@ fn unpack_with_workers(
     let applier = apply::Applier::new(root, position, workers).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
-    // The blob reader need not be Send, so this thread reads, decompresses
-    // and hashes, while a second one parses the tar and writes the files
-    // and a third, mostly waiting, starts writing them back to disk.
-    let (sender, reader) = pipe::pipe();
+    // The blob reader need not be Send, so this thread reads, hashes the
+    // blob and decompresses, while a second one hashes the tar stream,
+    // parses it and hands the files to the file pool (or writes them), and
+    // a third, mostly waiting, starts writing them back to disk.
+    let (sender, reader) = pipe::pipe(decompress::diff_hasher(declared));
     let (flusher, flush_requests) = writeback::flusher();
     let (read_result, applied, flushed) = std::thread::scope(|scope| {
         let flush = scope.spawn(move || writeback::flush_loop(flush_fd, flush_requests));
@@ -251,8 +252,8 @@ fn unpack_with_workers(
             match stream.fill_chunk(&mut chunk) {
                 Ok(true) => {
                     if sender.chunks.send(chunk).is_err() {
-                        // The worker stopped: at the end of the archive, or
-                        // on an error it reports below.
+                        // The worker stopped on an error it reports below
+                        // (past the end of the archive it still receives).
                         break;
                     }
                 }
@@ -274,13 +275,13 @@ fn unpack_with_workers(
     });
     // A read error comes first: it is why the worker saw a truncated tar.
     read_result?;
-    let (entries, file_bytes) = applied?;
+    let (entries, file_bytes, diff_hasher) = applied?;
     flushed.map_err(|source| UnpackError::WriteBack {
         path: dest.to_path_buf(),
         source,
     })?;
     // Whatever follows the end-of-archive marker is part of the digests.
-    let digests = decompress::finish(stream, declared)?;
+    let digests = decompress::finish(stream, declared, diff_hasher)?;
     Ok(Unpacked {
         compressed_digest: digests.compressed_digest,
         compressed_size: digests.compressed_size,
@@ -294,15 +295,16 @@ fn unpack_with_workers(
 /// What an entry costs to write back besides its data, in bytes.
 const ENTRY_COST: u64 = 4096;
 
-/// The extraction thread: parses the tar stream and applies every entry.
-/// Returns the entry count and file bytes written.
+/// The extraction thread: parses the tar stream and applies every entry,
+/// then receives the rest of the stream. Returns the entry count, the file
+/// bytes written and the hash of the whole tar stream.
 fn apply_tar(
     stream: pipe::ChunkReader,
     mut applier: apply::Applier,
     mut flusher: writeback::Flusher,
     declared: Compression,
     limits: &Limits,
-) -> Result<(u64, u64), UnpackError> {
+) -> Result<(u64, u64, Option<Hasher>), UnpackError> {
     let mut tar = tar_reader::TarReader::new(stream, declared, limits.max_header_bytes);
     let mut entries = 0u64;
     let mut file_bytes = 0u64;
@@ -320,5 +322,7 @@ fn apply_tar(
     }
     applier.finish()?;
     flusher.finish();
-    Ok((entries, file_bytes))
+    // Whatever follows the end-of-archive marker is part of the diff id.
+    let diff_hasher = tar.into_inner().finish();
+    Ok((entries, file_bytes, diff_hasher))
 }

@@ -1,9 +1,13 @@
-//! Hands the uncompressed tar stream from the reading thread (which
-//! decompresses and hashes) to the extraction thread (which parses and
-//! writes files), in large chunks whose buffers are recycled.
+//! Hands the uncompressed tar stream from the reading thread (which reads,
+//! hashes the blob and decompresses) to the extraction thread (which hashes
+//! the tar stream, parses it and writes files), in large chunks whose
+//! buffers are recycled. Hashing the tar stream on the receiving side
+//! splits the two sha256 passes of a compressed layer between the threads.
 
 use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
+
+use crate::digest::Hasher;
 
 /// Chunks queued between the threads: enough to ride out bursts of small
 /// files on one side or slow inflation on the other.
@@ -54,16 +58,35 @@ pub(crate) struct ChunkReader {
     spare: Sender<Chunk>,
     current: Chunk,
     pos: usize,
+    /// Hashes every chunk as it arrives, whether or not it is read.
+    hasher: Option<Hasher>,
 }
 
 impl ChunkReader {
-    pub(crate) fn new(chunks: Receiver<Chunk>, spare: Sender<Chunk>) -> ChunkReader {
+    pub(crate) fn new(
+        chunks: Receiver<Chunk>,
+        spare: Sender<Chunk>,
+        hasher: Option<Hasher>,
+    ) -> ChunkReader {
         ChunkReader {
             chunks,
             spare,
             current: Chunk::new(0),
             pos: 0,
+            hasher,
         }
+    }
+
+    /// Receives (and hashes) whatever the sender still sends, to the end
+    /// of the stream, and returns the hash of all of it.
+    pub(crate) fn finish(mut self) -> Option<Hasher> {
+        while let Ok(next) = self.chunks.recv() {
+            if let Some(h) = &mut self.hasher {
+                h.update(next.data());
+            }
+            let _ = self.spare.send(next);
+        }
+        self.hasher
     }
 }
 
@@ -82,6 +105,9 @@ impl BufRead for ChunkReader {
         while self.pos == self.current.len() {
             match self.chunks.recv() {
                 Ok(next) => {
+                    if let Some(h) = &mut self.hasher {
+                        h.update(next.data());
+                    }
                     let used = std::mem::replace(&mut self.current, next);
                     self.pos = 0;
                     // The reading side may have finished: then the buffer
@@ -120,8 +146,8 @@ impl ChunkSender {
     }
 }
 
-/// A connected pair.
-pub(crate) fn pipe() -> (ChunkSender, ChunkReader) {
+/// A connected pair; the reader hashes the stream with `hasher`.
+pub(crate) fn pipe(hasher: Option<Hasher>) -> (ChunkSender, ChunkReader) {
     let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     (
@@ -129,7 +155,7 @@ pub(crate) fn pipe() -> (ChunkSender, ChunkReader) {
             chunks: chunks_tx,
             spare: spare_rx,
         },
-        ChunkReader::new(chunks_rx, spare_tx),
+        ChunkReader::new(chunks_rx, spare_tx, hasher),
     )
 }
 
@@ -139,7 +165,7 @@ mod tests {
 
     #[test]
     fn reassembles_the_stream_and_recycles_buffers() {
-        let (tx, mut rx) = pipe();
+        let (tx, mut rx) = pipe(Some(Hasher::new()));
         let writer = std::thread::spawn(move || {
             for i in 0..10u8 {
                 let mut chunk = tx.buffer(16);
@@ -149,10 +175,13 @@ mod tests {
                 tx.chunks.send(chunk).unwrap();
             }
         });
-        let mut all = Vec::new();
-        rx.read_to_end(&mut all).unwrap();
+        // Half of it read, the rest only received: all of it is hashed.
+        let mut half = vec![0u8; 15];
+        rx.read_exact(&mut half).unwrap();
+        let hasher = rx.finish().unwrap();
         writer.join().unwrap();
         let expected: Vec<u8> = (0..10u8).flat_map(|i| [i; 3]).collect();
-        assert_eq!(all, expected);
+        assert_eq!(half, expected[..15]);
+        assert_eq!(hasher.finish(), crate::digest::Digest::of(&expected));
     }
 }

@@ -129,6 +129,11 @@ impl<R: BufRead> TarReader<R> {
         }
     }
 
+    /// The stream under the tar, at the end of the archive.
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The next real entry, or None at the end of the archive. Unread data of
     /// the previous entry is skipped.
     pub(crate) fn next_entry(&mut self) -> Result<Option<Entry>, UnpackError> {
