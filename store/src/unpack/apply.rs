@@ -28,7 +28,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -130,10 +130,28 @@ struct Parallel {
 /// is extracted on one thread.
 const MAX_TRACKED: usize = 1 << 20;
 
-fn path_hash(path: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    path.hash(&mut h);
-    h.finish()
+pub(super) fn path_hash(path: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(path);
+    hasher.finish()
+}
+
+/// `path_hash` of every parent of `path` (shallowest first), then of `path`
+/// itself, hashing each byte once: a path has up to 2048 parents, and
+/// hashing each from the start would cost a deep layer minutes of CPU.
+pub(super) fn prefix_hashes(path: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let mut hasher = DefaultHasher::new();
+    let mut hashed = 0;
+    let slashes = path
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| i);
+    slashes.chain(std::iter::once(path.len())).map(move |end| {
+        hasher.write(&path[hashed..end]);
+        hashed = end;
+        hasher.finish()
+    })
 }
 
 impl Parallel {
@@ -158,17 +176,12 @@ impl Parallel {
         if self.workers == 0 {
             return;
         }
-        self.made.insert(path_hash(path));
         let (parent, _) = split_parent(path);
         if parent.is_empty() || parent == self.last_parent.as_slice() {
+            self.made.insert(path_hash(path));
             return;
         }
-        self.made.insert(path_hash(parent));
-        for (i, &b) in parent.iter().enumerate() {
-            if b == b'/' {
-                self.made.insert(path_hash(&parent[..i]));
-            }
-        }
+        self.made.extend(prefix_hashes(path));
         self.last_parent = parent.to_vec();
     }
 
@@ -177,11 +190,7 @@ impl Parallel {
         if self.pending.is_empty() {
             return false;
         }
-        self.pending.contains(&path_hash(path))
-            || path
-                .iter()
-                .enumerate()
-                .any(|(i, &b)| b == b'/' && self.pending.contains(&path_hash(&path[..i])))
+        prefix_hashes(path).any(|hash| self.pending.contains(&hash))
     }
 }
 

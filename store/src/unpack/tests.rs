@@ -1523,3 +1523,67 @@ fn the_file_pool_gives_what_one_thread_gives() {
     eprintln!("{compared} of 8 archives extracted and compared");
     assert!(compared >= 6, "only {compared} of 8 archives extracted");
 }
+
+/// Files in one directory nested as deep as a path allows: deciding
+/// whether a file may go to the pool looks at every parent of its path,
+/// which must cost time linear in the path's length, not quadratic (a
+/// layer of such files would otherwise take minutes of CPU to extract).
+#[test]
+fn the_file_pool_checks_deep_paths_in_linear_time() {
+    let deep: String = (0..1_900).map(|i| format!("{}/", i % 10)).collect();
+    let files = 4_000;
+    let mut entries = Vec::new();
+    for i in 0..files {
+        let path = format!("{deep}f{i}");
+        entries.push(RawEntry::pax(&[("path", path.as_bytes())]));
+        entries.push(RawEntry::file(&format!("f{i}"), b"x"));
+    }
+    let tar = testtar::archive(&entries);
+    let timed = |workers: usize| {
+        let scene = Scene::new();
+        let start = std::time::Instant::now();
+        let unpacked = unpack_with_workers(
+            &mut &tar[..],
+            Compression::None,
+            &scene.dest,
+            &Limits::default(),
+            LayerPosition::Upper,
+            workers,
+        )
+        .unwrap();
+        assert_eq!(unpacked.entries, files);
+        start.elapsed()
+    };
+    let one = timed(0);
+    let pooled = timed(2);
+    eprintln!("one thread {one:?}, pool {pooled:?}");
+    assert!(
+        pooled < one * 4 + std::time::Duration::from_secs(2),
+        "one thread {one:?}, pool {pooled:?}"
+    );
+}
+
+/// The pool's bookkeeping finds a parent by the hash of its path: the
+/// hashes computed in one pass must be those of each parent on its own.
+#[test]
+fn prefix_hashes_are_the_hashes_of_each_parent() {
+    use super::apply::{path_hash, prefix_hashes};
+    for path in [
+        &b""[..],
+        b"a",
+        b"a/b",
+        b"usr/share/doc/x/copyright",
+        b"a//b",
+    ] {
+        let mut expected: Vec<u64> = path
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(i, _)| path_hash(&path[..i]))
+            .collect();
+        expected.push(path_hash(path));
+        let got: Vec<u64> = prefix_hashes(path).collect();
+        assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(path));
+    }
+    assert_ne!(path_hash(b"a/b"), path_hash(b"a"));
+}
