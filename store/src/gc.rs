@@ -166,20 +166,22 @@ pub(crate) fn plan_sweep(
     }
 
     // Files no record names: left by a crash or an interrupted command.
+    // (Sets, not the plan's lists: a store emptied by rmi has as many
+    // planned removals as files.)
+    let planned_blobs: HashSet<Digest> = plan.blob_files.iter().copied().collect();
     let (on_disk, _) = store.content().list()?;
     for d in on_disk {
-        if !blob_count.contains_key(&d)
-            && !leased_blobs.contains(&d)
-            && !plan.blob_files.contains(&d)
+        if !blob_count.contains_key(&d) && !leased_blobs.contains(&d) && !planned_blobs.contains(&d)
         {
             plan.blob_files.push(d);
         }
     }
+    let planned_layers: HashSet<Digest> = plan.layer_dirs.iter().copied().collect();
     let (dirs, _) = store.layer_store().list()?;
     for d in dirs {
         if !layer_count.contains_key(&d)
             && !leased_layers.contains(&d)
-            && !plan.layer_dirs.contains(&d)
+            && !planned_layers.contains(&d)
         {
             plan.layer_dirs.push(d);
         }
