@@ -303,6 +303,31 @@ fn sniff(mut r: Box<dyn Read + Send>) -> io::Result<(Compression, Box<dyn Read +
     Ok((kind, Box::new(io::Cursor::new(head[..n].to_vec()).chain(r))))
 }
 
+/// A failure to write the blob copy, carried through the layer reader so
+/// that it is reported as what it is (a full disk, say) rather than as a
+/// failure to read the layer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BlobWriteFailed(io::Error);
+
+/// The error of unpacking (or measuring) a layer read through a `Tee`.
+fn layer_error(layer: &str, source: unpack::UnpackError) -> Error {
+    if let unpack::UnpackError::Read { source: io_err, .. } | unpack::UnpackError::Io(io_err) =
+        &source
+    {
+        if let Some(BlobWriteFailed(write)) = io_err.get_ref().and_then(|e| e.downcast_ref()) {
+            return Error::Io {
+                context: format!("layer {layer}: write blob"),
+                source: io::Error::new(write.kind(), write.to_string()),
+            };
+        }
+    }
+    Error::Unpack {
+        layer: layer.to_string(),
+        source,
+    }
+}
+
 /// Copies everything read into a blob writer.
 struct Tee<'a, R> {
     inner: R,
@@ -315,7 +340,8 @@ impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(w) = self.sink.as_deref_mut() {
-            w.write_all(&buf[..n])?;
+            w.write_all(&buf[..n])
+                .map_err(|e| io::Error::new(e.kind(), BlobWriteFailed(e)))?;
         }
         self.progress.layer_bytes(self.index, n as u64);
         Ok(n)
@@ -502,13 +528,8 @@ fn extract_or_measure(
     let (unpacked_digest, csize, got_diff_id, size, file_bytes) = if present {
         // Another command extracted it while we waited: only the blob and
         // the sizes are needed, so hash without applying.
-        let m =
-            measure(&mut tee, declared, store.opts.limits.max_layer_size).map_err(|source| {
-                Error::Unpack {
-                    layer: layer_name.to_string(),
-                    source,
-                }
-            })?;
+        let m = measure(&mut tee, declared, store.opts.limits.max_layer_size)
+            .map_err(|source| layer_error(layer_name, source))?;
         (m.0, m.1, m.2, m.3, 0)
     } else {
         let staging = store.layers.stage(&store.unique(lease, "layer"))?;
@@ -525,10 +546,7 @@ fn extract_or_measure(
             &store.opts.limits,
             position,
         )
-        .map_err(|source| Error::Unpack {
-            layer: layer_name.to_string(),
-            source,
-        })?;
+        .map_err(|source| layer_error(layer_name, source))?;
         // Nothing becomes visible before both digests are checked.
         verify_layer(
             layer_name,
@@ -846,6 +864,42 @@ fn clean_up_failed(store: &Store, lease: &Lease, created: &Created) -> Result<()
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
+
+    /// A blob copy that cannot be written (a full disk) is reported as
+    /// that, not as a failure to read the layer, whichever reader met it.
+    #[test]
+    fn a_failed_blob_write_is_named_as_such() {
+        struct Full;
+        impl io::Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(28))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let failed = Full
+            .write_all(b"x")
+            .map_err(|e| io::Error::new(e.kind(), BlobWriteFailed(e)))
+            .unwrap_err();
+        let read = unpack::UnpackError::Read {
+            compression: Compression::Gzip,
+            source: failed,
+        };
+        let message = layer_error("sha256:ab", read).to_string();
+        assert!(
+            message.starts_with("layer sha256:ab: write blob: "),
+            "{message}"
+        );
+        assert!(message.contains("No space left on device"), "{message}");
+        // Any other read failure stays one.
+        let other = unpack::UnpackError::Read {
+            compression: Compression::Gzip,
+            source: io::Error::other("connection reset"),
+        };
+        let message = layer_error("sha256:ab", other).to_string();
+        assert!(message.contains("reading gzip layer data"), "{message}");
+    }
 
     /// A layer source whose first download breaks after `break_at` bytes,
     /// recording where each download started.
