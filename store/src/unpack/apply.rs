@@ -705,6 +705,7 @@ fn make_implied_dir(
 /// How a new file's owner and mode are set, decided from the extraction's
 /// state when its entry is read.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(test, derive(Default))]
 pub(super) struct FilePolicy {
     /// Owner a new file gets without chown, when predictable.
     default_owner: Option<(u32, u32)>,

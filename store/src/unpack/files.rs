@@ -30,12 +30,17 @@ use super::UnpackError;
 pub(crate) const MAX_FILE: u64 = 256 << 10;
 /// Files are handed over in batches of this many (one wake-up per batch
 /// rather than per file: a futex round trip costs as much as a small file)
-/// or of `BATCH_BYTES` of data, whichever comes first.
+/// or of `BATCH_BYTES` of memory (`FileJob::cost`), whichever comes first.
 const BATCH_FILES: usize = 32;
 const BATCH_BYTES: usize = 256 << 10;
-/// Data queued per worker at most. Enough for a directory of a thousand
+/// Memory queued per worker at most. Enough for a directory of a thousand
 /// small files, so that the next directory can go to another worker.
 const MAX_QUEUED_BYTES: usize = 4 << 20;
+/// Batches queued per worker at most. A batch holds one directory's files
+/// and keeps that directory open: a layer of many directories of one small
+/// file each (`/usr/share/doc/*/copyright`) would otherwise hold thousands
+/// of fds while the workers lag, and a process may have only 1024.
+const MAX_QUEUED_BATCHES: usize = 16;
 
 /// One file to create: `name` in `parent`, as `entry` says, with `data`.
 pub(crate) struct FileJob {
@@ -46,17 +51,51 @@ pub(crate) struct FileJob {
     pub policy: FilePolicy,
 }
 
+impl FileJob {
+    /// Memory the job holds until it is written: its data, names and
+    /// xattrs, and the job itself (so that empty files count too).
+    fn cost(&self) -> usize {
+        let entry = &self.entry;
+        let xattrs: usize = entry
+            .xattrs
+            .iter()
+            .map(|(name, value)| {
+                std::mem::size_of::<(Vec<u8>, Vec<u8>)>() + name.len() + value.len()
+            })
+            .sum();
+        std::mem::size_of::<FileJob>()
+            + self.data.len()
+            + self.name.len()
+            + entry.name.len()
+            + entry.link.len()
+            + xattrs
+    }
+}
+
 /// A worker's queue.
 #[derive(Default)]
 struct Queue {
     batches: VecDeque<Vec<FileJob>>,
-    /// Data bytes of the queued batches.
+    /// Memory of the batches queued or being written (`FileJob::cost`).
     bytes: usize,
     /// Batches queued or being written.
     outstanding: usize,
     /// The first error this worker met; later jobs are dropped unwritten.
     error: Option<UnpackError>,
     closed: bool,
+    /// Workers take no batch (tests fill the queues this way).
+    #[cfg(test)]
+    held: bool,
+}
+
+impl Queue {
+    /// Whether a worker may take a batch.
+    fn taking(&self) -> bool {
+        #[cfg(test)]
+        return !self.held;
+        #[cfg(not(test))]
+        true
+    }
 }
 
 #[derive(Default)]
@@ -96,7 +135,7 @@ pub(crate) struct FilePool {
     workers: Vec<Worker>,
     /// The worker taking the current directory's files.
     current: usize,
-    /// Jobs not handed over yet, and their data bytes.
+    /// Jobs not handed over yet, and their memory (`FileJob::cost`).
     batch: Vec<FileJob>,
     batch_bytes: usize,
 }
@@ -139,7 +178,7 @@ impl FilePool {
     /// Queues a job (in the current batch, handed over when full). Fails
     /// with the first error a worker met.
     pub(crate) fn submit(&mut self, job: FileJob) -> Result<(), UnpackError> {
-        self.batch_bytes += job.data.len();
+        self.batch_bytes += job.cost();
         self.batch.push(job);
         if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
             self.hand_over()?;
@@ -149,7 +188,9 @@ impl FilePool {
 
     /// Queues the current batch on the current worker, waiting while its
     /// queue is full (unless another worker has nothing to do: a directory
-    /// too big for one queue is then shared).
+    /// too big for one queue is then shared). Full is `MAX_QUEUED_BATCHES`
+    /// batches, or `MAX_QUEUED_BYTES` unless the queue is empty (one batch
+    /// always fits).
     fn hand_over(&mut self) -> Result<(), UnpackError> {
         if self.batch.is_empty() {
             return Ok(());
@@ -162,7 +203,9 @@ impl FilePool {
             if let Some(e) = queue.error.take() {
                 return Err(e);
             }
-            if queue.bytes == 0 || queue.bytes + bytes <= MAX_QUEUED_BYTES {
+            let room = queue.batches.len() < MAX_QUEUED_BATCHES
+                && (queue.bytes == 0 || queue.bytes + bytes <= MAX_QUEUED_BYTES);
+            if room {
                 queue.batches.push_back(batch);
                 queue.bytes += bytes;
                 queue.outstanding += 1;
@@ -200,6 +243,54 @@ impl FilePool {
     }
 }
 
+/// Holds a pool's workers idle, to see what it queues meanwhile.
+#[cfg(test)]
+pub(crate) struct Gate(Vec<Arc<Shared>>);
+
+#[cfg(test)]
+impl FilePool {
+    /// Stops the workers taking batches until the gate opens.
+    pub(crate) fn hold(&self) -> Gate {
+        let shared: Vec<Arc<Shared>> = self.workers.iter().map(|w| w.shared.clone()).collect();
+        for worker in &shared {
+            worker.lock().held = true;
+        }
+        Gate(shared)
+    }
+}
+
+#[cfg(test)]
+impl Gate {
+    /// Batches and jobs queued, and the bytes of their data, names and
+    /// xattrs.
+    pub(crate) fn queued(&self) -> (usize, usize, usize) {
+        let (mut batches, mut jobs, mut bytes) = (0, 0, 0);
+        for worker in &self.0 {
+            let queue = worker.lock();
+            batches += queue.batches.len();
+            for job in queue.batches.iter().flatten() {
+                jobs += 1;
+                bytes += job.data.len() + job.name.len() + job.entry.name.len();
+                bytes += job
+                    .entry
+                    .xattrs
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum::<usize>();
+            }
+        }
+        (batches, jobs, bytes)
+    }
+
+    /// Lets the workers go.
+    pub(crate) fn open(&self) {
+        for worker in &self.0 {
+            worker.lock().held = false;
+            worker.work.notify_all();
+        }
+    }
+}
+
 impl Drop for FilePool {
     fn drop(&mut self) {
         for worker in &self.workers {
@@ -225,8 +316,10 @@ fn work(shared: &Shared) {
         let (batch, failed_before) = {
             let mut queue = shared.lock();
             loop {
-                if let Some(batch) = queue.batches.pop_front() {
-                    break (batch, queue.error.is_some());
+                if queue.taking() {
+                    if let Some(batch) = queue.batches.pop_front() {
+                        break (batch, queue.error.is_some());
+                    }
                 }
                 if queue.closed {
                     return;
@@ -234,7 +327,7 @@ fn work(shared: &Shared) {
                 queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let bytes: usize = batch.iter().map(|job| job.data.len()).sum();
+        let bytes: usize = batch.iter().map(FileJob::cost).sum();
         let result = if failed_before {
             Ok(())
         } else {

@@ -5,10 +5,15 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::apply::FilePolicy;
+use super::files::{FileJob, FilePool};
+use super::tar_reader::{Entry, Kind, Time};
 use super::testtar::{self, RawEntry};
 use super::{
     unpack_layer, unpack_layer_at, unpack_with_workers, LayerPosition, Limits, UnpackError,
@@ -1586,4 +1591,95 @@ fn prefix_hashes_are_the_hashes_of_each_parent() {
         assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(path));
     }
     assert_ne!(path_hash(b"a/b"), path_hash(b"a"));
+}
+
+/// Queues `jobs` files on a pool of two workers held idle, each made by
+/// `job(i)` and in a directory of its own when `own_directory` is set,
+/// until the queues are full or everything is queued. Returns what was
+/// queued (batches, jobs, bytes of names and xattrs), then lets the
+/// workers go and checks every file was written.
+fn queued_by_held_pool(
+    jobs: usize,
+    own_directory: bool,
+    job: impl Fn(&Arc<OwnedFd>, usize) -> FileJob + Send + 'static,
+) -> (usize, usize, usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: Arc<OwnedFd> = Arc::new(fs::File::open(tmp.path()).unwrap().into());
+    let mut pool = FilePool::new(2).unwrap();
+    let gate = pool.hold();
+    let submitter = std::thread::spawn(move || {
+        for i in 0..jobs {
+            if own_directory || i == 0 {
+                pool.next_directory()?;
+            }
+            pool.submit(job(&dir, i))?;
+        }
+        pool.drain()
+    });
+    // The submitter stops when the queues are full (or when it is done).
+    let mut last = None;
+    let queued = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = gate.queued();
+        if submitter.is_finished() || last == Some(now) {
+            break now;
+        }
+        last = Some(now);
+    };
+    gate.open();
+    submitter.join().unwrap().unwrap();
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), jobs);
+    queued
+}
+
+fn pool_job(dir: &Arc<OwnedFd>, name: String, entry_name: Vec<u8>, data: Vec<u8>) -> FileJob {
+    FileJob {
+        parent: dir.clone(),
+        name: name.into_bytes(),
+        entry: Entry {
+            name: entry_name,
+            link: Vec::new(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: Time::default(),
+            atime: None,
+            size: data.len() as u64,
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+        },
+        data,
+        policy: FilePolicy::default(),
+    }
+}
+
+/// Each queued batch holds its directory open: a layer of many directories
+/// of one small file each (`/usr/share/doc/*/copyright`) must not queue
+/// so many that extraction runs out of file descriptors (1024 by default).
+#[test]
+fn the_file_pool_keeps_few_directories_open() {
+    let (batches, _, _) = queued_by_held_pool(5_000, true, |dir, i| {
+        pool_job(
+            dir,
+            format!("f{i}"),
+            b"doc/copyright".to_vec(),
+            vec![b'c'; 100],
+        )
+    });
+    assert!(batches <= 128, "{batches} batches (directories) queued");
+}
+
+/// Empty files carry no data, but their names and xattrs are held until
+/// written: queues of them must be bounded too.
+#[test]
+fn the_file_pool_bounds_the_memory_of_empty_files() {
+    let (_, jobs, held) = queued_by_held_pool(20_000, false, |dir, i| {
+        let mut job = pool_job(dir, format!("f{i}"), vec![b'n'; 2_000], Vec::new());
+        job.entry.xattrs = vec![(b"user.note".to_vec(), vec![b'v'; 1_000])];
+        job
+    });
+    assert!(jobs < 20_000, "all {jobs} jobs queued");
+    assert!(held <= 2 * (8 << 20), "{held} bytes of names queued");
 }
