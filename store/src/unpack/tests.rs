@@ -1683,3 +1683,155 @@ fn the_file_pool_bounds_the_memory_of_empty_files() {
     assert!(jobs < 20_000, "all {jobs} jobs queued");
     assert!(held <= 2 * (8 << 20), "{held} bytes of names queued");
 }
+
+/// Extracts `entries` on one thread and with a pool of 2 workers, checks
+/// nothing outside the layer changed, nothing is written after either
+/// returned, and both give the same result (success or failure, and then
+/// the same tree). Returns the pooled result.
+fn same_with_pool(what: &str, entries: &[RawEntry]) -> Result<Unpacked, UnpackError> {
+    let tar = testtar::archive(entries);
+    let run = |workers: usize| {
+        let scene = Scene::new();
+        let result = unpack_with_workers(
+            &mut &tar[..],
+            Compression::None,
+            &scene.dest,
+            &Limits::default(),
+            LayerPosition::Upper,
+            workers,
+        );
+        scene.assert_outside_untouched();
+        let mut tree = BTreeMap::new();
+        snapshot(&scene.dest, &scene.canary, &mut tree);
+        let tree: BTreeMap<PathBuf, Seen> = tree
+            .into_iter()
+            .map(|(path, mut seen)| {
+                // Implied directories are stamped with the extraction time.
+                if seen.mtime.0 > 1_600_000_000 {
+                    seen.mtime = (0, 0);
+                }
+                (path.strip_prefix(&scene.dest).unwrap().to_path_buf(), seen)
+            })
+            .collect();
+        // Nothing is written once extraction has returned.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut later = BTreeMap::new();
+        snapshot(&scene.dest, &scene.canary, &mut later);
+        assert_eq!(later.len(), tree.len(), "{what}: written after return");
+        (result, tree)
+    };
+    let (one, one_tree) = run(0);
+    let (pooled, pooled_tree) = run(2);
+    assert_eq!(
+        pooled.is_ok(),
+        one.is_ok(),
+        "{what}: pool {pooled:?}, one thread {one:?}"
+    );
+    // A failed extraction leaves what it got to, which the pool reaches
+    // in another order; the layer is then discarded.
+    if one.is_ok() {
+        assert!(pooled_tree == one_tree, "{what}: trees differ");
+    }
+    pooled
+}
+
+fn many_files(dir: &str, n: usize) -> Vec<RawEntry> {
+    (0..n)
+        .map(|i| RawEntry::file(&format!("{dir}/f{i}"), format!("{dir} {i}").as_bytes()))
+        .collect()
+}
+
+/// Entries that replace, link to or whiteout what the pool may still be
+/// writing, or name it in other spellings: the pool must wait for its
+/// files first, never write through a symlink or into a replaced
+/// directory, and give what one thread gives.
+#[test]
+fn the_file_pool_waits_for_files_that_later_entries_touch() {
+    if !is_root() {
+        // Whiteouts need mknod.
+        return;
+    }
+    let then = |mut first: Vec<RawEntry>, rest: Vec<RawEntry>| {
+        first.extend(rest);
+        first
+    };
+    let parent_becomes_symlink = then(
+        many_files("a/b", 300),
+        vec![
+            RawEntry::symlink("a/b", "../../canary"),
+            RawEntry::file("a/c", b"after"),
+        ],
+    );
+    assert!(same_with_pool("parent becomes a symlink", &parent_becomes_symlink).is_ok());
+    let through_symlink = then(
+        many_files("a/b", 300),
+        vec![
+            RawEntry::symlink("a", "../canary"),
+            RawEntry::file("a/b/f0", b"through"),
+        ],
+    );
+    assert!(same_with_pool("file through a new symlink", &through_symlink).is_err());
+    let ancestor_becomes_file = then(
+        many_files("x/y/z", 300),
+        vec![
+            RawEntry::file("x", b"file now"),
+            RawEntry::file("w/f", b"elsewhere"),
+        ],
+    );
+    same_with_pool("ancestor becomes a file", &ancestor_becomes_file).unwrap();
+    let below_a_pending_file = then(
+        many_files("p", 100),
+        vec![RawEntry::file("p/f7/under", b"below a file")],
+    );
+    let err = same_with_pool("below a pending file", &below_a_pending_file).unwrap_err();
+    // Not a race between making the directory and the file.
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    let links_and_whiteouts = then(
+        many_files("h", 300),
+        vec![
+            RawEntry::hardlink("l/one", "h/f299"),
+            RawEntry::hardlink("h/f5", "h/f298"),
+            RawEntry::file("h/.wh.f4", b""),
+            RawEntry::file("h/.wh.gone", b""),
+            RawEntry::file("h/.wh..wh..opq", b""),
+            RawEntry::file(".wh.h", b""),
+            RawEntry::dir("h/gone/"),
+            RawEntry::file("h/gone/f", b"back"),
+        ],
+    );
+    same_with_pool("hardlinks and whiteouts", &links_and_whiteouts).unwrap();
+    let spellings = then(
+        many_files("s", 100),
+        vec![
+            RawEntry::file("./s/f1", b"dot"),
+            RawEntry::file("/s/f2", b"absolute"),
+            RawEntry::file("s//f3", b"double slash"),
+            RawEntry::file("s/t/../f4", b"dot dot"),
+            RawEntry::file("s/t/u", b"in t"),
+            RawEntry::dir("./s/t/").with_mode(0o500),
+            RawEntry::file("s/./t/v", b"in read-only t"),
+            RawEntry::dir("./").with_mode(0o700),
+        ],
+    );
+    same_with_pool("other spellings of a path", &spellings).unwrap();
+    let read_only_first = then(
+        vec![RawEntry::dir("ro/").with_mode(0o500)],
+        many_files("ro", 100),
+    );
+    same_with_pool("a read-only directory before its files", &read_only_first).unwrap();
+}
+
+/// A file the pool fails to write fails the extraction, as on one thread,
+/// even with thousands of files after it.
+#[test]
+fn a_file_the_pool_fails_to_write_fails_the_extraction() {
+    let long_xattr = format!("SCHILY.xattr.user.{}", "x".repeat(300));
+    let mut entries = many_files("a", 50);
+    entries.push(RawEntry::pax(&[(long_xattr.as_str(), b"v")]));
+    entries.push(RawEntry::file("a/bad", b"bad xattr"));
+    for dir in 0..40 {
+        entries.extend(many_files(&format!("b{dir}"), 100));
+    }
+    let err = same_with_pool("bad xattr", &entries).unwrap_err();
+    assert!(err.to_string().contains("a/bad"), "{err}");
+}
