@@ -483,6 +483,10 @@ impl Applier {
         match entry.kind {
             Kind::Dir => {
                 set_xattrs(XattrTarget::Open(self.root.as_fd()), entry, ctx)?;
+                if has_default_acl(entry) {
+                    // Files created from now on take their mode from it.
+                    self.state.umask = None;
+                }
                 self.state.deferred.insert(Vec::new(), dir_attrs(entry));
                 Ok(0)
             }
@@ -849,11 +853,7 @@ impl Op<'_> {
                     .map_err(|e| self.ctx.fs("marking the directory opaque", e))?;
             }
             set_xattrs(XattrTarget::Open(fd.as_fd()), entry, self.ctx)?;
-            if entry
-                .xattrs
-                .iter()
-                .any(|(name, _)| name == DEFAULT_ACL_XATTR.as_bytes())
-            {
+            if has_default_acl(entry) {
                 // Files created below take their mode from the ACL now.
                 state.umask = None;
             }
@@ -1068,6 +1068,14 @@ fn whiteout(parent: BorrowedFd<'_>, target: &[u8], ctx: &Ctx<'_>) -> Result<(), 
         Ok(_) => Ok(()),
         Err(e) => Err(ctx.fs("inspecting the whited-out path", e)),
     }
+}
+
+/// Whether a directory entry gives the directory a default ACL.
+fn has_default_acl(entry: &Entry) -> bool {
+    entry
+        .xattrs
+        .iter()
+        .any(|(name, _)| name == DEFAULT_ACL_XATTR.as_bytes())
 }
 
 fn is_whiteout(st: &rfs::Stat) -> bool {

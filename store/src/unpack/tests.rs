@@ -1835,3 +1835,43 @@ fn a_file_the_pool_fails_to_write_fails_the_extraction() {
     let err = same_with_pool("bad xattr", &entries).unwrap_err();
     assert!(err.to_string().contains("a/bad"), "{err}");
 }
+
+/// A default ACL on the layer root, from the root's own entry, decides the
+/// mode of files created after it (not the umask): their modes must still
+/// be the archive's.
+#[test]
+fn a_default_acl_on_the_root_entry_does_not_change_file_modes() {
+    // Version 2; owner rwx, group and others nothing.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let entries = vec![
+        RawEntry::pax(&[("SCHILY.xattr.system.posix_acl_default", &acl[..])]),
+        RawEntry::dir("./"),
+        RawEntry::file("f", b"readable").with_mode(0o644),
+        RawEntry::file("d/g", b"readable").with_mode(0o644),
+    ];
+    for workers in [0, 2] {
+        let scene = Scene::new();
+        unpack_with_workers(
+            &mut &testtar::archive(&entries)[..],
+            Compression::None,
+            &scene.dest,
+            &Limits::default(),
+            LayerPosition::Upper,
+            workers,
+        )
+        .unwrap();
+        if xattr(&scene.dest, "system.posix_acl_default").is_none() {
+            // No ACLs on this filesystem: nothing to check.
+            return;
+        }
+        for file in ["f", "d/g"] {
+            let mode = fs::metadata(scene.dest.join(file)).unwrap().mode() & 0o7777;
+            assert_eq!(mode, 0o644, "{file} with {workers} workers");
+        }
+    }
+}
