@@ -451,12 +451,11 @@ impl Applier {
         if self.parallel.pool.is_none() {
             match FilePool::new(self.parallel.workers) {
                 Ok(pool) => self.parallel.pool = Some(pool),
-                Err(e) => {
-                    return Err(Ctx { entry: &entry }.fs("starting file writer threads", e));
-                }
+                // No threads to be had (a process or memory limit): the
+                // layer goes on with this one.
+                Err(_) => self.parallel.workers = 0,
             }
         }
-        self.parallel.pending.insert(path_hash(path));
         let job = FileJob {
             parent,
             name: name.to_vec(),
@@ -464,15 +463,18 @@ impl Applier {
             data,
             policy,
         };
-        if let Some(pool) = &mut self.parallel.pool {
-            let same_dir = matches!(&self.parallel.last_pooled_dir,
-                Some(last) if Arc::ptr_eq(last, &job.parent));
-            if !same_dir {
-                pool.next_directory()?;
-                self.parallel.last_pooled_dir = Some(job.parent.clone());
-            }
-            pool.submit(job)?;
+        let Some(pool) = &mut self.parallel.pool else {
+            files::write_job(&job)?;
+            return Ok(written);
+        };
+        self.parallel.pending.insert(path_hash(path));
+        let same_dir = matches!(&self.parallel.last_pooled_dir,
+            Some(last) if Arc::ptr_eq(last, &job.parent));
+        if !same_dir {
+            pool.next_directory()?;
+            self.parallel.last_pooled_dir = Some(job.parent.clone());
         }
+        pool.submit(job)?;
         Ok(written)
     }
 

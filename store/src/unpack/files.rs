@@ -16,8 +16,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -331,7 +332,13 @@ fn work(shared: &Shared) {
         let result = if failed_before {
             Ok(())
         } else {
-            batch.iter().try_for_each(write_job)
+            // A panic must not leave the extraction waiting for this batch.
+            std::panic::catch_unwind(AssertUnwindSafe(|| batch.iter().try_for_each(write_job)))
+                .unwrap_or_else(|_| {
+                    Err(UnpackError::Io(io::Error::other(
+                        "a file writer thread failed unexpectedly",
+                    )))
+                })
         };
         drop(batch);
         let mut queue = shared.lock();
@@ -348,7 +355,7 @@ fn work(shared: &Shared) {
 /// Creates the file, writes its data and sets its metadata, as the
 /// extraction thread would (`apply`'s `Op::file`), except that the name
 /// cannot exist yet: a name that does is an error here.
-fn write_job(job: &FileJob) -> Result<(), UnpackError> {
+pub(crate) fn write_job(job: &FileJob) -> Result<(), UnpackError> {
     let ctx = Ctx { entry: &job.entry };
     let fd = create_file(job.parent.as_fd(), &job.name, &job.entry)
         .map_err(|e| ctx.fs("creating the file", e))?;

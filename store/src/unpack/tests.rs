@@ -862,8 +862,8 @@ fn data_after_the_end_marker_is_part_of_the_diff_id() {
     let mut short = testtar::archive(&[RawEntry::file("f", b"x")]);
     short.extend_from_slice(&[0u8; 10_000]);
     short.extend_from_slice(b"trailing garbage that is not a header");
-    // More trailing data than the threads have in flight: the reading
-    // side goes on alone after the extraction side has finished.
+    // More trailing data than the threads have in flight: the extraction
+    // side receives and hashes it after the end of the archive.
     let mut long = testtar::archive(&[RawEntry::file("f", b"x")]);
     long.extend((0..12u32 << 20).map(|i| (i % 251) as u8));
     for tar in [short, long] {
