@@ -143,6 +143,21 @@ impl Scene {
         self.unpack(&testtar::archive(entries))
     }
 
+    /// Extracts an uncompressed upper layer with `workers` file threads
+    /// (0: all on the extraction thread).
+    fn unpack_with(&self, tar: &[u8], workers: usize) -> Result<Unpacked, UnpackError> {
+        let result = unpack_with_workers(
+            &mut &tar[..],
+            Compression::None,
+            &self.dest,
+            &Limits::default(),
+            LayerPosition::Upper,
+            workers,
+        );
+        self.assert_outside_untouched();
+        result
+    }
+
     /// Extracts `entries` as the first layer of a chain.
     fn base_entries(&self, entries: &[RawEntry]) -> Result<Unpacked, UnpackError> {
         let tar = testtar::archive(entries);
@@ -1450,15 +1465,7 @@ fn the_file_pool_gives_what_one_thread_gives() {
         let tar = testtar::archive(&churning_archive(seed));
         let run = |workers: usize| {
             let scene = Scene::new();
-            let result = unpack_with_workers(
-                &mut &tar[..],
-                Compression::None,
-                &scene.dest,
-                &Limits::default(),
-                LayerPosition::Upper,
-                workers,
-            );
-            scene.assert_outside_untouched();
+            let result = scene.unpack_with(&tar, workers);
             let mut tree = BTreeMap::new();
             if result.is_ok() {
                 let mut raw = BTreeMap::new();
@@ -1696,15 +1703,7 @@ fn same_with_pool(what: &str, entries: &[RawEntry]) -> Result<Unpacked, UnpackEr
     let tar = testtar::archive(entries);
     let run = |workers: usize| {
         let scene = Scene::new();
-        let result = unpack_with_workers(
-            &mut &tar[..],
-            Compression::None,
-            &scene.dest,
-            &Limits::default(),
-            LayerPosition::Upper,
-            workers,
-        );
-        scene.assert_outside_untouched();
+        let result = scene.unpack_with(&tar, workers);
         let mut tree = BTreeMap::new();
         snapshot(&scene.dest, &scene.canary, &mut tree);
         let tree: BTreeMap<PathBuf, Seen> = tree
@@ -1860,15 +1859,9 @@ fn a_default_acl_on_the_root_entry_does_not_change_file_modes() {
     ];
     for workers in [0, 2] {
         let scene = Scene::new();
-        unpack_with_workers(
-            &mut &testtar::archive(&entries)[..],
-            Compression::None,
-            &scene.dest,
-            &Limits::default(),
-            LayerPosition::Upper,
-            workers,
-        )
-        .unwrap();
+        scene
+            .unpack_with(&testtar::archive(&entries), workers)
+            .unwrap();
         if xattr(&scene.dest, "system.posix_acl_default").is_none() {
             // No ACLs on this filesystem: nothing to check.
             return;
