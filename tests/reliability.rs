@@ -219,21 +219,35 @@ impl Drop for Registry {
 
 // ------------------------------------------------------------- checks
 
-/// The image mounts with `lstore mount` and equals `expected`.
-fn assert_mounts_as(store: &Lstore, reference: &str, expected: &Tree) {
+/// The tree an image shows mounted read-only with `lstore mount`.
+fn mounted(store: &Lstore, reference: &str) -> Tree {
     let mount = LstoreMount::new(store, reference, false);
-    let actual = snapshot(mount.root());
-    drop(mount);
-    let differences = diff(expected, &actual);
+    snapshot(mount.root())
+}
+
+/// `actual` equals `expected`; else fails with `heading` and the first
+/// differences.
+fn assert_same_tree(expected: &Tree, actual: &Tree, heading: &str) {
+    let differences = diff(expected, actual);
     assert!(
         differences.is_empty(),
-        "{reference} mounted differs from its source:\n  {}",
+        "{heading}:\n  {}",
         differences
             .iter()
             .take(20)
             .cloned()
             .collect::<Vec<_>>()
             .join("\n  ")
+    );
+}
+
+/// The image mounts with `lstore mount` and equals `expected`.
+fn assert_mounts_as(store: &Lstore, reference: &str, expected: &Tree) {
+    let actual = mounted(store, reference);
+    assert_same_tree(
+        expected,
+        &actual,
+        &format!("{reference} mounted differs from its source"),
     );
 }
 
@@ -696,9 +710,7 @@ const COMMIT_DELETED: &str = "usr/lib/lib3.so";
 /// A committed image mounts read-only as the tree its mount showed: the
 /// written files there, the deleted one gone.
 fn assert_commit_stored(store: &Lstore, reference: &str, written: &Tree, what: &str) {
-    let mount = LstoreMount::new(store, reference, false);
-    let actual = snapshot(mount.root());
-    drop(mount);
+    let actual = mounted(store, reference);
     assert!(
         actual.get("committed/big").is_some() && actual.get("committed/iteration").is_some(),
         "{what}: {reference} lacks the written files"
@@ -707,16 +719,10 @@ fn assert_commit_stored(store: &Lstore, reference: &str, written: &Tree, what: &
         actual.get(COMMIT_DELETED).is_none(),
         "{what}: {reference} still shows the deleted {COMMIT_DELETED}"
     );
-    let differences = diff(written, &actual);
-    assert!(
-        differences.is_empty(),
-        "{what}: {reference} differs from the mount it was committed from:\n  {}",
-        differences
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n  ")
+    assert_same_tree(
+        written,
+        &actual,
+        &format!("{what}: {reference} differs from the mount it was committed from"),
     );
 }
 

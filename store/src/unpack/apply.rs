@@ -171,14 +171,12 @@ impl Parallel {
         }
     }
 
-    /// Records `path` and every parent of it as made by this layer.
-    fn made_with_parents(&mut self, path: &[u8]) {
-        if self.workers == 0 {
-            return;
-        }
+    /// Records `path` (whose `path_hash` is `hash`) and every parent of it
+    /// as made by this layer.
+    fn made_with_parents(&mut self, path: &[u8], hash: u64) {
         let (parent, _) = split_parent(path);
         if parent.is_empty() || parent == self.last_parent.as_slice() {
-            self.made.insert(path_hash(path));
+            self.made.insert(hash);
             return;
         }
         self.made.extend(prefix_hashes(path));
@@ -205,6 +203,17 @@ pub(super) fn file_workers() -> usize {
         return n.min(64);
     }
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// `name` in the directory `parent` (both relative to the layer root).
+fn child_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        path.extend_from_slice(parent);
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
 }
 
 /// Whether a directory has no entries.
@@ -316,9 +325,8 @@ impl Applier {
         let path =
             normalize(&entry.name).map_err(|e| Ctx { entry: &entry }.path_error(e, "path"))?;
         let role = role(&path);
-        let may_pool = self.order_with_pool(&entry, &path, &role)?;
-        if may_pool {
-            return self.submit_file(entry, &path, tar);
+        if let Some(hash) = self.order_with_pool(&entry, &path, &role)? {
+            return self.submit_file(entry, &path, hash, tar);
         }
         let ctx = Ctx { entry: &entry };
         if path.is_empty() {
@@ -342,11 +350,7 @@ impl Applier {
                 Ok(0)
             }
             Role::Whiteout(target) => {
-                let mut target_path = parent_path.to_vec();
-                if !target_path.is_empty() {
-                    target_path.push(b'/');
-                }
-                target_path.extend_from_slice(target);
+                let target_path = child_path(parent_path, target);
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
                 whiteout(parent.as_fd(), target, &ctx)?;
                 self.state.whiteouts.insert(target_path);
@@ -382,51 +386,52 @@ impl Applier {
 
     /// Keeps the file pool's work ordered with this entry: waits for the
     /// pool unless the entry makes a new plain path whose parents are not
-    /// being written, and records the path. Returns whether the entry
-    /// itself may go to the pool.
+    /// being written, and records the path. Returns the path's hash when
+    /// the entry itself may go to the pool.
     fn order_with_pool(
         &mut self,
         entry: &Entry,
         path: &[u8],
         role: &Role<'_>,
-    ) -> Result<bool, UnpackError> {
+    ) -> Result<Option<u64>, UnpackError> {
         let parallel = &mut self.parallel;
         if parallel.workers == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         if !parallel.active() {
             // Past the tracking limit: the rest of the layer on this thread.
             parallel.drain()?;
             parallel.workers = 0;
             parallel.pool = None;
-            return Ok(false);
+            return Ok(None);
         }
         let (parent_path, _) = split_parent(path);
+        let hash = path_hash(path);
         let new_plain = !path.is_empty()
             && *role == Role::Plain
             && entry.kind != Kind::Hardlink
-            && !parallel.made.contains(&path_hash(path));
+            && !parallel.made.contains(&hash);
         if !new_plain || parallel.pending_within(parent_path) {
             parallel.drain()?;
         }
-        parallel.made_with_parents(path);
+        parallel.made_with_parents(path, hash);
         if let Role::Whiteout(target) = role {
             // The whiteout device is made at the name it deletes.
-            let mut target_path = parent_path.to_vec();
-            if !target_path.is_empty() {
-                target_path.push(b'/');
-            }
-            target_path.extend_from_slice(target);
-            parallel.made.insert(path_hash(&target_path));
+            parallel
+                .made
+                .insert(path_hash(&child_path(parent_path, target)));
         }
-        Ok(new_plain && entry.kind == Kind::File && entry.size <= files::MAX_FILE)
+        let pooled = new_plain && entry.kind == Kind::File && entry.size <= files::MAX_FILE;
+        Ok(pooled.then_some(hash))
     }
 
-    /// Reads a small file's data and hands it to the pool.
+    /// Reads a small file's data and hands it to the pool (`hash` is the
+    /// path's `path_hash`).
     fn submit_file<R: BufRead>(
         &mut self,
         entry: Entry,
         path: &[u8],
+        hash: u64,
         tar: &mut TarReader<R>,
     ) -> Result<u64, UnpackError> {
         let (parent_path, name) = split_parent(path);
@@ -436,16 +441,7 @@ impl Applier {
                 .get(&self.root, parent_path, &ctx, &self.state)?
                 .clone()
         };
-        let mut data = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
-        loop {
-            let chunk = tar.data_chunk()?;
-            if chunk.is_empty() {
-                break;
-            }
-            let n = chunk.len();
-            data.extend_from_slice(chunk);
-            tar.consume_data(n);
-        }
+        let data = tar.read_data()?;
         let written = data.len() as u64;
         let policy = file_policy(&self.state, &entry);
         if self.parallel.pool.is_none() {
@@ -467,7 +463,7 @@ impl Applier {
             files::write_job(&job)?;
             return Ok(written);
         };
-        self.parallel.pending.insert(path_hash(path));
+        self.parallel.pending.insert(hash);
         let same_dir = matches!(&self.parallel.last_pooled_dir,
             Some(last) if Arc::ptr_eq(last, &job.parent));
         if !same_dir {

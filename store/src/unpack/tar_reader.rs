@@ -238,6 +238,20 @@ impl<R: BufRead> TarReader<R> {
         Ok(&buf[..n])
     }
 
+    /// The rest of the current entry's data, in memory (for small files).
+    pub(crate) fn read_data(&mut self) -> Result<Vec<u8>, UnpackError> {
+        let mut data = Vec::with_capacity(usize::try_from(self.remaining).unwrap_or(0));
+        loop {
+            let chunk = self.data_chunk()?;
+            if chunk.is_empty() {
+                return Ok(data);
+            }
+            let n = chunk.len();
+            data.extend_from_slice(chunk);
+            self.consume_data(n);
+        }
+    }
+
     /// Marks `n` bytes returned by `data_chunk` as read.
     pub(crate) fn consume_data(&mut self, n: usize) {
         self.inner.consume(n);
@@ -740,16 +754,7 @@ mod tests {
         let mut r = reader_for(data, 1 << 20);
         let mut out = Vec::new();
         while let Some(e) = r.next_entry()? {
-            let mut content = Vec::new();
-            loop {
-                let chunk = r.data_chunk()?;
-                if chunk.is_empty() {
-                    break;
-                }
-                let n = chunk.len();
-                content.extend_from_slice(chunk);
-                r.consume_data(n);
-            }
+            let content = r.read_data()?;
             out.push((e, content));
         }
         Ok(out)

@@ -1468,29 +1468,21 @@ fn the_file_pool_gives_what_one_thread_gives() {
             let result = scene.unpack_with(&tar, workers);
             let mut tree = BTreeMap::new();
             if result.is_ok() {
-                let mut raw = BTreeMap::new();
-                snapshot(&scene.dest, &scene.canary, &mut raw);
-                for (path, seen) in raw {
-                    // Implied directories and whiteout devices are stamped
-                    // with the time of extraction, not from the archive.
-                    let mtime = if seen.mtime.0 > 1_600_000_000 {
-                        (0, 0)
-                    } else {
-                        seen.mtime
-                    };
+                for (path, seen) in layer_tree(&scene) {
+                    // Compact, for readable differences.
                     let summary = format!(
-                        "{} mode {:o} owner {}:{} mtime {mtime:?} {} bytes {:?} opaque {} links {}",
+                        "{} mode {:o} owner {}:{} mtime {:?} {} bytes {:?} opaque {} links {}",
                         seen.kind,
                         seen.mode,
                         seen.uid,
                         seen.gid,
+                        seen.mtime,
                         seen.content.len(),
                         Digest::of(&seen.content),
                         seen.opaque,
                         seen.links
                     );
-                    let rel = path.strip_prefix(&scene.dest).unwrap();
-                    tree.insert(rel.to_string_lossy().into_owned(), summary);
+                    tree.insert(path.to_string_lossy().into_owned(), summary);
                 }
             }
             (
@@ -1695,6 +1687,22 @@ fn the_file_pool_bounds_the_memory_of_empty_files() {
     assert!(held <= 2 * (8 << 20), "{held} bytes of names queued");
 }
 
+/// The layer directory's tree, by path relative to it, with the times of
+/// implied directories and whiteout devices (stamped at extraction, not
+/// from the archive) zeroed, so two extractions compare.
+fn layer_tree(scene: &Scene) -> BTreeMap<PathBuf, Seen> {
+    let mut tree = BTreeMap::new();
+    snapshot(&scene.dest, &scene.canary, &mut tree);
+    tree.into_iter()
+        .map(|(path, mut seen)| {
+            if seen.mtime.0 > 1_600_000_000 {
+                seen.mtime = (0, 0);
+            }
+            (path.strip_prefix(&scene.dest).unwrap().to_path_buf(), seen)
+        })
+        .collect()
+}
+
 /// Extracts `entries` on one thread and with a pool of 2 workers, checks
 /// nothing outside the layer changed, nothing is written after either
 /// returned, and both give the same result (success or failure, and then
@@ -1704,18 +1712,7 @@ fn same_with_pool(what: &str, entries: &[RawEntry]) -> Result<Unpacked, UnpackEr
     let run = |workers: usize| {
         let scene = Scene::new();
         let result = scene.unpack_with(&tar, workers);
-        let mut tree = BTreeMap::new();
-        snapshot(&scene.dest, &scene.canary, &mut tree);
-        let tree: BTreeMap<PathBuf, Seen> = tree
-            .into_iter()
-            .map(|(path, mut seen)| {
-                // Implied directories are stamped with the extraction time.
-                if seen.mtime.0 > 1_600_000_000 {
-                    seen.mtime = (0, 0);
-                }
-                (path.strip_prefix(&scene.dest).unwrap().to_path_buf(), seen)
-            })
-            .collect();
+        let tree = layer_tree(&scene);
         // Nothing is written once extraction has returned.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut later = BTreeMap::new();
