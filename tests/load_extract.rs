@@ -511,3 +511,42 @@ fn multi_platform_index_loads_the_host_platform() {
     check_inspect(&store, &inspect, &native, name, Source::Layout);
     assert_matches_umoci(&store, name, &native);
 }
+
+#[test]
+fn whiteouts_below_a_whited_out_directory_leave_it_hidden() {
+    // Some tools write `rm -rf foo` as `.wh.foo` plus whiteouts of the
+    // paths below it, in either order.
+    let scratch = scratch();
+    let store = Lstore::new();
+    let mut lower = TarBuilder::new();
+    for dir in ["foo", "rev"] {
+        lower.dir(dir);
+        lower.file(format!("{dir}/bar"), "bar\n");
+        lower.dir(format!("{dir}/sub"));
+        lower.file(format!("{dir}/sub/x"), "x\n");
+        lower.file(format!("{dir}/other"), "other\n");
+    }
+    lower.file("stays", "stays\n");
+    let mut upper = TarBuilder::new();
+    upper.whiteout("foo");
+    upper.whiteout("foo/bar");
+    upper.whiteout("foo/sub/x");
+    upper.opaque("foo/sub");
+    upper.whiteout("rev/bar");
+    upper.whiteout("rev/sub/x");
+    upper.whiteout("rev");
+    let image = ImageBuilder::new()
+        .tar(&lower, Compression::Gzip)
+        .tar(&upper, Compression::Gzip)
+        .build();
+    let layout = scratch.path().join("layout");
+    let name = "example.com/lstore/rm-rf:1";
+    write_oci_layout(&layout, &[(&image, LayoutNames::containerd(name))]);
+    store.load(&layout, None);
+    let tree = mounted_tree(&store, name);
+    for hidden in ["foo", "rev"] {
+        assert!(tree.get(hidden).is_none(), "{hidden} shows in the image");
+    }
+    assert!(tree.get("stays").is_some());
+    assert_matches_umoci(&store, name, &image);
+}
