@@ -69,19 +69,29 @@ fn fsck(store: &Lstore, repair: bool) -> (bool, Value) {
     (out.success(), report)
 }
 
-/// The problem lines of a report, with their repaired flag.
-fn problems(report: &Value) -> Vec<(String, bool)> {
-    report["problems"]
+/// The lines of a report's `list`, each with its `done` flag.
+fn findings(report: &Value, list: &str, done: &str) -> Vec<(String, bool)> {
+    report[list]
         .as_array()
-        .expect("problems array")
+        .unwrap_or_else(|| panic!("no {list} array: {report}"))
         .iter()
         .map(|p| {
             (
                 p["what"].as_str().expect("what").to_string(),
-                p["repaired"].as_bool().expect("repaired"),
+                p[done].as_bool().expect(done),
             )
         })
         .collect()
+}
+
+/// The problem lines (damage) of a report, with their repaired flag.
+fn problems(report: &Value) -> Vec<(String, bool)> {
+    findings(report, "problems", "repaired")
+}
+
+/// The leftover lines of a report, with their removed flag.
+fn leftovers(report: &Value) -> Vec<(String, bool)> {
+    findings(report, "leftovers", "removed")
 }
 
 /// `fsck` finds problems and names `word` in one of them.
@@ -95,21 +105,6 @@ fn assert_fsck_finds(store: &Lstore, word: &str) -> Vec<(String, bool)> {
     );
     assert!(found.iter().all(|(_, repaired)| !repaired), "{found:#?}");
     found
-}
-
-/// The leftover lines of a report, with their removed flag.
-fn leftovers(report: &Value) -> Vec<(String, bool)> {
-    report["leftovers"]
-        .as_array()
-        .expect("leftovers array")
-        .iter()
-        .map(|l| {
-            (
-                l["what"].as_str().expect("what").to_string(),
-                l["removed"].as_bool().expect("removed"),
-            )
-        })
-        .collect()
 }
 
 fn assert_fsck_clean(store: &Lstore, what: &str) {

@@ -1170,14 +1170,8 @@ fn holds_only_markers(
                 resolve_beneath(),
             )?
         };
-        let mut entries = rfs::Dir::read_from(&fd)?;
-        while let Some(item) = entries.read() {
-            let item = item?;
-            let name = item.file_name();
-            if name == c"." || name == c".." {
-                continue;
-            }
-            let st = rfs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        for (name, _) in children(&fd)? {
+            let st = rfs::statat(&fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
             if is_whiteout(&st) {
                 continue;
             }
@@ -1210,6 +1204,21 @@ fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
     rfs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
 }
 
+/// The entries of an open directory (`.` and `..` left out), with their
+/// types as the directory gives them (maybe `Unknown`).
+fn children(dir: &OwnedFd) -> Result<Vec<(CString, FileType)>, Errno> {
+    let mut out = Vec::new();
+    let mut entries = rfs::Dir::read_from(dir)?;
+    while let Some(item) = entries.read() {
+        let item = item?;
+        let name = item.file_name();
+        if name != c"." && name != c".." {
+            out.push((name.to_owned(), item.file_type()));
+        }
+    }
+    Ok(out)
+}
+
 /// Removes the directory `name` in `parent` and everything below it,
 /// without following symlinks and without recursion on the stack. Only one
 /// directory fd is open at a time, so depth costs no fds.
@@ -1228,18 +1237,8 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
             Mode::empty(),
             resolve_beneath(),
         )?;
-        let mut children: Vec<(CString, FileType)> = Vec::new();
-        let mut dir = rfs::Dir::read_from(&fd)?;
-        while let Some(item) = dir.read() {
-            let item = item?;
-            let child = item.file_name();
-            if child == c"." || child == c".." {
-                continue;
-            }
-            children.push((child.to_owned(), item.file_type()));
-        }
         stack.push((rel.clone(), true));
-        for (child, file_type) in children {
+        for (child, file_type) in children(&fd)? {
             let is_dir = match file_type {
                 FileType::Directory => true,
                 FileType::Unknown => {
