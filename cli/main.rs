@@ -445,24 +445,37 @@ fn run(cli: Cli) -> lstore::Result<()> {
                     let fixed = if p.repaired { " (repaired)" } else { "" };
                     println!("{}{fixed}", p.what);
                 }
+                for l in &report.leftovers {
+                    let fixed = if l.removed { " (removed)" } else { "" };
+                    println!("leftover: {}{fixed}", l.what);
+                }
+                let verdict = match (report.damage_left(), report.leftovers_left()) {
+                    (0, 0) => "clean",
+                    (0, _) => "leftovers found",
+                    _ => "problems found",
+                };
                 println!(
-                    "checked {} blobs ({}), {} layers, {} images: {}",
+                    "checked {} blobs ({}), {} layers, {} images: {verdict}",
                     report.blobs_checked,
                     human(report.bytes_hashed),
                     report.layers_checked,
                     report.images_checked,
-                    if report.clean() {
-                        "clean"
-                    } else {
-                        "problems found"
-                    }
                 );
             }
-            if !report.clean() {
-                return Err(lstore::Error::Invalid(format!(
-                    "fsck found {} problems",
-                    report.problems.iter().filter(|p| !p.repaired).count()
-                )));
+            match (report.damage_left(), report.leftovers_left()) {
+                (0, 0) => {}
+                (0, n) => {
+                    return Err(lstore::Error::Invalid(format!(
+                        "fsck found {n} leftovers and no damage; lstore fsck --repair \
+                         removes them"
+                    )))
+                }
+                (n, 0) => return Err(lstore::Error::Invalid(format!("fsck found {n} problems"))),
+                (n, m) => {
+                    return Err(lstore::Error::Invalid(format!(
+                        "fsck found {n} problems and {m} leftovers"
+                    )))
+                }
             }
         }
         Command::Df { format } => {

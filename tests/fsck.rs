@@ -9,7 +9,7 @@ mod common;
 use common::image::{write_oci_layout, Image};
 use common::mount::LstoreMount;
 use common::scenes;
-use common::tarball::Layer;
+use common::tarball::{sha256_digest, Layer};
 use common::tree::{assert_same_tree, snapshot, Tree};
 use common::{scratch, Compression, ImageBuilder, LayoutNames, Lstore, TarBuilder};
 use serde_json::Value;
@@ -69,19 +69,29 @@ fn fsck(store: &Lstore, repair: bool) -> (bool, Value) {
     (out.success(), report)
 }
 
-/// The problem lines of a report, with their repaired flag.
-fn problems(report: &Value) -> Vec<(String, bool)> {
-    report["problems"]
+/// The lines of a report's `list`, each with its `done` flag.
+fn findings(report: &Value, list: &str, done: &str) -> Vec<(String, bool)> {
+    report[list]
         .as_array()
-        .expect("problems array")
+        .unwrap_or_else(|| panic!("no {list} array: {report}"))
         .iter()
         .map(|p| {
             (
                 p["what"].as_str().expect("what").to_string(),
-                p["repaired"].as_bool().expect("repaired"),
+                p[done].as_bool().expect(done),
             )
         })
         .collect()
+}
+
+/// The problem lines (damage) of a report, with their repaired flag.
+fn problems(report: &Value) -> Vec<(String, bool)> {
+    findings(report, "problems", "repaired")
+}
+
+/// The leftover lines of a report, with their removed flag.
+fn leftovers(report: &Value) -> Vec<(String, bool)> {
+    findings(report, "leftovers", "removed")
 }
 
 /// `fsck` finds problems and names `word` in one of them.
@@ -101,6 +111,7 @@ fn assert_fsck_clean(store: &Lstore, what: &str) {
     let (ok, report) = fsck(store, false);
     assert!(ok, "{what}: fsck finds problems: {report:#}");
     assert_eq!(problems(&report), Vec::new(), "{what}");
+    assert_eq!(leftovers(&report), Vec::new(), "{what}");
 }
 
 /// The chain ids of an image's layers, base first.
@@ -416,4 +427,69 @@ fn a_repaired_base_layer_keeps_its_whiteouts_out_as_a_pull_does() {
     assert!(ok, "{report:#}");
     assert_eq!(report["layers_reextracted"], 1);
     assert_same_tree(&before, &mounted_files(&store, A), "base layer repaired");
+}
+
+#[test]
+fn leftovers_are_reported_apart_from_damage_and_repair_removes_them() {
+    let a = image("leftovers");
+    let store = store_with(&[(&a, A)]);
+    let before = mounted_files(&store, A);
+    // What killed commands leave: a blob and a layer folder no record
+    // names, a short link to a layer that never arrived; and a stray name.
+    let blob = b"a blob no record names\n";
+    let blob_digest = sha256_digest(blob);
+    fs::write(blob_file(&store, &blob_digest), blob).unwrap();
+    let chain = sha256_digest(b"a layer no record names");
+    let folder = layer_dir(&store, &chain);
+    fs::create_dir_all(folder.join("diff/etc")).unwrap();
+    fs::write(folder.join("diff/etc/half"), "half extracted\n").unwrap();
+    let missing = sha256_digest(b"a layer that never arrived");
+    let link = store.path("overlay2/l/AAAAAAAAAAAAAAAAAAAAAAAAAA");
+    std::os::unix::fs::symlink(format!("../{}/diff", hex(&missing)), &link).unwrap();
+    let stray = store.path("blobs/sha256/not-a-digest");
+    fs::write(&stray, "stray\n").unwrap();
+    let left = [
+        hex(&blob_digest),
+        hex(&chain),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "not-a-digest",
+    ];
+
+    let (ok, report) = fsck(&store, false);
+    assert!(!ok, "leftovers make fsck fail: {report:#}");
+    assert_eq!(problems(&report), Vec::new(), "no damage: {report:#}");
+    let found = leftovers(&report);
+    assert_eq!(found.len(), left.len(), "{found:#?}");
+    for word in left {
+        assert!(
+            found
+                .iter()
+                .any(|(w, removed)| !removed && w.contains(word)),
+            "no leftover names {word}: {found:#?}"
+        );
+    }
+    let out = store.run(&["fsck"]);
+    assert!(out.stdout.contains("leftover: "), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("leftovers and no damage"),
+        "{}",
+        out.stderr
+    );
+
+    let (ok, report) = fsck(&store, true);
+    assert!(ok, "fsck --repair removes leftovers: {report:#}");
+    let removed = leftovers(&report);
+    assert_eq!(removed.len(), left.len(), "{removed:#?}");
+    assert!(removed.iter().all(|(_, r)| *r), "{removed:#?}");
+    for path in [blob_file(&store, &blob_digest), folder, link, stray] {
+        assert!(
+            fs::symlink_metadata(&path).is_err(),
+            "{} is left",
+            path.display()
+        );
+    }
+    assert_fsck_clean(&store, "after the repair");
+    assert_eq!(store.unfinished(), Vec::<String>::new(), "tmp/ emptied");
+    assert_eq!(tags(&store), vec![A.to_string()]);
+    assert_same_tree(&before, &mounted_files(&store, A), A);
 }

@@ -72,6 +72,14 @@ fn check_everything_whiteouts(inspect: &Value) {
     );
 }
 
+/// Writes `image` to an OCI layout under `dir`, named `name` as containerd
+/// names its exports, and loads it.
+fn load_named(store: &Lstore, dir: &Path, image: &Image, name: &str) {
+    let layout = dir.join("layout");
+    write_oci_layout(&layout, &[(image, LayoutNames::containerd(name))]);
+    store.load(&layout, None);
+}
+
 fn load_everything_from_layout(
     store: &Lstore,
     layout: &Path,
@@ -380,10 +388,8 @@ fn single_layer_image_mounts_through_a_bind_mount() {
     let image = ImageBuilder::new()
         .tar(&scenes::everything_base(), Compression::Zstd)
         .build();
-    let layout = scratch.path().join("layout");
     let name = "example.com/lstore/one-layer:1";
-    write_oci_layout(&layout, &[(&image, LayoutNames::containerd(name))]);
-    store.load(&layout, None);
+    load_named(&store, scratch.path(), &image, name);
     let inspect = store.inspect(name);
     check_inspect(&store, &inspect, &image, name, Source::Layout);
     check_layer_folders(&store, &inspect);
@@ -402,10 +408,8 @@ fn parent_directories_missing_from_the_tar_are_created() {
     t.file("a/b/c/file", "deep\n").mode(0o640);
     t.symlink("x/y/link", "../../a/b/c/file");
     let image = ImageBuilder::new().tar(&t, Compression::Gzip).build();
-    let layout = scratch.path().join("layout");
     let name = "example.com/lstore/implicit:1";
-    write_oci_layout(&layout, &[(&image, LayoutNames::containerd(name))]);
-    store.load(&layout, None);
+    load_named(&store, scratch.path(), &image, name);
     let tree = mounted_tree(&store, name);
     for dir in ["a", "a/b", "a/b/c", "x", "x/y"] {
         assert_eq!(
@@ -471,10 +475,8 @@ fn dot_slash_prefixed_names_are_ordinary_paths() {
         .tar(&t, Compression::Gzip)
         .tar(&upper, Compression::Gzip)
         .build();
-    let layout = scratch.path().join("layout");
     let name = "example.com/lstore/dot-slash:1";
-    write_oci_layout(&layout, &[(&image, LayoutNames::containerd(name))]);
-    store.load(&layout, None);
+    load_named(&store, scratch.path(), &image, name);
     assert_matches_umoci(&store, name, &image);
 }
 
@@ -510,4 +512,41 @@ fn multi_platform_index_loads_the_host_platform() {
     let inspect = store.inspect(name);
     check_inspect(&store, &inspect, &native, name, Source::Layout);
     assert_matches_umoci(&store, name, &native);
+}
+
+#[test]
+fn whiteouts_below_a_whited_out_directory_leave_it_hidden() {
+    // Some tools write `rm -rf foo` as `.wh.foo` plus whiteouts of the
+    // paths below it, in either order.
+    let scratch = scratch();
+    let store = Lstore::new();
+    let mut lower = TarBuilder::new();
+    for dir in ["foo", "rev"] {
+        lower.dir(dir);
+        lower.file(format!("{dir}/bar"), "bar\n");
+        lower.dir(format!("{dir}/sub"));
+        lower.file(format!("{dir}/sub/x"), "x\n");
+        lower.file(format!("{dir}/other"), "other\n");
+    }
+    lower.file("stays", "stays\n");
+    let mut upper = TarBuilder::new();
+    upper.whiteout("foo");
+    upper.whiteout("foo/bar");
+    upper.whiteout("foo/sub/x");
+    upper.opaque("foo/sub");
+    upper.whiteout("rev/bar");
+    upper.whiteout("rev/sub/x");
+    upper.whiteout("rev");
+    let image = ImageBuilder::new()
+        .tar(&lower, Compression::Gzip)
+        .tar(&upper, Compression::Gzip)
+        .build();
+    let name = "example.com/lstore/rm-rf:1";
+    load_named(&store, scratch.path(), &image, name);
+    let tree = mounted_tree(&store, name);
+    for hidden in ["foo", "rev"] {
+        assert!(tree.get(hidden).is_none(), "{hidden} shows in the image");
+    }
+    assert!(tree.get("stays").is_some());
+    assert_matches_umoci(&store, name, &image);
 }

@@ -426,6 +426,131 @@ fn docker_manifest_list_picks_the_platform() {
     check_pulled(&client, &store, &reference, &arm64);
 }
 
+/// Uploads `images` byte for byte and puts an OCI index of them (each
+/// under its own platform) at `repo:tag`; `note` tells apart indexes of
+/// the same images. Returns the index digest.
+fn put_platform_index(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    images: &[&Image],
+    note: &str,
+) -> String {
+    let mut manifests = Vec::new();
+    for image in images {
+        registry.upload(repo, &image.manifest_digest, image);
+        manifests.push(serde_json::json!({
+            "mediaType": image.manifest_media_type(),
+            "digest": image.manifest_digest,
+            "size": image.manifest.len(),
+            "platform": {"os": image.os, "architecture": image.architecture},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::image::OCI_INDEX,
+        "manifests": manifests,
+        "annotations": {"note": note},
+    }))
+    .unwrap();
+    registry.put_manifest(repo, tag, common::image::OCI_INDEX, &index);
+    common::tarball::sha256_digest(&index)
+}
+
+#[test]
+fn commands_that_reuse_stored_parts_leave_no_unrecorded_blob() {
+    // Every blob a finished command writes is recorded (fsck: no leftover)
+    // when it reuses what the store has: an index whose host manifest is
+    // an image pulled before, digest pulls, re-tags, a second index of the
+    // same image, an archive holding an index.
+    let registry = Registry::start();
+    let client = Client::new();
+    let store = Lstore::new();
+    let other_arch = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let debian = two_layer_image("debian");
+    let foreign = ImageBuilder::new()
+        .platform("linux", other_arch)
+        .layer(scenes::small_base())
+        .layer(scenes::small_app("foreign"))
+        .build();
+    let reg = registry.host();
+    registry.upload("reuse/debian", "bookworm", &debian);
+    let index = put_platform_index(
+        &registry,
+        "reuse/multi",
+        "latest",
+        &[&debian, &foreign],
+        "1",
+    );
+    put_platform_index(
+        &registry,
+        "reuse/multi2",
+        "latest",
+        &[&debian, &foreign],
+        "2",
+    );
+    let work = scratch();
+    let layout = work.path().join("layout");
+    common::image::write_oci_layout_multi_platform(
+        &layout,
+        &[&foreign, &debian],
+        LayoutNames::containerd("example.com/reuse/loaded:1"),
+    );
+    let multi = format!("{reg}/reuse/multi:latest");
+    let steps: Vec<Vec<String>> = vec![
+        vec!["pull".into(), format!("{reg}/reuse/debian:bookworm")],
+        vec!["pull".into(), multi.clone()],
+        vec!["pull".into(), format!("{reg}/reuse/multi@{index}")],
+        vec![
+            "pull".into(),
+            format!("{reg}/reuse/debian@{}", debian.manifest_digest),
+        ],
+        vec!["tag".into(), multi.clone(), format!("{reg}/reuse/copy:1")],
+        vec!["pull".into(), format!("{reg}/reuse/multi2:latest")],
+        vec!["load".into(), "-i".into(), layout.to_str().unwrap().into()],
+        vec![
+            "pull".into(),
+            "--platform".into(),
+            format!("linux/{other_arch}"),
+            multi.clone(),
+        ],
+        vec!["pull".into(), multi.clone()],
+    ];
+    for step in &steps {
+        let args: Vec<&str> = step.iter().map(String::as_str).collect();
+        client.ok(&store, &args);
+        let fsck = client.run(&store, &["fsck"]);
+        assert!(
+            fsck.success(),
+            "after lstore {}: fsck: {}{}",
+            args.join(" "),
+            fsck.stdout,
+            fsck.stderr
+        );
+    }
+    // The index the tag was pulled through is kept and names the image.
+    stored_blob(&store, &index);
+    let by_index = store.inspect(&format!("{reg}/reuse/multi@{index}"));
+    assert_eq!(by_index["id"], debian.config_digest.as_str());
+    check_pulled(&client, &store, &multi, &debian);
+
+    // Removing every name frees everything, the index included.
+    let mut names: Vec<String> = store.listed_references();
+    names.push(format!("{reg}/reuse/multi@{index}"));
+    names.push(format!("{reg}/reuse/debian@{}", debian.manifest_digest));
+    let mut args = vec!["rmi"];
+    args.extend(names.iter().map(String::as_str));
+    client.ok(&store, &args);
+    client.ok(&store, &["gc"]);
+    assert_eq!(store.blobs(), Vec::<String>::new());
+    let fsck = client.run(&store, &["fsck"]);
+    assert!(fsck.success(), "{}{}", fsck.stdout, fsck.stderr);
+}
+
 #[test]
 fn single_layer_image_with_a_whiteout_mounts_as_umoci_unpacks() {
     // A whiteout in a base layer hides nothing, so it is not extracted:

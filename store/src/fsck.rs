@@ -18,17 +18,26 @@
 //!
 //! All record changes land in one atomic batch. What a running command
 //! holds (a live lease) or a live mount uses is left alone.
+//!
+//! Leftovers are reported apart from damage: blob files and layer folders
+//! that no image uses (no record names them, or their record counts no
+//! user: what an interrupted command or a repair leaves), stray names and
+//! dangling short links. `repair` removes them with `gc`'s own sweep, after
+//! its records are written; untagged images and `tmp/`, `ingest/` are left
+//! to `gc`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io::Read;
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::layers::{short_id, tree_size};
+use crate::images::Removal;
+use crate::layers::{linked_chain, remove_tree, short_id, tree_size};
 use crate::meta::{
     BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS,
 };
@@ -45,6 +54,14 @@ pub struct Problem {
     pub repaired: bool,
 }
 
+/// A file no image needs, left by an interrupted command or a repair.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Leftover {
+    pub what: String,
+    /// Whether `--repair` removed it.
+    pub removed: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct FsckReport {
     pub blobs_checked: u64,
@@ -55,12 +72,26 @@ pub struct FsckReport {
     pub layers_reextracted: u64,
     /// Images `--repair` removed because something they need is gone.
     pub images_removed: u64,
+    /// Damage: what is wrong with what the records describe.
     pub problems: Vec<Problem>,
+    /// Files no image needs, apart from damage.
+    pub leftovers: Vec<Leftover>,
 }
 
 impl FsckReport {
+    /// Nothing wrong and nothing left over (or all of it repaired).
     pub fn clean(&self) -> bool {
-        self.problems.iter().all(|p| p.repaired)
+        self.damage_left() == 0 && self.leftovers_left() == 0
+    }
+
+    /// Problems not repaired.
+    pub fn damage_left(&self) -> usize {
+        self.problems.iter().filter(|p| !p.repaired).count()
+    }
+
+    /// Leftovers not removed.
+    pub fn leftovers_left(&self) -> usize {
+        self.leftovers.iter().filter(|l| !l.removed).count()
     }
 }
 
@@ -275,10 +306,8 @@ impl Check<'_> {
         blob_records: &BTreeMap<Digest, BlobRecord>,
         batch: &mut crate::meta::Batch<'_>,
     ) -> Result<()> {
-        let (on_disk, junk) = self.store.content().list()?;
-        for j in junk {
-            self.problem(format!("stray file {} in blobs/sha256", j.display()), false);
-        }
+        // Stray names are leftovers (see `sweep_leftovers`).
+        let (on_disk, _) = self.store.content().list()?;
         let hashed: Vec<(Digest, std::io::Result<(Digest, u64)>)> = on_disk
             .par_iter()
             .map(|d| (*d, hash_file(&self.store.content().path(d))))
@@ -310,11 +339,9 @@ impl Check<'_> {
                                 self.repair,
                             );
                         }
-                        Some(_) => {}
-                        None if !self.leased_blobs.contains(&d) => {
-                            self.problem(format!("blob {d} has no record (gc removes it)"), false);
-                        }
-                        None => {}
+                        // A used blob without a record is checked with the
+                        // records, an unused one is a leftover.
+                        _ => {}
                     }
                 }
                 Err(e) => self.problem(format!("blob {d}: {e}"), false),
@@ -428,11 +455,7 @@ impl Check<'_> {
             let layer = uses.get(&c);
             let recorded = layer_records.contains_key(&c);
             if layer.is_none() && !recorded {
-                // A folder nothing names: left by an interrupted command.
-                self.problem(
-                    format!("layer folder {c} has no record (gc removes it)"),
-                    false,
-                );
+                // A folder nothing names: a leftover, not damage.
                 continue;
             }
             let state = folder_state(&ls, &c, layer.map(|u| u.parents.as_slice()));
@@ -573,7 +596,9 @@ impl Check<'_> {
         );
     }
 
-    fn run(mut self) -> Result<FsckReport> {
+    /// Checks (and repairs); layer folders swept as leftovers go to
+    /// `trash` (already moved into `tmp/`), to delete after the lock.
+    fn run(mut self, trash: &mut Vec<PathBuf>) -> Result<FsckReport> {
         let meta = self.meta;
         let images = meta.images()?;
         self.report.images_checked = images.len() as u64;
@@ -674,7 +699,7 @@ impl Check<'_> {
 
         // Records against what the kept images use.
         self.check_blob_records(&kept, &blob_records, &tags, &mut batch)?;
-        let trash = self.check_layer_records(&kept, &layer_records, &uses, &fates, &mut batch)?;
+        let lost = self.check_layer_records(&kept, &layer_records, &uses, &fates, &mut batch)?;
 
         if self.repair {
             for d in &self.corrupt_blobs {
@@ -684,13 +709,80 @@ impl Check<'_> {
                 batch.commit()?;
             }
             // After the records: a crash in between leaves folders no record
-            // names, which gc removes.
-            for c in trash {
+            // names, which the next repair or gc removes.
+            for c in lost {
                 let name = format!("fsck-{}.trash-{}", std::process::id(), c.hex());
                 self.store.layer_store().remove(&c, &name)?;
             }
         }
+        self.sweep_leftovers(&fates, trash)?;
         Ok(self.report)
+    }
+
+    /// Reports the leftovers, and removes them when repairing: what `gc`'s
+    /// sweep takes when no image is dropped (blobs and layers no image
+    /// uses, never what a live lease names), stray names and dangling short
+    /// links. Runs after the repair's records are written, so it sees what
+    /// they describe. Damage already reported (a corrupt blob, a lost
+    /// layer, the short link of a layer to restore) is not repeated.
+    fn sweep_leftovers(
+        &mut self,
+        fates: &BTreeMap<Digest, Fate>,
+        trash: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let store = self.store;
+        let plan = crate::gc::plan_sweep(store, self.meta, &BTreeSet::new(), &BTreeSet::new())?;
+        let removed = self.repair;
+        let recorded_blobs: HashSet<&Digest> = plan.unused_blob_records().iter().collect();
+        let recorded_layers: HashSet<&Digest> = plan.unused_layer_records().iter().collect();
+        let why = |recorded: bool| {
+            if recorded {
+                "no image uses it"
+            } else {
+                "no record names it"
+            }
+        };
+        for d in plan.unused_blobs() {
+            if !self.good_blobs.contains_key(d) {
+                continue;
+            }
+            let what = format!("blob {d}: {}", why(recorded_blobs.contains(d)));
+            self.report.leftovers.push(Leftover { what, removed });
+        }
+        for c in plan.unused_layers() {
+            let present = std::fs::symlink_metadata(store.layer_store().dir(c)).is_ok();
+            if !present || fates.get(c) == Some(&Fate::Lost) {
+                continue;
+            }
+            let what = format!("layer folder {c}: {}", why(recorded_layers.contains(c)));
+            self.report.leftovers.push(Leftover { what, removed });
+        }
+        let strays = crate::gc::strays(store, &self.leased_layers)?;
+        let strays: Vec<PathBuf> = strays
+            .into_iter()
+            .filter(|p| {
+                // The link of a layer checked above is part of its repair.
+                let chain = std::fs::read_link(p).ok().and_then(|t| linked_chain(&t));
+                !chain.is_some_and(|c| fates.contains_key(&c))
+            })
+            .collect();
+        let links = store.layer_store().links_dir();
+        for p in &strays {
+            let what = if p.parent() == Some(links.as_path()) {
+                format!("short link {} names no layer", p.display())
+            } else {
+                format!("stray {} is no blob or layer folder", p.display())
+            };
+            self.report.leftovers.push(Leftover { what, removed });
+        }
+        if self.repair {
+            let mut swept = Removal::default();
+            crate::gc::apply_sweep(store, self.meta, &plan, &mut swept, trash)?;
+            for p in &strays {
+                remove_tree(p)?;
+            }
+        }
+        Ok(())
     }
 
     /// Blob records: files gone, records missing, reference counts.
@@ -921,7 +1013,8 @@ fn image_label(img: &ImageRecord, tags: &[(String, crate::meta::TagRecord)]) -> 
 impl Store {
     /// `lstore fsck [--repair]`; see the module comment.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        self.session(|meta| {
+        let mut trash = Vec::new();
+        let report = self.session(|meta| {
             // What running commands hold is theirs, not a problem.
             let mut leased_blobs = HashSet::new();
             let mut leased_layers = HashSet::new();
@@ -953,8 +1046,11 @@ impl Store {
                 blob_refs_before: BTreeMap::new(),
                 layer_refs_before: BTreeMap::new(),
             }
-            .run()
-        })
+            .run(&mut trash)
+        });
+        // Swept layer folders are deleted outside the lock, as gc does.
+        crate::gc::empty_trash(self, trash);
+        report
     }
 }
 
@@ -1183,6 +1279,55 @@ mod tests {
         let hello = store.layer_store().diff_dir(&chain).join("hello");
         assert_eq!(std::fs::read(hello).unwrap(), b"world");
         assert!(store.fsck(false).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn leftovers_a_running_command_holds_are_left_alone_then_swept() {
+        let (_dir, store, chain) = store_with_an_image();
+        let blob = Digest::of(b"being written");
+        std::fs::write(store.content().path(&blob), b"being written").unwrap();
+        let layer = Digest::of(b"being extracted");
+        let ls = store.layer_store();
+        ls.commit(ls.stage("t.leftover").unwrap(), &layer, &[])
+            .unwrap();
+        let lease = store
+            .session(|_| {
+                store.lease(&LeaseContent {
+                    pid: std::process::id(),
+                    blobs: vec![blob],
+                    layers: vec![layer],
+                })
+            })
+            .unwrap();
+        let report = store.fsck(true).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert!(report.leftovers.is_empty(), "{report:?}");
+        assert!(store.content().contains(&blob));
+        assert!(ls.is_present(&layer));
+
+        // Its command gone, both are leftovers, not damage.
+        drop(lease);
+        let report = store.fsck(false).unwrap();
+        assert!(!report.clean());
+        assert!(report.problems.is_empty(), "{report:?}");
+        let named = |d: &Digest| {
+            report
+                .leftovers
+                .iter()
+                .any(|l| l.what.contains(&d.to_string()) && !l.removed)
+        };
+        assert!(named(&blob) && named(&layer), "{report:?}");
+        assert_eq!(report.leftovers.len(), 2, "{report:?}");
+
+        let report = store.fsck(true).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(report.leftovers.len(), 2, "{report:?}");
+        assert!(report.leftovers.iter().all(|l| l.removed));
+        assert!(!store.content().contains(&blob));
+        assert!(!ls.is_present(&layer));
+        assert!(ls.is_present(&chain), "the image's own layer stays");
+        let report = store.fsck(false).unwrap();
+        assert!(report.clean() && report.leftovers.is_empty(), "{report:?}");
     }
 
     #[test]

@@ -41,6 +41,28 @@ pub(crate) struct SweepPlan {
     refcount_fixes: u64,
 }
 
+impl SweepPlan {
+    /// Blob files the sweep removes (no kept image uses them).
+    pub(crate) fn unused_blobs(&self) -> &[Digest] {
+        &self.blob_files
+    }
+
+    /// Layer folders the sweep removes (no kept image uses them).
+    pub(crate) fn unused_layers(&self) -> &[Digest] {
+        &self.layer_dirs
+    }
+
+    /// Blob records the sweep deletes (no kept image uses them).
+    pub(crate) fn unused_blob_records(&self) -> &[Digest] {
+        &self.blob_records
+    }
+
+    /// Layer records the sweep deletes (no kept image uses them).
+    pub(crate) fn unused_layer_records(&self) -> &[Digest] {
+        &self.layer_records
+    }
+}
+
 /// Counts, over `images`, how many use each blob and each layer.
 fn mark(images: &[&ImageRecord]) -> (BTreeMap<Digest, u64>, BTreeMap<Digest, u64>) {
     let mut blobs = BTreeMap::new();
@@ -363,10 +385,25 @@ pub(crate) fn full(
             }
         }
     }
+    for p in strays(store, &leased_layers)? {
+        report.leftovers += 1;
+        if !dry_run {
+            report.freed_bytes += remove_tree(&p)?;
+        }
+    }
+    if !dry_run {
+        remove_idle_locks(store);
+    }
+    Ok(report)
+}
+
+/// What is neither a blob, a layer folder nor a live short link under
+/// `blobs/sha256/` and `overlay2/`: stray names, and short links whose
+/// layer is gone. A link to a layer in `leased_layers` is kept: a running
+/// import points it at its folder just before renaming the folder in.
+pub(crate) fn strays(store: &Store, leased_layers: &HashSet<Digest>) -> Result<Vec<PathBuf>> {
     let (_, junk_blobs) = store.content().list()?;
     let (_, junk_dirs) = store.layer_store().list()?;
-    // A running import points a layer's short link at it just before the
-    // folder is renamed into place: not dangling, only early.
     let early: HashSet<PathBuf> = leased_layers
         .iter()
         .map(|c| store.layer_store().link_path(c))
@@ -376,21 +413,11 @@ pub(crate) fn full(
         .dangling_links()?
         .into_iter()
         .filter(|p| !early.contains(p));
-    for p in junk_blobs.into_iter().chain(junk_dirs).chain(dangling) {
-        report.leftovers += 1;
-        if dry_run {
-            continue;
-        }
-        if p.is_dir() && !p.is_symlink() {
-            report.freed_bytes += remove_tree(&p)?;
-        } else {
-            fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
-        }
-    }
-    if !dry_run {
-        remove_idle_locks(store);
-    }
-    Ok(report)
+    Ok(junk_blobs
+        .into_iter()
+        .chain(junk_dirs)
+        .chain(dangling)
+        .collect())
 }
 
 /// Removes per-layer lock files nobody holds. (Should a process open one

@@ -706,23 +706,8 @@ fn commit(
     lease: &Lease,
 ) -> Result<()> {
     let (manifest_bytes, manifest_digest, manifest_type) = manifest;
-    // Small blobs: written here, under the lock, so gc cannot miss them.
-    store.content.put_bytes(
-        &store.unique(lease, "config"),
-        &req.config.0,
-        Some(&req.config.1),
-    )?;
-    store.content.put_bytes(
-        &store.unique(lease, "manifest"),
-        manifest_bytes,
-        Some(&manifest_digest),
-    )?;
-    if let Some((bytes, d)) = &req.index {
-        store
-            .content
-            .put_bytes(&store.unique(lease, "index"), bytes, Some(d))?;
-    }
-    // Everything the image needs must be here (the lease kept gc away).
+    // Everything the image needs must be here (the lease kept gc away);
+    // checked before a blob is written, so that a failure writes none.
     for (i, c) in chains.iter().enumerate() {
         if !store.layers.is_present(c) {
             return Err(Error::Invalid(format!(
@@ -736,6 +721,25 @@ fn commit(
                 done[i].desc.digest
             )));
         }
+    }
+    let existing = meta.image(&manifest_digest)?;
+    let index = index_to_record(req.index.as_ref(), existing.as_ref());
+    // Small blobs: written here, under the lock, so gc cannot miss them,
+    // and only those the records below name.
+    store.content.put_bytes(
+        &store.unique(lease, "config"),
+        &req.config.0,
+        Some(&req.config.1),
+    )?;
+    store.content.put_bytes(
+        &store.unique(lease, "manifest"),
+        manifest_bytes,
+        Some(&manifest_digest),
+    )?;
+    if let Some((bytes, d)) = index {
+        store
+            .content
+            .put_bytes(&store.unique(lease, "index"), bytes, Some(d))?;
     }
 
     let image = ImageRecord {
@@ -766,7 +770,21 @@ fn commit(
     };
 
     let mut batch = meta.batch();
-    let existing = meta.image(&manifest_digest)?;
+    if let (Some(mut stored), Some((bytes, d))) = (existing.clone(), index) {
+        if stored.index.is_none() {
+            // Stored before without an index, now pulled through one: the
+            // image holds on to it from now on.
+            stored.index = Some(*d);
+            let mut rec = meta.blob(d)?.unwrap_or_else(|| BlobRecord {
+                size: bytes.len() as u64,
+                media_type: oci::OCI_INDEX.to_string(),
+                refs: 0,
+            });
+            rec.refs += 1;
+            batch.put(CF_BLOBS, d.as_bytes(), &rec)?;
+            batch.put(CF_IMAGES, manifest_digest.as_bytes(), &stored)?;
+        }
+    }
     if existing.is_none() {
         // New image: count its uses of every blob and layer.
         let mut sizes: BTreeMap<Digest, (u64, String)> = BTreeMap::new();
@@ -831,6 +849,23 @@ fn commit(
         )?;
     }
     batch.commit()
+}
+
+/// The index an import records, if any: the one it came through when the
+/// image is new, or stored without an index (pulled by a platform tag,
+/// then through a multi-platform one), or already holds this very index.
+/// An image that holds another index keeps it, and this one is not written:
+/// no record would name it.
+fn index_to_record<'a>(
+    index: Option<&'a (Vec<u8>, Digest)>,
+    existing: Option<&ImageRecord>,
+) -> Option<&'a (Vec<u8>, Digest)> {
+    let (_, d) = index?;
+    match existing.map(|img| img.index) {
+        None | Some(None) => index,
+        Some(Some(held)) if held == *d => index,
+        Some(Some(_)) => None,
+    }
 }
 
 /// Removes what a failed import created that nothing else uses or holds.
@@ -899,6 +934,40 @@ mod tests {
         };
         let message = layer_error("sha256:ab", other).to_string();
         assert!(message.contains("reading gzip layer data"), "{message}");
+    }
+
+    #[test]
+    fn an_index_is_recorded_only_where_an_image_record_names_it() {
+        let index = (b"index".to_vec(), Digest::of(b"index"));
+        let image = |held: Option<Digest>| ImageRecord {
+            manifest: Digest::of(b"manifest"),
+            manifest_media_type: oci::OCI_MANIFEST.into(),
+            manifest_size: 1,
+            config: Digest::of(b"config"),
+            config_size: 1,
+            index: held,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            created: None,
+            layers: Vec::new(),
+            stored_at: 0,
+        };
+        let recorded = |existing: Option<&ImageRecord>| index_to_record(Some(&index), existing);
+        assert_eq!(recorded(None), Some(&index), "a new image");
+        assert_eq!(
+            recorded(Some(&image(None))),
+            Some(&index),
+            "stored without one"
+        );
+        assert_eq!(
+            recorded(Some(&image(Some(index.1)))),
+            Some(&index),
+            "this one"
+        );
+        let other = image(Some(Digest::of(b"another index")));
+        assert_eq!(recorded(Some(&other)), None, "stored with another");
+        assert_eq!(index_to_record(None, Some(&image(None))), None);
     }
 
     /// A layer source whose first download breaks after `break_at` bytes,

@@ -68,7 +68,12 @@ impl LayerStore {
     }
 
     pub fn link_path(&self, chain_id: &Digest) -> PathBuf {
-        self.overlay.join("l").join(short_id(chain_id))
+        self.links_dir().join(short_id(chain_id))
+    }
+
+    /// `overlay2/l/`, where the short links are.
+    pub fn links_dir(&self) -> PathBuf {
+        self.overlay.join("l")
     }
 
     /// A finished folder exists for the layer (the rename is the commit).
@@ -154,7 +159,7 @@ impl LayerStore {
             }
             Err(_) => symlink(&target, &link).ctx(|| format!("create {}", link.display()))?,
         }
-        crate::content::sync_dir(&self.overlay.join("l"))
+        crate::content::sync_dir(&self.links_dir())
     }
 
     /// Completes a staged layer and puts it in place of a damaged folder
@@ -246,7 +251,7 @@ impl LayerStore {
 
     /// Short links in `l/` whose layer folder is not complete (dangling).
     pub fn dangling_links(&self) -> Result<Vec<PathBuf>> {
-        let l = self.overlay.join("l");
+        let l = self.links_dir();
         let mut out = Vec::new();
         let entries = match fs::read_dir(&l) {
             Ok(e) => e,
@@ -259,11 +264,7 @@ impl LayerStore {
             // A link is good when it points at ../<hex>/diff of a finished layer.
             let good = fs::read_link(&path)
                 .ok()
-                .and_then(|t| {
-                    let t = t.to_str()?.to_string();
-                    let hex = t.strip_prefix("../")?.strip_suffix("/diff")?.to_string();
-                    Digest::from_hex(&hex)
-                })
+                .and_then(|t| linked_chain(&t))
                 .map(|chain| {
                     self.is_present(&chain)
                         && short_id(&chain) == entry.file_name().to_string_lossy()
@@ -295,6 +296,15 @@ impl Drop for Staging {
             let _ = remove_tree(&self.path);
         }
     }
+}
+
+/// The layer a short link's target (`../<chain-hex>/diff`) names.
+pub(crate) fn linked_chain(target: &Path) -> Option<Digest> {
+    let hex = target
+        .to_str()?
+        .strip_prefix("../")?
+        .strip_suffix("/diff")?;
+    Digest::from_hex(hex)
 }
 
 /// Bytes a tree uses (apparent sizes of regular files), never following links.

@@ -343,6 +343,12 @@ impl Applier {
                 check_parent(self.root.as_fd(), parent_path, &ctx, &self.state)?;
                 Ok(0)
             }
+            // Below a path this layer whited out, a marker has nothing
+            // left to hide: that whiteout hides the whole lower tree, and
+            // applying the marker would make the directory again (an empty
+            // directory where the image has none; `rm -rf` in some tools
+            // writes `.wh.foo` and `foo/.wh.bar`).
+            Role::Opaque | Role::Whiteout(_) if self.below_own_whiteout(parent_path) => Ok(0),
             Role::Opaque => {
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
                 set_opaque(parent.as_fd())
@@ -351,8 +357,15 @@ impl Applier {
             }
             Role::Whiteout(target) => {
                 let target_path = child_path(parent_path, target);
-                let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
-                whiteout(parent.as_fd(), target, &ctx)?;
+                let parent = self
+                    .cache
+                    .get(&self.root, parent_path, &ctx, &self.state)?
+                    .clone();
+                let removed_dir =
+                    whiteout(parent.as_fd(), target, &target_path, &self.state, &ctx)?;
+                if removed_dir {
+                    self.cache.forget_within(&target_path);
+                }
                 self.state.whiteouts.insert(target_path);
                 Ok(0)
             }
@@ -382,6 +395,47 @@ impl Applier {
                 Ok(written)
             }
         }
+    }
+
+    /// Whether the directory `path` lies at or below a whiteout this layer
+    /// made (the layer started empty, so any 0/0 device in it is one).
+    /// Cheap when it does not: a cached or openable directory is no
+    /// whiteout, and a layer without whiteouts has none.
+    fn below_own_whiteout(&self, path: &[u8]) -> bool {
+        if path.is_empty() || self.state.whiteouts.is_empty() {
+            return false;
+        }
+        if matches!(&self.cache.entry, Some((cached, _)) if cached == path) {
+            return false;
+        }
+        let root = self.root.as_fd();
+        let open = |base: BorrowedFd<'_>, name: &[u8]| {
+            rfs::openat2(
+                base,
+                name,
+                dir_open_flags(),
+                Mode::empty(),
+                resolve_beneath(),
+            )
+        };
+        if open(root, path).is_ok() {
+            return false;
+        }
+        // Walk it: the first component that is no directory decides. A
+        // symlink or a file is no whiteout; the entry then fails as usual.
+        let mut current: Option<OwnedFd> = None;
+        for component in path.split(|&b| b == b'/') {
+            let base = current.as_ref().map_or(root, |fd| fd.as_fd());
+            match open(base, component) {
+                Ok(fd) => current = Some(fd),
+                Err(Errno::NOTDIR) => {
+                    return rfs::statat(base, component, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| is_whiteout(&st))
+                }
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Keeps the file pool's work ordered with this entry: waits for the
@@ -1033,25 +1087,36 @@ impl Op<'_> {
     }
 }
 
-/// Writes a whiteout for `target` in `parent`.
+/// Writes a whiteout for `target` (at `target_path` from the layer root)
+/// in `parent`. Returns whether a directory was removed to make it.
 ///
 /// OCI layer.md: a whiteout hides the name in *lower* layers only; what
 /// this layer itself puts at that name stays. So:
 /// - nothing there yet: a 0/0 character device (overlay's whiteout);
-/// - a directory from this layer: it stays, made opaque, so the lower
-///   layers' content under it is hidden as the whiteout says;
+/// - a directory this layer made only to hold whiteouts of paths below
+///   (`foo/.wh.bar` before `.wh.foo`): it holds nothing of the layer's
+///   own, so it is replaced by the device, which hides all it hid;
+/// - any other directory from this layer: it stays, made opaque, so the
+///   lower layers' content under it is hidden as the whiteout says;
 /// - a file, symlink, device or whiteout from this layer: it stays as is,
 ///   since a non-directory in an upper layer already hides the lower name.
-fn whiteout(parent: BorrowedFd<'_>, target: &[u8], ctx: &Ctx<'_>) -> Result<(), UnpackError> {
+fn whiteout(
+    parent: BorrowedFd<'_>,
+    target: &[u8],
+    target_path: &[u8],
+    state: &State,
+    ctx: &Ctx<'_>,
+) -> Result<bool, UnpackError> {
+    let make_device = || {
+        rfs::mknodat(parent, target, FileType::CharacterDevice, Mode::empty(), 0).map_err(|e| {
+            match e {
+                Errno::PERM => ctx.fs("creating the whiteout device (needs root)", e),
+                e => ctx.fs("creating the whiteout device", e),
+            }
+        })
+    };
     match rfs::statat(parent, target, AtFlags::SYMLINK_NOFOLLOW) {
-        Err(Errno::NOENT) => {
-            rfs::mknodat(parent, target, FileType::CharacterDevice, Mode::empty(), 0).map_err(|e| {
-                match e {
-                    Errno::PERM => ctx.fs("creating the whiteout device (needs root)", e),
-                    e => ctx.fs("creating the whiteout device", e),
-                }
-            })
-        }
+        Err(Errno::NOENT) => make_device().map(|()| false),
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             let fd = rfs::openat2(
                 parent,
@@ -1061,11 +1126,66 @@ fn whiteout(parent: BorrowedFd<'_>, target: &[u8], ctx: &Ctx<'_>) -> Result<(), 
                 resolve_beneath(),
             )
             .map_err(|e| ctx.fs("opening the whited-out directory", e))?;
-            set_opaque(fd.as_fd()).map_err(|e| ctx.fs("marking the whited-out directory opaque", e))
+            let only_markers = holds_only_markers(fd.as_fd(), target_path, &state.deferred)
+                .map_err(|e| ctx.fs("reading the whited-out directory", e))?;
+            if only_markers {
+                drop(fd);
+                remove_tree(parent, target)
+                    .map_err(|e| ctx.fs("removing the whited-out directory", e))?;
+                return make_device().map(|()| true);
+            }
+            set_opaque(fd.as_fd())
+                .map_err(|e| ctx.fs("marking the whited-out directory opaque", e))?;
+            Ok(false)
         }
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(false),
         Err(e) => Err(ctx.fs("inspecting the whited-out path", e)),
     }
+}
+
+/// Whether the directory `dir` (at `path`) and every directory below it
+/// were made by this layer only as parents of whiteouts and opaque markers:
+/// none is an entry of the layer (those are in `listed`, with the
+/// attributes they get at the end), and nothing else is in them. Reads
+/// one directory at a time, so depth costs no fds.
+fn holds_only_markers(
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    listed: &BTreeMap<Vec<u8>, DirAttrs>,
+) -> Result<bool, Errno> {
+    if listed.contains_key(path) {
+        return Ok(false);
+    }
+    // Directories to read, relative to `dir` ("" is `dir` itself).
+    let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(rel) = pending.pop() {
+        let fd = if rel.is_empty() {
+            rfs::openat(dir, c".", dir_open_flags(), Mode::empty())?
+        } else {
+            rfs::openat2(
+                dir,
+                &rel,
+                dir_open_flags(),
+                Mode::empty(),
+                resolve_beneath(),
+            )?
+        };
+        for (name, _) in children(&fd)? {
+            let st = rfs::statat(&fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            if is_whiteout(&st) {
+                continue;
+            }
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                return Ok(false);
+            }
+            let sub = child_path(&rel, name.to_bytes());
+            if listed.contains_key(&child_path(path, &sub)) {
+                return Ok(false);
+            }
+            pending.push(sub);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether a directory entry gives the directory a default ACL.
@@ -1082,6 +1202,21 @@ fn is_whiteout(st: &rfs::Stat) -> bool {
 
 fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
     rfs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+}
+
+/// The entries of an open directory (`.` and `..` left out), with their
+/// types as the directory gives them (maybe `Unknown`).
+fn children(dir: &OwnedFd) -> Result<Vec<(CString, FileType)>, Errno> {
+    let mut out = Vec::new();
+    let mut entries = rfs::Dir::read_from(dir)?;
+    while let Some(item) = entries.read() {
+        let item = item?;
+        let name = item.file_name();
+        if name != c"." && name != c".." {
+            out.push((name.to_owned(), item.file_type()));
+        }
+    }
+    Ok(out)
 }
 
 /// Removes the directory `name` in `parent` and everything below it,
@@ -1102,18 +1237,8 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
             Mode::empty(),
             resolve_beneath(),
         )?;
-        let mut children: Vec<(CString, FileType)> = Vec::new();
-        let mut dir = rfs::Dir::read_from(&fd)?;
-        while let Some(item) = dir.read() {
-            let item = item?;
-            let child = item.file_name();
-            if child == c"." || child == c".." {
-                continue;
-            }
-            children.push((child.to_owned(), item.file_type()));
-        }
         stack.push((rel.clone(), true));
-        for (child, file_type) in children {
+        for (child, file_type) in children(&fd)? {
             let is_dir = match file_type {
                 FileType::Directory => true,
                 FileType::Unknown => {

@@ -682,6 +682,54 @@ fn a_whiteout_after_same_layer_content_hides_only_lower_layers() {
 }
 
 #[test]
+fn markers_below_a_whited_out_directory_leave_it_hidden() {
+    if !is_root() {
+        return;
+    }
+    let s = Scene::new();
+    s.entries(&[
+        // `rm -rf foo` as some tools write it: the directory, then paths
+        // below it again.
+        RawEntry::file(".wh.foo", b""),
+        RawEntry::file("foo/.wh.bar", b""),
+        RawEntry::file("foo/sub/.wh.x", b""),
+        RawEntry::file("foo/sub/.wh..wh..opq", b""),
+        // The same, the directory's whiteout last.
+        RawEntry::file("rev/.wh.bar", b""),
+        RawEntry::file("rev/sub/.wh..wh..opq", b""),
+        RawEntry::file("rev/sub/deeper/.wh.y", b""),
+        RawEntry::file(".wh.rev", b""),
+        // Filled again after its whiteout: opaque, with only the new file.
+        RawEntry::file(".wh.again", b""),
+        RawEntry::file("again/.wh.old", b""),
+        RawEntry::file("again/new", b"n"),
+        // Content of this layer below stays (OCI: whiteouts hide lower
+        // layers only), and so does a directory the layer lists.
+        RawEntry::file("kept/.wh.bar", b""),
+        RawEntry::file("kept/sub/file", b"f"),
+        RawEntry::file(".wh.kept", b""),
+        RawEntry::dir("listed/sub/"),
+        RawEntry::file("listed/sub/.wh.x", b""),
+        RawEntry::file(".wh.listed", b""),
+    ])
+    .unwrap();
+    for hidden in ["foo", "rev"] {
+        assert!(is_whiteout_device(&s.meta(hidden)), "{hidden}");
+    }
+    let opaque =
+        |dir: &str| xattr(&s.path(dir), "trusted.overlay.opaque").as_deref() == Some(&b"y"[..]);
+    assert!(s.meta("again").is_dir() && opaque("again"));
+    let again: Vec<_> = fs::read_dir(s.path("again")).unwrap().collect();
+    assert_eq!(again.len(), 1, "again/ holds only its new file");
+    assert_eq!(fs::read(s.path("again/new")).unwrap(), b"n");
+    assert!(s.meta("kept").is_dir() && opaque("kept"));
+    assert_eq!(fs::read(s.path("kept/sub/file")).unwrap(), b"f");
+    assert!(is_whiteout_device(&s.meta("kept/bar")));
+    assert!(s.meta("listed/sub").is_dir() && opaque("listed"));
+    assert!(is_whiteout_device(&s.meta("listed/sub/x")));
+}
+
+#[test]
 fn a_base_layer_applies_whiteouts_and_opaque_markers_as_nothing() {
     let s = Scene::new();
     s.base_entries(&[
