@@ -5,6 +5,7 @@
 //! `syncfs`), then renamed into `overlay2/` in one step: a folder under its
 //! final name is always complete.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt};
@@ -297,9 +298,9 @@ impl Drop for Staging {
     }
 }
 
-/// Bytes a tree uses (apparent sizes of regular files), never following links.
-pub fn tree_size(path: &Path) -> u64 {
-    let mut total = 0;
+/// Calls `f` with the metadata of every regular file under `path` (or of
+/// `path` itself when it is one), never following symlinks.
+fn each_file(path: &Path, mut f: impl FnMut(&fs::Metadata)) {
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
         let Ok(meta) = fs::symlink_metadata(&p) else {
@@ -310,17 +311,48 @@ pub fn tree_size(path: &Path) -> u64 {
                 stack.extend(entries.flatten().map(|e| e.path()));
             }
         } else if meta.is_file() {
-            total += meta.len();
+            f(&meta);
         }
     }
+}
+
+/// Bytes a tree uses (apparent sizes of regular files), never following links.
+pub fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    each_file(path, |meta| total += meta.len());
     total
 }
 
-/// Deletes a tree (never following symlinks) and returns the bytes it
-/// held. Read-only directories (which a layer may hold) stop a process
-/// without CAP_DAC_OVERRIDE: they are made writable, then removal retried.
+/// Bytes that removing `paths` (files or trees) gives back, as `df` sees
+/// it: a file's bytes count once however many names it has, and only when
+/// every name it has is among `paths` (a hardlink kept elsewhere keeps
+/// them in use). Apparent sizes, like the rest of the store's figures.
+pub fn freed_by_removing(paths: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // (device, inode) -> (links it has, links seen here, size)
+    let mut inodes: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new();
+    for path in paths {
+        each_file(path, |meta| {
+            let seen =
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_insert((meta.nlink(), 0, meta.len()));
+            seen.1 += 1;
+        });
+    }
+    inodes
+        .values()
+        .filter(|(links, seen, _)| seen >= links)
+        .map(|(_, _, size)| size)
+        .sum()
+}
+
+/// Deletes a tree (never following symlinks) and returns the bytes that
+/// gave back (see [`freed_by_removing`]). Read-only directories (which a
+/// layer may hold) stop a process without CAP_DAC_OVERRIDE: they are made
+/// writable, then removal retried.
 pub fn remove_tree(path: &Path) -> Result<u64> {
-    let size = tree_size(path);
+    let size = freed_by_removing(&[path.to_path_buf()]);
     // A file where a folder belongs (a damaged layer) goes the same way.
     if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
         return fs::remove_file(path)
