@@ -405,6 +405,26 @@ mod tests {
         (dir, ls)
     }
 
+    /// A file with names in two trees frees its bytes only with both, and
+    /// once; removing the trees one after the other counts it at the last.
+    #[test]
+    fn freed_bytes_count_a_file_once_when_its_last_name_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("shared"), vec![1u8; 1000]).unwrap();
+        fs::hard_link(a.join("shared"), a.join("shared-again")).unwrap();
+        fs::hard_link(a.join("shared"), b.join("shared")).unwrap();
+        fs::write(b.join("own"), vec![2u8; 10]).unwrap();
+        assert_eq!(tree_size(&a), 2000, "apparent: every name");
+        assert_eq!(freed_by_removing(std::slice::from_ref(&a)), 0);
+        assert_eq!(freed_by_removing(std::slice::from_ref(&b)), 10);
+        assert_eq!(freed_by_removing(&[a.clone(), b.clone()]), 1010);
+        assert_eq!(remove_tree(&a).unwrap(), 0);
+        assert_eq!(remove_tree(&b).unwrap(), 1010);
+    }
+
     #[test]
     fn short_ids_look_like_dockers() {
         let id = short_id(&Digest::of(b"x"));
