@@ -794,7 +794,10 @@ fn print_bench(r: &lstore::bench::BenchReport) {
         "  machine:  {} cores, {}, {} RAM, kernel {}",
         m.cores,
         m.cpu.as_deref().unwrap_or("unknown CPU"),
-        m.memory_bytes.map_or("unknown".to_string(), human),
+        m.memory_bytes.map_or("unknown".to_string(), |b| format!(
+            "{:.0} GiB",
+            b as f64 / 1073741824.0
+        )),
         m.kernel
     );
     println!("  lstore:   {}", r.lstore_version);

@@ -243,6 +243,7 @@ fn one_run(
     if exit != Some(0) {
         let output = fs::read_to_string(log).unwrap_or_default();
         let last = output.lines().last().unwrap_or("no output");
+        let last = last.strip_prefix("error: ").unwrap_or(last);
         let status = exit.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
         return Err(Error::Invalid(format!(
             "lstore {} failed ({status}): {last}",
