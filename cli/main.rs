@@ -62,7 +62,7 @@ enum Command {
         /// (bytes, or with a suffix: 512M, 64G).
         #[arg(long, value_name = "BYTES", value_parser = size::parse_size)]
         max_layer_size: Option<u64>,
-        /// No progress output.
+        /// No progress output: print only the pulled reference.
         #[arg(short, long)]
         quiet: bool,
         #[arg(long, value_enum, default_value = "table")]
@@ -189,6 +189,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Measure how fast an image is stored: each run loads or pulls it into
+    /// a fresh scratch store (not the store at --root).
+    Bench {
+        /// A docker-archive, an OCI layout (folder or tar), or else an image
+        /// reference to pull.
+        input: String,
+        /// Scratch stores in a fresh folder inside DIR instead of a tmpfs.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Size of the scratch tmpfs (as the kernel reads it: 512m, 8g).
+        #[arg(long, default_value = "8g", conflicts_with = "dir")]
+        size: String,
+        /// Runs after dropping the page cache (as root).
+        #[arg(long, default_value_t = 3)]
+        cold: usize,
+        /// Runs with the input in the page cache.
+        #[arg(long, default_value_t = 3)]
+        warm: usize,
+        /// Passed to `lstore pull`.
+        #[arg(long)]
+        plain_http: bool,
+        /// Passed to `lstore pull` (OS/ARCH[/VARIANT]).
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -271,6 +298,43 @@ fn run(cli: Cli) -> lstore::Result<()> {
             connection,
         } => return login(registry, username, password, password_stdin, &connection),
         Command::Logout { registry } => return logout(&registry),
+        // Its stores are scratch stores of its own.
+        Command::Bench {
+            input,
+            dir,
+            size,
+            cold,
+            warm,
+            plain_http,
+            platform,
+            format,
+        } => {
+            let mut pull_args = Vec::new();
+            if plain_http {
+                pull_args.push("--plain-http".to_string());
+            }
+            if let Some(p) = platform {
+                pull_args.extend(["--platform".to_string(), p]);
+            }
+            let opts = lstore::bench::BenchOptions {
+                input,
+                scratch: match dir {
+                    Some(dir) => lstore::bench::Scratch::Dir(dir),
+                    None => lstore::bench::Scratch::Tmpfs { size },
+                },
+                cold,
+                warm,
+                pull_args,
+                lstore: std::env::current_exe()
+                    .map_err(|e| lstore::Error::io("find the lstore binary", e))?,
+            };
+            let report = lstore::bench::run(&opts)?;
+            if format == Format::Json {
+                return print_json(&report);
+            }
+            print_bench(&report);
+            return Ok(());
+        }
         other => other,
     };
     // Load and pull read untrusted layers: their size bound is an option.
@@ -320,7 +384,10 @@ fn run(cli: Cli) -> lstore::Result<()> {
             if format == Format::Json {
                 return print_json(&pulled);
             }
-            if pulled.up_to_date {
+            if quiet {
+                // As `docker pull -q`: the full reference, nothing else.
+                println!("{}", lstore::Reference::parse(&pulled.reference)?);
+            } else if pulled.up_to_date {
                 println!("Image is up to date for {}", pulled.reference);
             } else {
                 progress.summary("pull");
@@ -366,7 +433,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             );
         }
         // Handled before the store is opened.
-        Command::Login { .. } | Command::Logout { .. } => {}
+        Command::Login { .. } | Command::Logout { .. } | Command::Bench { .. } => {}
         Command::Save { output, references } => {
             store.save(&references, &output)?;
         }
@@ -385,9 +452,20 @@ fn run(cli: Cli) -> lstore::Result<()> {
         } => {
             let report = store.rmi(&references)?;
             if format == Format::Json {
-                return print_json(&report);
+                print_json(&report)?;
+            } else {
+                print_removal(&report);
             }
-            print_removal(&report);
+            // As `docker rmi`: the others were removed, the status says
+            // that not all were.
+            if !report.not_removed.is_empty() {
+                let errors: Vec<&str> = report
+                    .not_removed
+                    .iter()
+                    .map(|n| n.error.as_str())
+                    .collect();
+                return Err(lstore::Error::Invalid(errors.join("; ")));
+            }
         }
         Command::Gc { dry_run, format } => {
             let report = store.gc(dry_run)?;
@@ -650,12 +728,16 @@ fn print_removal(r: &Removal) {
     for t in &r.untagged {
         println!("Untagged: {t}");
     }
+    let (deleted, freed) = if r.dry_run {
+        ("Would delete", "Would free")
+    } else {
+        ("Deleted", "Freed")
+    };
     for d in &r.deleted_images {
-        println!("Deleted: {d}");
+        println!("{deleted}: {d}");
     }
-    let verb = if r.dry_run { "Would free" } else { "Freed" };
     println!(
-        "{verb} {} ({} blobs, {} layers, {} leftovers)",
+        "{freed} {} ({} blobs, {} layers, {} leftovers)",
         human(r.freed_bytes),
         r.deleted_blobs,
         r.deleted_layers,
@@ -686,4 +768,70 @@ fn print_df(du: &DiskUsage) {
     println!("Unique:   {}", human(du.unique_bytes));
     println!("Unused:   {}", human(du.unused_bytes));
     let _ = std::io::stderr().is_terminal();
+}
+
+fn print_bench(r: &lstore::bench::BenchReport) {
+    let i = &r.image;
+    let m = &r.machine;
+    let size = r
+        .store_on
+        .size
+        .as_deref()
+        .map(|s| format!(" of {s}"))
+        .unwrap_or_default();
+    println!("lstore extraction benchmark");
+    println!("  command:  {}", r.command);
+    println!(
+        "  image:    {} layers, {} compressed, {} uncompressed tar, {} files",
+        i.layers,
+        human(i.blob_bytes),
+        human(i.tar_bytes),
+        i.files
+    );
+    println!(
+        "  store on: {}{size} at {}",
+        r.store_on.filesystem, r.store_on.path
+    );
+    println!(
+        "  machine:  {} cores, {}, {} RAM, kernel {}",
+        m.cores,
+        m.cpu.as_deref().unwrap_or("unknown CPU"),
+        m.memory_bytes.map_or("unknown".to_string(), human),
+        m.kernel
+    );
+    println!("  lstore:   {}", r.lstore_version);
+    println!();
+    println!(
+        "{:<6} {:>9} {:>12} {:>12} {:>12} {:>12}",
+        "run", "seconds", "tar MB/s", "blob MB/s", "files/s", "peak RSS"
+    );
+    for run in &r.runs {
+        println!(
+            "{:<6} {:>9.3} {:>12.1} {:>12.1} {:>12.0} {:>8.0} MiB",
+            run_kind(run.kind),
+            run.seconds,
+            run.tar_mb_per_s,
+            run.blob_mb_per_s,
+            run.files_per_s,
+            run.peak_rss_bytes as f64 / 1048576.0
+        );
+    }
+    for md in &r.medians {
+        println!(
+            "median {} ({} runs): {:.3} s, {:.1} MB/s tar, {:.1} MB/s blobs, {:.0} files/s",
+            run_kind(md.kind),
+            md.runs,
+            md.seconds,
+            md.tar_mb_per_s,
+            md.blob_mb_per_s,
+            md.files_per_s
+        );
+    }
+}
+
+fn run_kind(kind: lstore::bench::RunKind) -> &'static str {
+    match kind {
+        lstore::bench::RunKind::Cold => "cold",
+        lstore::bench::RunKind::Warm => "warm",
+    }
 }

@@ -128,3 +128,27 @@ fn a_malformed_digest_is_called_invalid_not_unknown() {
     let stderr = store.fails(&["inspect", unknown.as_str()]);
     assert!(!stderr.contains("invalid"), "{stderr}");
 }
+
+/// A `--root` that names a file is "not a directory", not "File exists".
+#[test]
+fn a_root_that_is_a_file_is_not_a_directory() {
+    let dir = scratch();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a store").unwrap();
+    let out = lstore()
+        .arg("--root")
+        .arg(&file)
+        .args(["images"])
+        .output()
+        .unwrap();
+    let out = common::lstore::Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!out.success());
+    assert_one_line_error("--root FILE images", &out);
+    assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
+    assert!(!out.stderr.contains("File exists"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
+}

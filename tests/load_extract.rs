@@ -260,10 +260,18 @@ fn images_json_has_one_object_per_tag() {
     .unwrap();
     store.load(&archive, None);
     let images = store.images();
-    let fields: BTreeSet<String> = ["repository", "tag", "id", "digest", "created", "size"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let fields: BTreeSet<String> = [
+        "repository",
+        "tag",
+        "id",
+        "digest",
+        "repo_digest",
+        "created",
+        "size",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut seen = BTreeSet::new();
     for item in &images {
         let keys: BTreeSet<String> = item.as_object().expect("object").keys().cloned().collect();
@@ -283,6 +291,10 @@ fn images_json_has_one_object_per_tag() {
         );
         let inspect = store.inspect(&format!("{repository}:{tag}"));
         assert_eq!(item["digest"], inspect["digest"], "digest matches inspect");
+        assert!(
+            item["repo_digest"].is_null(),
+            "a loaded name was pulled by no digest"
+        );
         assert_eq!(item["size"], inspect["size"], "size matches inspect");
         seen.insert(format!("{repository}:{tag}"));
     }

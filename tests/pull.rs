@@ -943,3 +943,122 @@ fn blob_redirect_to_storage_drops_credentials() {
         );
     }
 }
+
+// ------------------------------------------------------------------ output
+
+/// `pull -q` prints the pulled reference and nothing else, as `docker pull
+/// -q` does: for a first pull, a pull that finds the image up to date, and
+/// a pull by digest.
+#[test]
+fn quiet_pull_prints_only_the_reference() {
+    let registry = Registry::start();
+    let client = Client::new();
+    let store = Lstore::new();
+    let image = two_layer_image("quiet");
+    registry.upload("quiet/app", "v1", &image);
+    let reference = format!("{}/quiet/app:v1", registry.host());
+    let pinned = format!("{}/quiet/app@{}", registry.host(), image.manifest_digest);
+    for (what, word) in [
+        ("first pull", &reference),
+        ("up-to-date pull", &reference),
+        ("pull by digest", &pinned),
+    ] {
+        let out = client.pull(&store, word, &[]);
+        assert_eq!(out.stdout, format!("{word}\n"), "{what}: stdout of pull -q");
+    }
+    assert_eq!(
+        store.inspect(&reference)["id"],
+        image.config_digest.as_str()
+    );
+}
+
+/// `--platform` of a single-platform image that is for another platform
+/// fails, as containerd does, naming both; nothing is stored. The same
+/// holds when the image is already stored under that tag.
+#[test]
+fn platform_of_a_single_platform_image_is_checked() {
+    let registry = Registry::start();
+    let client = Client::new();
+    let store = Lstore::new();
+    let image = ImageBuilder::new()
+        .platform("linux", "amd64")
+        .layer(scenes::small_base())
+        .build();
+    registry.upload("single/app", "v1", &image);
+    let reference = format!("{}/single/app:v1", registry.host());
+
+    let err = client.fails(&store, &["pull", "--platform", "linux/arm64", &reference]);
+    for word in ["linux/arm64", "linux/amd64"] {
+        assert!(err.contains(word), "error lacks {word}: {err}");
+    }
+    assert!(store.images().is_empty(), "nothing stored");
+    assert!(store.blobs().is_empty() && store.layer_dirs().is_empty());
+
+    client.pull(&store, &reference, &["--platform", "linux/amd64"]);
+    assert_eq!(
+        store.inspect(&reference)["id"],
+        image.config_digest.as_str()
+    );
+    let err = client.fails(&store, &["pull", "--platform", "linux/arm64", &reference]);
+    assert!(err.contains("linux/arm64"), "{err}");
+}
+
+/// `images` and `inspect` give the same `digest`, the manifest's, also for
+/// an image pulled through an index and after save and load; the digest a
+/// name was pulled by (the index) is `repo_digest` in `images` and
+/// `repo_digests` in `inspect`, as Docker's RepoDigests.
+#[test]
+fn digests_of_an_image_pulled_through_an_index() {
+    let registry = Registry::start();
+    let client = Client::new();
+    let native = ImageBuilder::new()
+        .layer(scenes::small_base())
+        .layer(scenes::small_app("native"))
+        .build();
+    let other_arch = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let other = ImageBuilder::new()
+        .platform("linux", other_arch)
+        .layer(scenes::small_app("other"))
+        .build();
+    let work = scratch();
+    let layout = work.path().join("layout");
+    write_platform_index_layout(&layout, &[(&native, None), (&other, None)], "multi");
+    registry.push_layout(&layout, "multi", "digests/app:1", &["--all"]);
+    let (_, _, index_digest) = registry.manifest("digests/app", "1");
+    let repository = format!("{}/digests/app", registry.host());
+    let reference = format!("{repository}:1");
+
+    let store = Lstore::new();
+    client.pull(&store, &reference, &[]);
+    let row = image_row(&store, &repository, "1");
+    let inspect = store.inspect(&reference);
+    assert_eq!(row["digest"], native.manifest_digest.as_str(), "{row}");
+    assert_eq!(inspect["digest"], native.manifest_digest.as_str());
+    assert_eq!(row["repo_digest"], index_digest.as_str(), "{row}");
+    assert_eq!(
+        inspect["repo_digests"],
+        serde_json::json!([format!("{repository}@{index_digest}")])
+    );
+    assert_eq!(inspect["index"], index_digest.as_str());
+    // Either digest finds it.
+    for pinned in [&index_digest, &native.manifest_digest] {
+        let word = format!("{repository}@{pinned}");
+        assert_eq!(store.inspect(&word)["id"], native.config_digest.as_str());
+    }
+
+    // Saved and loaded elsewhere: the same manifest, no registry digest.
+    let saved = work.path().join("saved.tar");
+    store.ok(&["save", "-o", saved.to_str().unwrap(), &reference]);
+    let elsewhere = Lstore::new();
+    elsewhere.load(&saved, None);
+    let row = image_row(&elsewhere, &repository, "1");
+    let inspect = elsewhere.inspect(&reference);
+    assert_eq!(row["digest"], native.manifest_digest.as_str(), "{row}");
+    assert_eq!(inspect["digest"], native.manifest_digest.as_str());
+    assert!(row["repo_digest"].is_null(), "{row}");
+    assert_eq!(inspect["repo_digests"], serde_json::json!([]));
+}

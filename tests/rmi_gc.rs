@@ -385,3 +385,211 @@ fn df_json_counts_what_is_on_disk() {
         "one image shares nothing: {df}"
     );
 }
+
+// ------------------------------------------------- found by trying it out
+
+/// One config under an OCI and a Docker schema2 manifest: two stored
+/// images with one id. `inspect <id>` does not pick one of them; `rmi
+/// <id>` removes both, as it removes every name of one image.
+#[test]
+fn an_id_that_two_images_share() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let oci = image("same-id");
+    let docker = ImageBuilder::new()
+        .kind(common::ManifestKind::Docker)
+        .layer(scenes::small_base())
+        .layer(scenes::small_app("same-id"))
+        .build();
+    assert_eq!(oci.config_digest, docker.config_digest, "one config");
+    assert_ne!(oci.manifest_digest, docker.manifest_digest, "two manifests");
+    let dir = scratch.path().join("both");
+    write_oci_layout(
+        &dir,
+        &[
+            (&oci, LayoutNames::containerd(A)),
+            (&docker, LayoutNames::containerd(B)),
+        ],
+    );
+    store.load(&dir, None);
+    let id = oci.config_digest.as_str();
+    assert_eq!(store.images().len(), 2);
+    assert_eq!(store.inspect(A)["digest"], oci.manifest_digest.as_str());
+    assert_eq!(store.inspect(B)["digest"], docker.manifest_digest.as_str());
+
+    let short = &hex(id)[..12];
+    for word in [id, short] {
+        let err = store.fails(&["inspect", word]);
+        assert!(err.contains("ambiguous"), "inspect {word}: {err}");
+        for manifest in [&oci.manifest_digest, &docker.manifest_digest] {
+            assert!(err.contains(manifest.as_str()), "{err} names {manifest}");
+        }
+    }
+    // A manifest digest names one of them.
+    assert_eq!(
+        store.inspect(&docker.manifest_digest)["repo_tags"],
+        serde_json::json!([B])
+    );
+
+    let out = store.ok(&["rmi", short]);
+    for name in [A, B] {
+        assert!(
+            out.stdout.contains(&format!("Untagged: {name}")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert_store_empty(&store);
+}
+
+/// An id prefix that starts several ids is ambiguous (Docker reads any
+/// length of prefix), not unknown.
+#[test]
+fn an_id_prefix_of_several_images_is_ambiguous() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    // Among 17 configs two start with the same hex digit.
+    let candidates: Vec<Image> = (0..17)
+        .map(|i| {
+            ImageBuilder::new()
+                .layer(scenes::small_base())
+                .cmd(&["/app", &i.to_string()])
+                .build()
+        })
+        .collect();
+    let (first, second) = (0..candidates.len())
+        .flat_map(|i| (i + 1..candidates.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| {
+            hex(&candidates[i].config_digest)[..1] == hex(&candidates[j].config_digest)[..1]
+        })
+        .expect("pigeonhole");
+    let (a, b) = (&candidates[first], &candidates[second]);
+    store.load(&layout(scratch.path(), "a", a, A), None);
+    store.load(&layout(scratch.path(), "b", b, B), None);
+    let common = hex(&a.config_digest)
+        .chars()
+        .zip(hex(&b.config_digest).chars())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let prefix = &hex(&a.config_digest)[..common];
+    for word in [prefix.to_string(), format!("sha256:{prefix}")] {
+        for command in [&["inspect"][..], &["rmi"], &["tag", "x:1"]] {
+            let mut args: Vec<&str> = command.to_vec();
+            args.insert(1, &word);
+            let err = store.fails(&args);
+            assert!(err.contains("ambiguous"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(store.images().len(), 2, "nothing removed");
+    // One more digit tells them apart.
+    let longer = &hex(&a.config_digest)[..common + 1];
+    assert_eq!(store.inspect(longer)["id"], a.config_digest.as_str());
+}
+
+/// `rmi a b` with `a` unknown removes `b` and fails naming `a`, as Docker.
+#[test]
+fn rmi_goes_on_past_an_unknown_name_and_fails_naming_it() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    store.load(&layout(scratch.path(), "b", &image("b"), B), None);
+    let missing = "example.com/lstore/missing:1";
+    let out = store.run(&["rmi", missing, B]);
+    assert!(!out.success(), "rmi with an unknown name must fail");
+    common::lstore::assert_one_line_error("rmi", &out);
+    assert!(out.stderr.contains(missing), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("Untagged: {B}")),
+        "{}",
+        out.stdout
+    );
+    assert_store_empty(&store);
+
+    // JSON says which word was not removed.
+    store.load(&layout(scratch.path(), "b", &image("b"), B), None);
+    let out = store.run(&["rmi", "--format", "json", B, missing]);
+    assert!(!out.success());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["untagged"], serde_json::json!([B]), "{report}");
+    assert_eq!(report["not_removed"][0]["reference"], missing, "{report}");
+    assert_store_empty(&store);
+}
+
+/// A layer with one file under three names (hardlinks).
+fn linked_image(app: &str) -> Image {
+    let mut t = common::TarBuilder::new();
+    t.dir("data");
+    t.file("data/big", scenes::noise(200_000, 7)).mode(0o644);
+    t.hardlink("data/big-2", "data/big");
+    t.hardlink("data/big-3", "data/big");
+    t.file("data/app", app);
+    ImageBuilder::new()
+        .layer(scenes::small_base())
+        .tar(&t, common::Compression::Gzip)
+        .build()
+}
+
+/// (device, inode) -> size of every regular file in blobs and layers.
+fn held_files(store: &Lstore) -> std::collections::HashMap<(u64, u64), u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut held = std::collections::HashMap::new();
+    let mut stack = vec![store.path("blobs/sha256")];
+    stack.extend(
+        store
+            .layer_dirs()
+            .iter()
+            .map(|d| store.path("overlay2").join(d)),
+    );
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.is_file() {
+            held.insert((meta.dev(), meta.ino()), meta.len());
+        }
+    }
+    held
+}
+
+/// Bytes of the files held before and not after, each file once.
+fn vanished(before: &std::collections::HashMap<(u64, u64), u64>, store: &Lstore) -> u64 {
+    let after = held_files(store);
+    before
+        .iter()
+        .filter(|(k, _)| !after.contains_key(k))
+        .map(|(_, size)| size)
+        .sum()
+}
+
+/// Freed bytes count a file once however many names it has, as `df`
+/// sees the space come back: for rmi, gc and gc --dry-run alike. And a dry
+/// run says what it would delete, not that it deleted it.
+#[test]
+fn freed_bytes_count_each_file_once() {
+    let scratch = scratch();
+    let store = Lstore::new();
+    let linked = linked_image("one");
+    store.load(&layout(scratch.path(), "a", &linked, A), None);
+    let before = held_files(&store);
+    let report = store.json(&["rmi", "--format", "json", A]);
+    assert_store_empty(&store);
+    assert_eq!(report["freed_bytes"], vanished(&before, &store), "{report}");
+
+    // The same for gc, of an image a moved tag left behind.
+    store.load(&layout(scratch.path(), "a", &linked, A), None);
+    store.load(&layout(scratch.path(), "b", &image("other"), A), None);
+    let before = held_files(&store);
+    let out = store.ok(&["gc", "--dry-run"]);
+    let would = format!("Would delete: {}", linked.config_digest);
+    assert!(out.stdout.contains(&would), "{}", out.stdout);
+    assert!(!out.stdout.contains("Deleted:"), "{}", out.stdout);
+    let dry = store.json(&["gc", "--dry-run", "--format", "json"]);
+    let done = store.json(&["gc", "--format", "json"]);
+    let freed = vanished(&before, &store);
+    assert!(freed > 200_000, "the linked file went: {freed}");
+    assert_eq!(dry["freed_bytes"], freed, "dry run: {dry}");
+    assert_eq!(done["freed_bytes"], freed, "gc: {done}");
+    assert_eq!(
+        done["deleted_images"],
+        serde_json::json!([linked.config_digest])
+    );
+}

@@ -57,6 +57,9 @@ pub enum Error {
     Registry(String),
     #[error("image not known: {0}")]
     ImageNotFound(String),
+    /// A word that names more than one image where one is needed.
+    #[error("{word} is ambiguous: {reason}")]
+    Ambiguous { word: String, reason: String },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::images::Removal;
-use crate::layers::{remove_tree, tree_size};
+use crate::layers::{freed_by_removing, remove_tree};
 use crate::lock::{lease_of_entry, live_leases};
 use crate::meta::{
     BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS,
@@ -267,6 +267,15 @@ pub(crate) fn plan_removal(
     Ok(plan)
 }
 
+impl SweepPlan {
+    /// The blob files and layer folders the plan removes.
+    fn paths(&self, store: &Store) -> Vec<PathBuf> {
+        let blobs = self.blob_files.iter().map(|d| store.content().path(d));
+        let layers = self.layer_dirs.iter().map(|d| store.layer_store().dir(d));
+        blobs.chain(layers).collect()
+    }
+}
+
 /// Applies a plan: records first (one batch), then files. Layer folders go
 /// to `trash` (already renamed into tmp/) for deletion after the lock.
 pub(crate) fn apply_sweep(
@@ -281,12 +290,7 @@ pub(crate) fn apply_sweep(
     report.deleted_blobs += plan.blob_files.len() as u64;
     report.deleted_layers += plan.layer_dirs.len() as u64;
     if report.dry_run {
-        for d in &plan.blob_files {
-            report.freed_bytes += store.content().size(d).unwrap_or(0);
-        }
-        for d in &plan.layer_dirs {
-            report.freed_bytes += tree_size(&store.layer_store().dir(d));
-        }
+        // The caller counts the bytes, over all it would remove at once.
         return Ok(());
     }
     let mut b = meta.batch();
@@ -361,6 +365,13 @@ pub(crate) fn full(
         .collect();
     let plan = plan_sweep(store, meta, &BTreeSet::new(), &doomed)?;
     apply_sweep(store, meta, &plan, &mut report, trash)?;
+    // A dry run counts what it would free over everything at once, so that
+    // a file linked from several doomed places counts once.
+    let mut would_remove = if dry_run {
+        plan.paths(store)
+    } else {
+        Vec::new()
+    };
 
     // Leftovers of interrupted commands whose process is gone.
     let (_, leased_layers, live) = leased(store)?;
@@ -376,7 +387,7 @@ pub(crate) fn full(
             }
             report.leftovers += 1;
             if dry_run {
-                report.freed_bytes += tree_size(&p);
+                would_remove.push(p);
             } else if p.is_dir() && !p.is_symlink() {
                 trash.push(p);
             } else {
@@ -387,11 +398,15 @@ pub(crate) fn full(
     }
     for p in strays(store, &leased_layers)? {
         report.leftovers += 1;
-        if !dry_run {
+        if dry_run {
+            would_remove.push(p);
+        } else {
             report.freed_bytes += remove_tree(&p)?;
         }
     }
-    if !dry_run {
+    if dry_run {
+        report.freed_bytes += freed_by_removing(&would_remove);
+    } else {
         remove_idle_locks(store);
     }
     Ok(report)

@@ -11,7 +11,13 @@ pub struct ImageSummary {
     pub repository: Option<String>,
     pub tag: Option<String>,
     pub id: Digest,
+    /// The image's manifest (as `inspect` shows it; for a multi-platform
+    /// image, the platform's manifest, not the index).
     pub digest: Digest,
+    /// What the registry resolved this name to when it was pulled: an index
+    /// or the manifest itself (`docker images --digests`); null for a name
+    /// given by load, tag or commit.
+    pub repo_digest: Option<Digest>,
     pub created: Option<String>,
     pub size: u64,
 }
@@ -35,12 +41,20 @@ pub struct LayerInfo {
     pub path: String,
 }
 
-/// `lstore inspect`, exactly the shape DESIGN.md gives.
+/// `lstore inspect`: the shape DESIGN.md gives, plus `repo_digests` and
+/// `index`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ImageInspect {
     pub id: Digest,
+    /// The image's manifest (for a multi-platform image, the platform's).
     pub digest: Digest,
     pub repo_tags: Vec<String>,
+    /// `repository@digest` of each pulled name, the digest being what the
+    /// registry resolved it to (an index or the manifest), as Docker's
+    /// RepoDigests.
+    pub repo_digests: Vec<String>,
+    /// The index the manifest was chosen from, when it came through one.
+    pub index: Option<Digest>,
     pub platform: PlatformInfo,
     pub size: u64,
     pub layers: Vec<LayerInfo>,
@@ -88,4 +102,14 @@ pub struct Removal {
     /// Reference counts that disagreed with the mark and were corrected.
     pub refcount_fixes: u64,
     pub dry_run: bool,
+    /// Words of `rmi` that named no image (or more than one id); the other
+    /// words were acted on.
+    pub not_removed: Vec<NotRemoved>,
+}
+
+/// A word `rmi` could not act on, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NotRemoved {
+    pub reference: String,
+    pub error: String,
 }

@@ -5,6 +5,7 @@
 //! `syncfs`), then renamed into `overlay2/` in one step: a folder under its
 //! final name is always complete.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt};
@@ -307,9 +308,9 @@ pub(crate) fn linked_chain(target: &Path) -> Option<Digest> {
     Digest::from_hex(hex)
 }
 
-/// Bytes a tree uses (apparent sizes of regular files), never following links.
-pub fn tree_size(path: &Path) -> u64 {
-    let mut total = 0;
+/// Calls `f` with the metadata of every regular file under `path` (or of
+/// `path` itself when it is one), never following symlinks.
+fn each_file(path: &Path, mut f: impl FnMut(&fs::Metadata)) {
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
         let Ok(meta) = fs::symlink_metadata(&p) else {
@@ -320,17 +321,48 @@ pub fn tree_size(path: &Path) -> u64 {
                 stack.extend(entries.flatten().map(|e| e.path()));
             }
         } else if meta.is_file() {
-            total += meta.len();
+            f(&meta);
         }
     }
+}
+
+/// Bytes a tree uses (apparent sizes of regular files), never following links.
+pub fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    each_file(path, |meta| total += meta.len());
     total
 }
 
-/// Deletes a tree (never following symlinks) and returns the bytes it
-/// held. Read-only directories (which a layer may hold) stop a process
-/// without CAP_DAC_OVERRIDE: they are made writable, then removal retried.
+/// Bytes that removing `paths` (files or trees) gives back, as `df` sees
+/// it: a file's bytes count once however many names it has, and only when
+/// every name it has is among `paths` (a hardlink kept elsewhere keeps
+/// them in use). Apparent sizes, like the rest of the store's figures.
+pub fn freed_by_removing(paths: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // (device, inode) -> (links it has, links seen here, size)
+    let mut inodes: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new();
+    for path in paths {
+        each_file(path, |meta| {
+            let seen =
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_insert((meta.nlink(), 0, meta.len()));
+            seen.1 += 1;
+        });
+    }
+    inodes
+        .values()
+        .filter(|(links, seen, _)| seen >= links)
+        .map(|(_, _, size)| size)
+        .sum()
+}
+
+/// Deletes a tree (never following symlinks) and returns the bytes that
+/// gave back (see [`freed_by_removing`]). Read-only directories (which a
+/// layer may hold) stop a process without CAP_DAC_OVERRIDE: they are made
+/// writable, then removal retried.
 pub fn remove_tree(path: &Path) -> Result<u64> {
-    let size = tree_size(path);
+    let size = freed_by_removing(&[path.to_path_buf()]);
     // A file where a folder belongs (a damaged layer) goes the same way.
     if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
         return fs::remove_file(path)
@@ -381,6 +413,26 @@ mod tests {
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let ls = LayerStore::new(dir.path().join("overlay2"), dir.path().join("tmp"));
         (dir, ls)
+    }
+
+    /// A file with names in two trees frees its bytes only with both, and
+    /// once; removing the trees one after the other counts it at the last.
+    #[test]
+    fn freed_bytes_count_a_file_once_when_its_last_name_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("shared"), vec![1u8; 1000]).unwrap();
+        fs::hard_link(a.join("shared"), a.join("shared-again")).unwrap();
+        fs::hard_link(a.join("shared"), b.join("shared")).unwrap();
+        fs::write(b.join("own"), vec![2u8; 10]).unwrap();
+        assert_eq!(tree_size(&a), 2000, "apparent: every name");
+        assert_eq!(freed_by_removing(std::slice::from_ref(&a)), 0);
+        assert_eq!(freed_by_removing(std::slice::from_ref(&b)), 10);
+        assert_eq!(freed_by_removing(&[a.clone(), b.clone()]), 1010);
+        assert_eq!(remove_tree(&a).unwrap(), 0);
+        assert_eq!(remove_tree(&b).unwrap(), 1010);
     }
 
     #[test]

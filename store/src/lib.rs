@@ -16,6 +16,7 @@ pub mod unpack;
 pub use digest::Digest;
 pub use reference::Reference;
 pub mod archive;
+pub mod bench;
 pub mod commit;
 pub mod content;
 pub mod error;

@@ -179,6 +179,18 @@ impl Read for ResumingReader {
     }
 }
 
+/// A single-platform image pulled with `--platform` must be for that
+/// platform (or one it runs), as containerd checks the config: otherwise
+/// the user would get an image they cannot run, in silence.
+fn check_platform(r: &Reference, wanted: Option<&Platform>, actual: &Platform) -> Result<()> {
+    match wanted {
+        Some(wanted) if !wanted.accepts(actual) => Err(Error::Invalid(format!(
+            "{r}: no match for platform {wanted} in the manifest: the image is for {actual}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Pulls `word` (a reference) from its registry.
     pub fn pull(
@@ -226,6 +238,15 @@ impl Store {
             Ok(None)
         })?;
         if let Some(img) = known {
+            if chosen.is_none() {
+                let stored = Platform {
+                    os: img.os.clone(),
+                    architecture: img.architecture.clone(),
+                    variant: img.variant.clone(),
+                    ..Platform::default()
+                };
+                check_platform(&r, opts.platform.as_ref(), &stored)?;
+            }
             return Ok(Pulled {
                 reference: r.familiar(),
                 digest: top.digest,
@@ -275,6 +296,13 @@ impl Store {
         };
         let manifest_type = manifest.media_type.clone().unwrap_or(manifest_type);
         let config = self.fetch_config(&client, &r, &manifest.config)?;
+        if index.is_none() {
+            // No index chose the platform: the config says what it is.
+            let parsed: oci::ImageConfig = serde_json::from_slice(&config).map_err(|e| {
+                Error::Invalid(format!("image config {}: {e}", manifest.config.digest))
+            })?;
+            check_platform(&r, opts.platform.as_ref(), &parsed.platform())?;
+        }
 
         // A digest-pinned reference is recorded as `repo@digest`, untagged.
         let names = vec![r.clone()];

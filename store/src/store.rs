@@ -15,7 +15,9 @@ use std::sync::Arc;
 use crate::content::ContentStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::images::{DiskUsage, ImageInspect, ImageSummary, LayerInfo, PlatformInfo, Removal};
+use crate::images::{
+    DiskUsage, ImageInspect, ImageSummary, LayerInfo, NotRemoved, PlatformInfo, Removal,
+};
 use crate::layers::LayerStore;
 use crate::lock::{Lease, LeaseContent, RootLock};
 use crate::meta::{ImageRecord, Meta, TagRecord, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS};
@@ -82,6 +84,10 @@ impl Store {
             path: root.to_path_buf(),
             reason,
         };
+        // Something else by that name: say so, rather than "File exists".
+        if fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
+            return Err(root_err("not a directory".into()));
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
@@ -181,10 +187,34 @@ impl Store {
 
     /// Finds the image a user's word names: a reference (`redis`,
     /// `host/x:tag`, `x@sha256:…`), an image id or manifest digest
-    /// (`sha256:…`), or a unique prefix of an image id.
+    /// (`sha256:…`), or a unique prefix of an image id. An id that several
+    /// stored images share (one config under an OCI and a Docker manifest)
+    /// is ambiguous: which one is meant is never guessed.
     pub(crate) fn resolve(&self, meta: &Meta, word: &str) -> Result<ImageRecord> {
+        let mut found = self.resolve_all(meta, word)?;
+        if found.len() > 1 {
+            let manifests: Vec<String> = found.iter().map(|i| i.manifest.to_string()).collect();
+            return Err(Error::Ambiguous {
+                word: word.to_string(),
+                reason: format!(
+                    "{} images have this id (manifests {}); name one by reference or manifest digest",
+                    found.len(),
+                    manifests.join(", ")
+                ),
+            });
+        }
+        found
+            .pop()
+            .ok_or_else(|| Error::ImageNotFound(word.to_string()))
+    }
+
+    /// Every image a user's word names: one for a reference or a manifest
+    /// digest; for an image id or a prefix of one, every image stored with
+    /// that id. Never empty.
+    pub(crate) fn resolve_all(&self, meta: &Meta, word: &str) -> Result<Vec<ImageRecord>> {
         let not_found = || Error::ImageNotFound(word.to_string());
-        if let Some(hex) = word.strip_prefix("sha256:") {
+        let explicit = word.strip_prefix("sha256:");
+        if let Some(hex) = explicit {
             // A full digest names an image id or a manifest; anything else
             // after `sha256:` is a prefix of an image id, or a mistake.
             if hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -193,42 +223,26 @@ impl Store {
                 )));
             }
         }
-        let hex = word.strip_prefix("sha256:").unwrap_or(word);
+        let hex = explicit.unwrap_or(word);
         let is_hex = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hex && (word.starts_with("sha256:") || hex.len() >= 4) {
-            let hex = hex.to_ascii_lowercase();
-            // A manifest digest is a key; an id (config digest) or its
-            // prefix needs the records.
-            if let Ok(d) = Digest::parse(&format!("sha256:{hex}")) {
-                if let Some(img) = meta.image(&d)? {
-                    return Ok(img);
-                }
+        if is_hex && (explicit.is_some() || hex.len() >= 4) {
+            if let Some(found) = self.by_id(meta, word, hex)? {
+                return Ok(found);
             }
-            let images = meta.images()?;
-            let matches: Vec<&ImageRecord> = images
-                .iter()
-                .filter(|i| i.config.hex().starts_with(&hex))
-                .collect();
-            match matches.as_slice() {
-                [one] => return Ok((*one).clone()),
-                [first, rest @ ..] if rest.iter().all(|i| i.config == first.config) => {
-                    return Ok((*first).clone())
-                }
-                [] if word.starts_with("sha256:") => return Err(not_found()),
-                [] => {}
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "{word} matches more than one image; give more of the id"
-                    )))
-                }
+            if explicit.is_some() {
+                return Err(not_found());
             }
         }
-        let r = Reference::parse(word)?;
+        let r = match Reference::parse(word) {
+            Ok(r) => r,
+            Err(_) if is_hex => return self.by_id(meta, word, hex)?.ok_or_else(not_found),
+            Err(e) => return Err(e.into()),
+        };
         if let Some(d) = r.digest() {
             // `repo@digest`: the manifest itself, or the index it came from
             // when this repository recorded that index.
             if let Some(img) = meta.image(d)? {
-                return Ok(img);
+                return Ok(vec![img]);
             }
             let repo = r.repository();
             let tagged_here = meta.tags()?.into_iter().any(|(name, t)| {
@@ -236,16 +250,55 @@ impl Store {
             });
             if tagged_here {
                 if let Some(img) = meta.images()?.into_iter().find(|i| i.index == Some(*d)) {
-                    return Ok(img);
+                    return Ok(vec![img]);
                 }
             }
             return Err(not_found());
         }
-        let tag = meta.tag(&r.to_string())?.ok_or_else(not_found)?;
-        meta.image(&tag.image)?.ok_or_else(|| Error::Corrupt {
-            key: r.to_string(),
-            reason: format!("tag points at missing image {}", tag.image),
-        })
+        match meta.tag(&r.to_string())? {
+            Some(tag) => Ok(vec![meta.image(&tag.image)?.ok_or_else(|| {
+                Error::Corrupt {
+                    key: r.to_string(),
+                    reason: format!("tag points at missing image {}", tag.image),
+                }
+            })?]),
+            // A short hex word that is no tag: a prefix of an id, as Docker
+            // reads it.
+            None if is_hex => self.by_id(meta, word, hex)?.ok_or_else(not_found),
+            None => Err(not_found()),
+        }
+    }
+
+    /// The image whose manifest digest is `hex`, else the images whose id
+    /// starts with `hex` (all with one id; several ids are ambiguous).
+    /// None when nothing matches.
+    fn by_id(&self, meta: &Meta, word: &str, hex: &str) -> Result<Option<Vec<ImageRecord>>> {
+        let hex = hex.to_ascii_lowercase();
+        // A manifest digest is a key; an id (config digest) or its prefix
+        // needs the records.
+        if let Ok(d) = Digest::parse(&format!("sha256:{hex}")) {
+            if let Some(img) = meta.image(&d)? {
+                return Ok(Some(vec![img]));
+            }
+        }
+        let mut matches: Vec<ImageRecord> = meta
+            .images()?
+            .into_iter()
+            .filter(|i| i.config.hex().starts_with(&hex))
+            .collect();
+        matches.sort_by_key(|i| i.manifest);
+        let ids: BTreeSet<Digest> = matches.iter().map(|i| i.config).collect();
+        match ids.len() {
+            0 => Ok(None),
+            1 => Ok(Some(matches)),
+            n => Err(Error::Ambiguous {
+                word: word.to_string(),
+                reason: format!(
+                    "{n} image ids start with it ({}); give more of the id",
+                    ids.iter().map(Digest::short).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
     }
 
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
@@ -267,7 +320,8 @@ impl Store {
                     repository: Some(r.familiar_repository()),
                     tag: r.tag().map(str::to_string),
                     id: img.config,
-                    digest: tag.repo_digest.unwrap_or(img.manifest),
+                    digest: img.manifest,
+                    repo_digest: tag.repo_digest,
                     created: img.created.clone(),
                     size: img.size(),
                 });
@@ -278,6 +332,7 @@ impl Store {
                     tag: None,
                     id: img.config,
                     digest: img.manifest,
+                    repo_digest: None,
                     created: img.created.clone(),
                     size: img.size(),
                 });
@@ -296,20 +351,38 @@ impl Store {
     pub fn inspect(&self, word: &str) -> Result<ImageInspect> {
         self.read_session(|meta| {
             let img = self.resolve(meta, word)?;
-            let mut repo_tags: Vec<String> = meta
-                .tags()?
-                .into_iter()
-                .filter(|(_, t)| t.image == img.manifest)
-                .filter_map(|(name, _)| Reference::parse(&name).ok())
-                .filter(|r| r.tag().is_some())
-                .map(|r| r.familiar())
-                .collect();
-            repo_tags.sort();
-            Ok(self.describe(&img, repo_tags))
+            let mut repo_tags = BTreeSet::new();
+            let mut repo_digests = BTreeSet::new();
+            for (name, tag) in meta.tags()? {
+                let Ok(r) = Reference::parse(&name) else {
+                    continue;
+                };
+                if tag.image != img.manifest {
+                    continue;
+                }
+                if r.tag().is_some() {
+                    repo_tags.insert(r.familiar());
+                }
+                // As Docker's RepoDigests: `repository@digest` of what the
+                // registry resolved the name to (an index or the manifest).
+                if let Some(d) = tag.repo_digest {
+                    repo_digests.insert(r.by_digest(d).familiar());
+                }
+            }
+            Ok(self.describe(
+                &img,
+                repo_tags.into_iter().collect(),
+                repo_digests.into_iter().collect(),
+            ))
         })
     }
 
-    fn describe(&self, img: &ImageRecord, repo_tags: Vec<String>) -> ImageInspect {
+    fn describe(
+        &self,
+        img: &ImageRecord,
+        repo_tags: Vec<String>,
+        repo_digests: Vec<String>,
+    ) -> ImageInspect {
         let layers: Vec<LayerInfo> = img
             .layers
             .iter()
@@ -333,6 +406,8 @@ impl Store {
             id: img.config,
             digest: img.manifest,
             repo_tags,
+            repo_digests,
+            index: img.index,
             platform: PlatformInfo {
                 os: img.os.clone(),
                 architecture: img.architecture.clone(),
@@ -373,7 +448,11 @@ impl Store {
     // ---- removal -------------------------------------------------------
 
     /// `lstore rmi`: removes the names; an image no name holds any more is
-    /// removed, and what no remaining image uses is swept at once.
+    /// removed, and what no remaining image uses is swept at once. An id
+    /// removes every image stored with that id. A word that names nothing
+    /// (or more than one id) does not stop the others: it is reported in
+    /// `not_removed`, as `docker rmi` goes on past an unknown image; when
+    /// no word names anything, that is the error.
     pub fn rmi(&self, words: &[String]) -> Result<Removal> {
         let mut trash = Vec::new();
         let report = self.session(|meta| {
@@ -381,26 +460,53 @@ impl Store {
             let tags = meta.tags()?;
             let mut drop_tags: BTreeSet<String> = BTreeSet::new();
             let mut candidates: BTreeSet<Digest> = BTreeSet::new();
+            let mut failures = Vec::new();
             for word in words {
-                let img = self.resolve(meta, word)?;
+                let images = match self.resolve_all(meta, word) {
+                    Ok(images) => images,
+                    Err(e) if names_nothing(&e) => {
+                        report.not_removed.push(NotRemoved {
+                            reference: word.clone(),
+                            error: e.to_string(),
+                        });
+                        failures.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 // A name removes that name; an id removes every name.
                 let by_name = Reference::parse(word)
                     .ok()
                     .map(|r| r.to_string())
                     .filter(|n| tags.iter().any(|(t, _)| t == n));
-                match by_name {
-                    Some(n) => {
-                        drop_tags.insert(n);
-                    }
-                    None => {
-                        for (name, t) in &tags {
-                            if t.image == img.manifest {
-                                drop_tags.insert(name.clone());
+                for img in images {
+                    match &by_name {
+                        Some(n) => {
+                            drop_tags.insert(n.clone());
+                        }
+                        None => {
+                            for (name, t) in &tags {
+                                if t.image == img.manifest {
+                                    drop_tags.insert(name.clone());
+                                }
                             }
                         }
                     }
+                    candidates.insert(img.manifest);
                 }
-                candidates.insert(img.manifest);
+            }
+            if candidates.is_empty() && !failures.is_empty() {
+                return Err(if failures.len() == 1 {
+                    failures.remove(0)
+                } else {
+                    Error::Invalid(
+                        failures
+                            .iter()
+                            .map(Error::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                });
             }
             let remaining_tagged: BTreeSet<Digest> = tags
                 .iter()
@@ -467,6 +573,19 @@ impl Store {
                 .collect())
         })
     }
+}
+
+/// Errors that say a word names no single image (rather than that the
+/// store failed): `rmi` reports them and goes on with the other words.
+fn names_nothing(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ImageNotFound(_)
+            | Error::Ambiguous { .. }
+            | Error::Invalid(_)
+            | Error::Reference(_)
+            | Error::Digest(_)
+    )
 }
 
 fn classify(du: &mut DiskUsage, refs: u64, bytes: u64) {

@@ -71,12 +71,28 @@ pub fn check_inspect(store: &Lstore, inspect: &Value, image: &Image, name: &str,
             "id",
             "digest",
             "repo_tags",
+            "repo_digests",
+            "index",
             "platform",
             "size",
             "layers",
             "lowerdir"
         ]),
         "inspect fields: {inspect:#}"
+    );
+    // `repository@digest` of pulled names: none for a loaded image.
+    let repo_digests = inspect["repo_digests"].as_array().expect("repo_digests");
+    for named in repo_digests {
+        let digest = named.as_str().and_then(|s| s.rsplit_once('@'));
+        assert!(
+            digest.is_some_and(|(_, d)| is_digest(&Value::from(d))),
+            "repo_digests entry {named}"
+        );
+    }
+    assert!(
+        inspect["index"].is_null() || is_digest(&inspect["index"]),
+        "inspect index: {}",
+        inspect["index"]
     );
     assert_eq!(inspect["id"], image.config_digest.as_str(), "inspect id");
     assert!(
