@@ -175,8 +175,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Re-verify digests and the indexes; exit 1 if anything is wrong.
+    /// Re-verify digests and the indexes; exit 1 if anything is wrong or
+    /// left over (files no image needs).
     Fsck {
+        /// Repair what can be repaired and remove the leftovers.
         #[arg(long)]
         repair: bool,
         #[arg(long, value_enum, default_value = "table")]

@@ -1,8 +1,10 @@
 //! `fsck` and `fsck --repair` on damaged stores: a damaged layer folder is
 //! extracted again from its blob (once, however many images share it) and
 //! the image mounts as before; an image whose manifest, config or
-//! unrecoverable layer is gone is removed with its tags, and `gc` then
-//! frees what it held; what still works is kept; live mounts are left alone.
+//! unrecoverable layer is gone is removed with its tags, and the repair
+//! frees what only it held; what still works is kept; live mounts are left
+//! alone. Files no image needs are leftovers, reported apart from damage
+//! and removed by `--repair`.
 
 mod common;
 
@@ -266,6 +268,11 @@ fn an_image_without_its_manifest_or_config_is_removed_and_gc_empties_the_store()
         );
         assert_eq!(store.images(), Vec::<Value>::new(), "{what}: tags left");
         assert_fsck_clean(&store, what);
+        assert_eq!(
+            store.blobs(),
+            Vec::<String>::new(),
+            "{what}: the repair frees the blobs only the removed image used"
+        );
 
         store.ok(&["gc"]);
         assert_eq!(

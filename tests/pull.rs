@@ -462,7 +462,7 @@ fn commands_that_reuse_stored_parts_leave_no_unrecorded_blob() {
     // Every blob a finished command writes is recorded (fsck: no leftover)
     // when it reuses what the store has: an index whose host manifest is
     // an image pulled before, digest pulls, re-tags, a second index of the
-    // same image, an archive holding an index.
+    // same image, an archive holding an index, a saved image loaded back.
     let registry = Registry::start();
     let client = Client::new();
     let store = Lstore::new();
@@ -501,6 +501,7 @@ fn commands_that_reuse_stored_parts_leave_no_unrecorded_blob() {
         LayoutNames::containerd("example.com/reuse/loaded:1"),
     );
     let multi = format!("{reg}/reuse/multi:latest");
+    let saved = work.path().join("saved.tar").to_str().unwrap().to_string();
     let steps: Vec<Vec<String>> = vec![
         vec!["pull".into(), format!("{reg}/reuse/debian:bookworm")],
         vec!["pull".into(), multi.clone()],
@@ -512,6 +513,8 @@ fn commands_that_reuse_stored_parts_leave_no_unrecorded_blob() {
         vec!["tag".into(), multi.clone(), format!("{reg}/reuse/copy:1")],
         vec!["pull".into(), format!("{reg}/reuse/multi2:latest")],
         vec!["load".into(), "-i".into(), layout.to_str().unwrap().into()],
+        vec!["save".into(), "-o".into(), saved.clone(), multi.clone()],
+        vec!["load".into(), "-i".into(), saved.clone()],
         vec![
             "pull".into(),
             "--platform".into(),
