@@ -791,3 +791,36 @@ fn a_multi_platform_index_pushed_by_skopeo_is_served_back() {
     drop(serve);
     fsck_clean(&store);
 }
+
+#[test]
+fn an_upload_in_progress_survives_gc_and_sigterm_ends_serve_cleanly() {
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr().to_string();
+    let data = noise(200_000, 8);
+    let digest = sha256_digest(&data);
+    let loc = start_upload(&a, "u");
+    let r = http_call(&a, "PATCH", &loc, &[], &data[..100_000]);
+    assert_eq!(r.status, 202);
+    // gc beside serve leaves the live upload alone.
+    store.ok(&["gc"]);
+    let r = http_call(&a, "PATCH", &loc, &[], &data[100_000..]);
+    assert_eq!((r.status, r.header("range")), (202, Some("0-199999")));
+    let r = http_call(&a, "PUT", &format!("{loc}?digest={digest}"), &[], b"");
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http_call(&a, "HEAD", &format!("/v2/u/blobs/{digest}"), &[], b"");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some("200000"))
+    );
+    // An upload left open when serve is told to stop goes with it.
+    let open = start_upload(&a, "u");
+    assert_eq!(http_call(&a, "PATCH", &open, &[], &data).status, 202);
+    assert!(serve.stop().success(), "serve exits 0 on SIGTERM");
+    assert!(
+        store.unfinished().is_empty(),
+        "left: {:?}",
+        store.unfinished()
+    );
+    assert!(common::lstore::list(&store.path("leases")).is_empty());
+}
