@@ -824,3 +824,34 @@ fn an_upload_in_progress_survives_gc_and_sigterm_ends_serve_cleanly() {
     );
     assert!(common::lstore::list(&store.path("leases")).is_empty());
 }
+
+#[test]
+fn ns_and_namespace_choose_among_hosts_sharing_a_name() {
+    let first = small_image();
+    let second = ImageBuilder::new()
+        .layer(small_base())
+        .layer(small_app("second"))
+        .build();
+    let store = store_with(&first, "a.example/lib/x:1");
+    let work = scratch();
+    let layout = work.path().join("second");
+    write_oci_layout(&layout, &[(&second, LayoutNames::ref_name("v1"))]);
+    store.load(&layout, Some("b.example/lib/x:1"));
+    let serve = Serve::start(&store, &["--namespace", "b.example"]);
+    let a = serve.addr();
+    let digest_of = |path: &str| {
+        let r = http_call(a, "GET", path, &[], b"");
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        r.header("docker-content-digest").unwrap().to_string()
+    };
+    assert_eq!(digest_of("/v2/lib/x/manifests/1"), second.manifest_digest);
+    assert_eq!(
+        digest_of("/v2/lib/x/manifests/1?ns=a.example"),
+        first.manifest_digest
+    );
+    // An ns that has no such image leaves the order as it was.
+    assert_eq!(
+        digest_of("/v2/lib/x/manifests/1?ns=c.example"),
+        second.manifest_digest
+    );
+}
