@@ -1,0 +1,458 @@
+//! `lstore serve` with the real clients a machine's other tools are: podman
+//! pulls from it, containerd uses it as a `hosts.toml` mirror (with `ns`)
+//! and runs what it pulled, skopeo pulls through it from a docker-registry
+//! upstream, and skopeo authenticates to it over TLS. Each client keeps its
+//! state in a temp dir of its own (tests/common/clients.rs).
+
+mod common;
+
+use common::clients::{Containerd, Podman};
+use common::image::Image;
+use common::mount::LstoreMount;
+use common::peers::{skopeo_copy, skopeo_inspect};
+use common::registry::{free_port, make_htpasswd, make_tls, Proxy, Registry};
+use common::scenes::{noise, small_app, small_base};
+use common::tree::{assert_same_tree, snapshot};
+use common::{scratch, Compression, ImageBuilder, Lstore, TarBuilder};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+// ------------------------------------------------------------ lstore serve
+
+/// A running `lstore serve`, stopped with SIGTERM on drop.
+struct Served {
+    child: Child,
+    /// `127.0.0.1:PORT`, from its `listening on …` line.
+    addr: String,
+    _log_dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Starts `lstore serve --addr 127.0.0.1:0 ARGS…` on `store`'s root and
+/// waits for its `listening on IP:PORT` line.
+fn serve(store: &Lstore, args: &[&str]) -> Served {
+    let log_dir = tempfile::Builder::new()
+        .prefix("lstore-serve-log-")
+        .tempdir()
+        .expect("log dir");
+    let log = log_dir.path().join("stderr");
+    let mut full = vec!["serve", "--addr", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    let mut child = store
+        .command(&full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log).expect("serve log"))
+        .spawn()
+        .expect("spawn lstore serve");
+    let first = first_line(&mut child);
+    let Some(addr) = first.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        let status = child.wait().expect("wait for serve");
+        panic!(
+            "lstore serve {} did not say where it listens ({status}); stdout: {first:?}\n\
+             stderr: {}",
+            args.join(" "),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    Served {
+        addr: addr.to_string(),
+        child,
+        _log_dir: log_dir,
+        log,
+    }
+}
+
+/// The first line `child` prints on stdout ("" when it ends first); the
+/// rest is drained on a thread so that the server never blocks on it.
+fn first_line(child: &mut Child) -> String {
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line
+}
+
+impl Served {
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SIGTERM is the clean way out the contract gives it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ images
+
+/// Two layers (a base and an app layer with a whiteout).
+fn app_image(name: &str) -> Image {
+    ImageBuilder::new()
+        .layer(small_base())
+        .layer(small_app(name))
+        .build()
+}
+
+/// Two layers whose content is `name`'s own, so that no blob is shared
+/// with another image made here.
+fn own_image(name: &str) -> Image {
+    let seed = name.bytes().map(u64::from).sum::<u64>();
+    let mut base = TarBuilder::new();
+    base.dir("data");
+    base.file(format!("data/{name}.bin"), noise(30_000, seed));
+    let mut top = TarBuilder::new();
+    top.dir("etc");
+    top.file("etc/name", format!("{name}\n"));
+    ImageBuilder::new()
+        .tar(&base, Compression::Gzip)
+        .tar(&top, Compression::Gzip)
+        .build()
+}
+
+/// One layer holding the host's `/bin/cat` with the libraries it loads and
+/// `/greeting`; its command prints the greeting.
+fn runnable_image(greeting: &str) -> Image {
+    let mut tar = TarBuilder::new();
+    let mut files = vec![PathBuf::from("/bin/cat")];
+    files.extend(shared_libraries(Path::new("/bin/cat")));
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in &files {
+        for dir in file.ancestors().skip(1) {
+            if dir != Path::new("/") {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+    }
+    for dir in &dirs {
+        tar.dir(relative(dir));
+    }
+    for file in &files {
+        let bytes = fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        tar.file(relative(file), bytes).mode(0o755);
+    }
+    tar.file("greeting", format!("{greeting}\n"));
+    ImageBuilder::new()
+        .tar(&tar, Compression::Gzip)
+        .cmd(&["/bin/cat", "/greeting"])
+        .build()
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix("/")
+        .expect("absolute")
+        .to_str()
+        .expect("utf-8")
+        .to_string()
+}
+
+/// The libraries `ldd` names for `binary` (dynamic loader included), with
+/// symlinks resolved: the files to copy, at the paths the binary asks for.
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let output = Command::new("ldd").arg(binary).output().expect("run ldd");
+    assert!(output.status.success(), "ldd {}", binary.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect()
+}
+
+/// What `lstore mount REF` shows.
+fn lstore_tree(store: &Lstore, reference: &str) -> common::tree::Tree {
+    let mount = LstoreMount::new(store, reference, false);
+    snapshot(mount.root())
+}
+
+// ------------------------------------------------------------------ podman
+
+#[test]
+fn podman_pulls_from_serve_the_image_lstore_has() {
+    let store = Lstore::new();
+    let image = app_image("podman");
+    store.load_image(&image, "example.com/clients/podman:v1");
+    let served = serve(&store, &["--namespace", "example.com"]);
+    let podman = Podman::new(&[&served.addr]);
+    let reference = format!("{}/clients/podman:v1", served.addr);
+
+    podman.ok(&["pull", "-q", &reference]);
+
+    let lstore = store.inspect("example.com/clients/podman:v1");
+    let pulled = podman.inspect(&reference);
+    assert_eq!(pulled["Digest"], lstore["digest"], "manifest digest");
+    assert_eq!(
+        format!("sha256:{}", pulled["Id"].as_str().unwrap_or_default()),
+        lstore["id"].as_str().unwrap_or_default(),
+        "image id (config digest)"
+    );
+    assert_eq!(lstore["digest"], image.manifest_digest.as_str());
+    let podman_tree = snapshot(podman.mount(&reference).path());
+    assert_same_tree(
+        &lstore_tree(&store, "example.com/clients/podman:v1"),
+        &podman_tree,
+        "podman image mount vs lstore mount",
+    );
+}
+
+// -------------------------------------------------------------- containerd
+
+#[test]
+fn containerd_pulls_through_a_hosts_toml_mirror_naming_ns_and_runs_the_image() {
+    // The upstream is a loopback port nobody listens on: every byte comes
+    // from lstore. A different image under the same path on docker.io is
+    // what serve would give without `ns`.
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let greeting = "served by lstore for the ns host";
+    let image = runnable_image(greeting);
+    let decoy = app_image("decoy");
+    let name = format!("{upstream}/clients/run:v1");
+    let store = Lstore::new();
+    store.load_image(&image, &name);
+    store.load_image(&decoy, "docker.io/clients/run:v1");
+    let served = serve(&store, &[]);
+
+    let containerd = Containerd::start();
+    containerd.mirror(&upstream, &served.addr);
+    containerd.pull(&name);
+
+    assert_eq!(
+        containerd.image_digest(&name),
+        image.manifest_digest,
+        "the image of the ns host, not docker.io's; serve said:\n{}",
+        served.stderr()
+    );
+    let ctr_tree = {
+        let mount = containerd.mount(&name);
+        snapshot(mount.path())
+    };
+    assert_same_tree(
+        &lstore_tree(&store, &name),
+        &ctr_tree,
+        "ctr images mount vs lstore mount",
+    );
+    let out = containerd.ctr_ok(&["run", "--rm", &name, "lstore-serve-run"]);
+    assert_eq!(out.stdout.trim(), greeting, "ctr run output");
+}
+
+// ------------------------------------------------------------ pull-through
+
+/// Requests the upstream saw, as "METHOD path" (query dropped) with counts.
+fn requests_by_path(proxy: &Proxy) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for seen in proxy.seen() {
+        *counts
+            .entry(format!("{} {}", seen.method, seen.path()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The same requests with one image's names replaced by a placeholder, so
+/// that pulls of two images of the same shape compare equal.
+fn shape(counts: &BTreeMap<String, usize>, image: &Image, repo: &str) -> BTreeMap<String, usize> {
+    let mut names: Vec<(String, String)> = vec![(repo.to_string(), "REPO".to_string())];
+    names.push((image.manifest_digest.clone(), "MANIFEST".into()));
+    names.push((image.config_digest.clone(), "CONFIG".into()));
+    for (i, layer) in image.layers.iter().enumerate() {
+        names.push((layer.digest.clone(), format!("LAYER{i}")));
+    }
+    counts
+        .iter()
+        .map(|(request, n)| {
+            let mut request = request.clone();
+            for (from, to) in &names {
+                request = request.replace(from.as_str(), to);
+            }
+            (request, *n)
+        })
+        .collect()
+}
+
+fn oci_dest(dir: &Path, name: &str) -> String {
+    format!("oci:{}:v1", dir.join(name).display())
+}
+
+#[test]
+fn pull_through_serve_fetches_from_docker_registry_once_for_concurrent_clients() {
+    let registry = Registry::start();
+    // The proxy records what the upstream is asked, request by request.
+    let upstream = Proxy::pass(&registry.host());
+    let first = own_image("first");
+    let second = own_image("second");
+    registry.upload("clients/first", "v1", &first);
+    registry.upload("clients/second", "v1", &second);
+    let store = Lstore::new();
+    let served = serve(&store, &["--upstream", &upstream.host()]);
+    let out = scratch();
+    let tls_off = ["--src-tls-verify=false"];
+
+    // One client: the image comes through, and is now in the store.
+    let source = format!("docker://{}/clients/first:v1", served.addr);
+    let seen = skopeo_inspect(&["--tls-verify=false"], &source);
+    assert_eq!(seen["Digest"], first.manifest_digest.as_str());
+    skopeo_copy(&tls_off, &source, &oci_dest(out.path(), "first"));
+    let stored = format!("{}/clients/first:v1", upstream.host());
+    assert!(
+        store.listed_references().contains(&stored),
+        "lstore images lists {stored}: {:?}",
+        store.listed_references()
+    );
+    assert_eq!(
+        store.inspect(&stored)["digest"],
+        first.manifest_digest.as_str()
+    );
+    let one_client = shape(&requests_by_path(&upstream), &first, "clients/first");
+    assert!(
+        one_client.keys().any(|r| r.contains("LAYER1")),
+        "the upstream was asked for the layers: {one_client:?}"
+    );
+
+    // Two clients at once, for an image of the same shape: the upstream
+    // sees the requests of one pull, not two.
+    upstream.clear();
+    let source = format!("docker://{}/clients/second:v1", served.addr);
+    std::thread::scope(|scope| {
+        for client in ["a", "b"] {
+            let (source, dest) = (&source, oci_dest(out.path(), client));
+            scope.spawn(move || skopeo_copy(&tls_off, source, &dest));
+        }
+    });
+    let two_clients = shape(&requests_by_path(&upstream), &second, "clients/second");
+    assert_eq!(
+        two_clients,
+        one_client,
+        "two concurrent clients make one upstream pull; serve said:\n{}",
+        served.stderr()
+    );
+    for client in ["a", "b"] {
+        let index: serde_json::Value = serde_json::from_slice(
+            &fs::read(out.path().join(client).join("index.json")).expect("index.json"),
+        )
+        .expect("index JSON");
+        assert_eq!(
+            index["manifests"][0]["digest"],
+            second.manifest_digest.as_str(),
+            "client {client} got the image"
+        );
+    }
+}
+
+// ------------------------------------------------------------ TLS and auth
+
+#[test]
+fn serve_over_tls_with_htpasswd_admits_the_right_password_only() {
+    let dir = scratch();
+    let tls = make_tls(dir.path());
+    let htpasswd = make_htpasswd(dir.path(), "alice", "right horse");
+    // skopeo's cert dir: the CA as ca.crt.
+    let certs = dir.path().join("certs");
+    fs::create_dir_all(&certs).expect("certs dir");
+    fs::copy(&tls.ca, certs.join("ca.crt")).expect("ca.crt");
+    let certs = certs.to_str().expect("utf-8").to_string();
+    let image = app_image("auth");
+    let store = Lstore::new();
+    store.load_image(&image, "example.com/clients/auth:v1");
+    let served = serve(
+        &store,
+        &[
+            "--namespace",
+            "example.com",
+            "--tls-cert",
+            tls.cert.to_str().expect("utf-8"),
+            "--tls-key",
+            tls.key.to_str().expect("utf-8"),
+            "--htpasswd",
+            htpasswd.to_str().expect("utf-8"),
+        ],
+    );
+    let source = format!("docker://{}/clients/auth:v1", served.addr);
+
+    // Right password, CA trusted: the whole image comes over TLS.
+    skopeo_copy(
+        &["--src-cert-dir", &certs, "--src-creds", "alice:right horse"],
+        &source,
+        &oci_dest(dir.path(), "copy"),
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("copy/index.json")).expect("index"))
+            .expect("index JSON");
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        image.manifest_digest.as_str()
+    );
+
+    let inspect = |extra: &[&str]| {
+        let mut args = vec!["--insecure-policy", "inspect", "--cert-dir", &certs];
+        args.extend_from_slice(extra);
+        args.push(&source);
+        let out = Command::new("skopeo").args(&args).output().expect("skopeo");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_lowercase(),
+        )
+    };
+    for (what, extra) in [
+        ("a wrong password", vec!["--creds", "alice:wrong horse"]),
+        ("an unknown user", vec!["--creds", "bob:right horse"]),
+        ("no credentials", vec!["--no-creds"]),
+    ] {
+        let (ok, stderr) = inspect(&extra);
+        assert!(!ok, "skopeo inspect with {what} succeeded");
+        assert!(
+            stderr.contains("401") || stderr.contains("unauthorized"),
+            "with {what}, skopeo was not refused for authentication: {stderr}"
+        );
+    }
+    let (ok, _) = inspect(&["--creds", "alice:right horse"]);
+    assert!(ok, "skopeo inspect with the right password");
+
+    // Without the CA the certificate is not trusted.
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "inspect",
+            "--creds",
+            "alice:right horse",
+        ])
+        .arg(&source)
+        .output()
+        .expect("skopeo");
+    assert!(!out.status.success(), "an unknown CA was trusted");
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_tls() {
+    let store = Lstore::new();
+    let mut child = store
+        .command(&["serve", "--addr", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lstore serve");
+    let first = first_line(&mut child);
+    if first.starts_with("listening on") {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        panic!("serve listened on every interface without TLS: {first}");
+    }
+    let out = store.wait(&["serve", "--addr", "0.0.0.0:0"], child);
+    assert!(!out.success(), "serve on 0.0.0.0 without TLS must fail");
+    common::lstore::assert_one_line_error("serve --addr 0.0.0.0:0", &out);
+    let error = out.stderr.to_lowercase();
+    assert!(
+        error.contains("tls") && error.contains("insecure"),
+        "the error names the ways out (--tls-cert/--tls-key or --insecure): {}",
+        out.stderr
+    );
+}
