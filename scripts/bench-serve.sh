@@ -3,7 +3,9 @@
 # one client warm, one client cold (page cache dropped before each run),
 # CLIENTS skopeo copies at once, and CLIENTS HTTP clients fetching every
 # layer blob at once (curl, the servers' own throughput without skopeo's
-# hashing and writing); peak RSS of each server.
+# hashing and writing); peak RSS of each server and its CPU time per GB
+# delivered (on a small machine the clients' CPU bounds the throughput of
+# both servers; the CPU time says what each server costs).
 #
 #   scripts/bench-serve.sh [--quick] [--runs N] [--clients N] [--fs ext4|tmpfs]
 #                          [--size SIZE] [--layout DIR] [--out FILE]
@@ -143,19 +145,27 @@ fetch() {
 export BLOBS="$blobs"
 export -f drop_caches reset_out copy fetch
 
-# measure NAME WARMUP PREPARE COMMAND → $R/NAME.json (hyperfine median).
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# measure NAME PID CLIENTS WARMUP PREPARE COMMAND: hyperfine median into
+# $R/NAME.json; the server's CPU ticks over all runs and the number of
+# images it delivered in them into $R/NAME.cpu.
 measure() {
-  bench_log "$1"
-  hyperfine --shell bash --style basic --warmup "$2" --runs "$runs" --prepare "$3" \
-    --export-json "$R/$1.json" "$4" > "$R/$1.log" 2>&1 ||
-    { bench_log "$1 failed (see $R/$1.log)"; rm -f "$R/$1.json"; }
+  local name=$1 pid=$2 n=$3 warmup=$4 before
+  bench_log "$name"
+  before=$(cpu_ticks "$pid")
+  hyperfine --shell bash --style basic --warmup "$warmup" --runs "$runs" --prepare "$5" \
+    --export-json "$R/$name.json" "$6" > "$R/$name.log" 2>&1 ||
+    { bench_log "$name failed (see $R/$name.log)"; rm -f "$R/$name.json"; }
+  echo "$(($(cpu_ticks "$pid") - before)) $(((warmup + runs) * n))" > "$R/$name.cpu"
 }
 for side in registry lstore; do
-  server=$reg; [ "$side" = lstore ] && server=$lst
-  measure "$side.warm" 1 reset_out "copy $server 1"
-  measure "$side.cold" 0 "reset_out; drop_caches" "copy $server 1"
-  measure "$side.copies" 1 reset_out "copy $server $clients"
-  measure "$side.fetch" 1 true "fetch $server $clients"
+  server=$reg pid=$registry_pid
+  [ "$side" = lstore ] && server=$lst pid=$serve_pid
+  measure "$side.warm" "$pid" 1 1 reset_out "copy $server 1"
+  measure "$side.cold" "$pid" 1 0 "reset_out; drop_caches" "copy $server 1"
+  measure "$side.copies" "$pid" "$clients" 1 reset_out "copy $server $clients"
+  measure "$side.fetch" "$pid" "$clients" 1 true "fetch $server $clients"
   reset_out
 done
 hwm() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
@@ -167,6 +177,11 @@ median() { [ -f "$R/$1.json" ] && jq -r '.results[0].median' "$R/$1.json" || ech
 fmt_s() { [ "$1" = NA ] && echo "n/a" || awk -v s="$1" 'BEGIN { printf "%.2f s", s }'; }
 # MB/s for N copies of the image in S seconds.
 rate() { [ "$2" = NA ] && echo "n/a" || awk -v n="$1" -v b="$image_bytes" -v s="$2" 'BEGIN { printf "%.0f MB/s", n * b / s / 1e6 }'; }
+# Server CPU milliseconds per GB of image delivered.
+cpu_per_gb() {
+  [ -f "$R/$1.cpu" ] || { echo "n/a"; return; }
+  awk -v hz="$(getconf CLK_TCK)" -v b="$image_bytes" '{ printf "%.0f", $1 / hz * 1000 / ($2 * b / 1e9) }' "$R/$1.cpu"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 {
   echo "### \`lstore serve\` vs docker-registry: \`skopeo copy\` of one image (median of $runs)"
@@ -182,6 +197,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0)
   r=$(median registry.fetch) l=$(median lstore.fetch)
   echo "| $clients HTTP clients fetching every blob, warm | $(fmt_s "$r") ($(rate "$clients" "$r")) | $(fmt_s "$l") ($(rate "$clients" "$l")) | $(ratio "$r" "$l")x |"
   echo "| peak RSS of the server | $((rss_registry / 1024)) MiB | $((rss_lstore / 1024)) MiB | |"
+  echo
+  echo "Server CPU time (user + system) per GB delivered, ms:"
+  echo
+  echo "| case | docker-registry | lstore serve | registry / lstore |"
+  echo "|---|---|---|---|"
+  for c in warm cold copies fetch; do
+    r=$(cpu_per_gb "registry.$c") l=$(cpu_per_gb "lstore.$c")
+    echo "| $c | $r | $l | $(ratio "${r/n\/a/NA}" "${l/n\/a/NA}") |"
+  done
   echo
   echo "Image: $(bench_si "$image_bytes")B compressed ($image_note). Servers' data on $fs_desc, clients writing to tmpfs; MB/s counts the image's bytes (config and layers) delivered to all clients."
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r). Versions: $("$lstore_bin" --version), docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $3 }'), $(skopeo --version), $(curl --version | head -1 | cut -d' ' -f1-2), $(hyperfine --version)."
