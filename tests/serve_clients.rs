@@ -10,7 +10,7 @@ use common::clients::{Containerd, Podman};
 use common::image::Image;
 use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, skopeo_inspect};
-use common::registry::{free_port, make_htpasswd, make_tls, Proxy, Registry};
+use common::registry::{free_port, make_htpasswd, make_tls, Fault, Proxy, Registry};
 use common::scenes::{noise, small_app, small_base};
 use common::tree::{assert_same_tree, snapshot};
 use common::{scratch, Compression, ImageBuilder, Lstore, TarBuilder};
@@ -19,6 +19,9 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 // ------------------------------------------------------------ lstore serve
 
@@ -204,6 +207,27 @@ fn podman_pulls_from_serve_the_image_lstore_has() {
     );
 }
 
+#[test]
+fn podman_pulls_through_serve_as_its_registries_conf_mirror() {
+    // Nobody listens at the upstream: what podman gets, the mirror gave.
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let name = format!("{upstream}/clients/mirrored:v1");
+    let image = app_image("mirrored");
+    let store = Lstore::new();
+    store.load_image(&image, &name);
+    let served = serve(&store, &["--namespace", &upstream]);
+    let podman = Podman::mirrored(&upstream, &served.addr);
+
+    podman.ok(&["pull", "-q", &name]);
+
+    assert_eq!(
+        podman.inspect(&name)["Digest"],
+        image.manifest_digest.as_str(),
+        "serve said:\n{}",
+        served.stderr()
+    );
+}
+
 // -------------------------------------------------------------- containerd
 
 #[test]
@@ -285,8 +309,23 @@ fn oci_dest(dir: &Path, name: &str) -> String {
 #[test]
 fn pull_through_serve_fetches_from_docker_registry_once_for_concurrent_clients() {
     let registry = Registry::start();
-    // The proxy records what the upstream is asked, request by request.
-    let upstream = Proxy::pass(&registry.host());
+    // Client requests for the second image's tag, as seen in front of serve.
+    let asked = Arc::new(AtomicUsize::new(0));
+    // The upstream proxy records what the upstream is asked and holds the
+    // second image's manifest until both clients have asked serve for it,
+    // so that the two requests surely overlap.
+    let upstream = {
+        let asked = asked.clone();
+        Proxy::start(&registry.host(), move |seen| {
+            if seen.path() == "/v2/clients/second/manifests/v1" {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while asked.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Fault::Pass
+        })
+    };
     let first = own_image("first");
     let second = own_image("second");
     registry.upload("clients/first", "v1", &first);
@@ -320,7 +359,16 @@ fn pull_through_serve_fetches_from_docker_registry_once_for_concurrent_clients()
     // Two clients at once, for an image of the same shape: the upstream
     // sees the requests of one pull, not two.
     upstream.clear();
-    let source = format!("docker://{}/clients/second:v1", served.addr);
+    let front = {
+        let asked = asked.clone();
+        Proxy::start(&served.addr, move |seen| {
+            if seen.path() == "/v2/clients/second/manifests/v1" {
+                asked.fetch_add(1, Ordering::SeqCst);
+            }
+            Fault::Pass
+        })
+    };
+    let source = format!("docker://{}/clients/second:v1", front.host());
     std::thread::scope(|scope| {
         for client in ["a", "b"] {
             let (source, dest) = (&source, oci_dest(out.path(), client));

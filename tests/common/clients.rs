@@ -68,6 +68,27 @@ impl Podman {
     /// `insecure` lists registries (`HOST:PORT`) spoken to over plain HTTP
     /// or without verifying their certificate.
     pub fn new(insecure: &[&str]) -> Podman {
+        let mut registries = String::from("unqualified-search-registries = []\n");
+        for host in insecure {
+            registries.push_str(&format!(
+                "[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
+            ));
+        }
+        Podman::with_registries(&registries)
+    }
+
+    /// Images of `upstream` are pulled from `mirror` first (both `HOST:PORT`,
+    /// plain HTTP), as a `[[registry.mirror]]` in registries.conf says.
+    pub fn mirrored(upstream: &str, mirror: &str) -> Podman {
+        Podman::with_registries(&format!(
+            "unqualified-search-registries = []\n\
+             [[registry]]\nprefix = \"{upstream}\"\nlocation = \"{upstream}\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
+        ))
+    }
+
+    /// podman whose registries.conf is `registries`.
+    fn with_registries(registries: &str) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("lstore-podman-")
             .tempdir()
@@ -82,12 +103,6 @@ impl Podman {
             ),
         )
         .expect("storage.conf");
-        let mut registries = String::from("unqualified-search-registries = []\n");
-        for host in insecure {
-            registries.push_str(&format!(
-                "[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
-            ));
-        }
         fs::write(path("registries.conf"), registries).expect("registries.conf");
         // No journald events and no state under /run/libpod.
         fs::write(
