@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `lstore serve` against docker-registry as the source of `skopeo copy`:
 # one client warm, one client cold (page cache dropped before each run),
-# CLIENTS skopeo copies at once, and CLIENTS HTTP clients fetching every
-# layer blob at once (curl, the servers' own throughput without skopeo's
-# hashing and writing); peak RSS of each server and its CPU time per GB
-# delivered (on a small machine the clients' CPU bounds the throughput of
-# both servers; the CPU time says what each server costs).
+# CLIENTS skopeo copies at once, and CLIENTS HTTP connections at once
+# fetching every blob CLIENTS times (one curl --parallel: the servers' own
+# throughput without skopeo's hashing and writing); peak RSS of each server
+# and its CPU time per GB delivered (on a small machine the clients' CPU
+# bounds the throughput of both servers; the CPU time says what each server
+# costs).
 #
 #   scripts/bench-serve.sh [--quick] [--runs N] [--clients N] [--fs ext4|tmpfs]
 #                          [--size SIZE] [--layout DIR] [--out FILE]
@@ -132,15 +133,14 @@ copy() {
   done
   wait
 }
-# fetch SERVER N: N clients at once, each GETting every blob of the image.
+# fetch SERVER N: every blob of the image N times, N connections at once
+# (one curl process, so that the client side costs little).
 fetch() {
-  local i b
+  local i b args=()
   for ((i = 0; i < $2; i++)); do
-    (for b in $BLOBS; do
-       curl -fsS -o /dev/null "http://$1/v2/bench/image/blobs/$b"
-     done) &
+    for b in $BLOBS; do args+=(-o /dev/null "http://$1/v2/bench/image/blobs/$b"); done
   done
-  wait
+  curl -fsS --parallel --parallel-max "$2" "${args[@]}"
 }
 export BLOBS="$blobs"
 export -f drop_caches reset_out copy fetch
@@ -195,7 +195,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0)
   r=$(median registry.copies) l=$(median lstore.copies)
   echo "| $clients skopeo copies at once, warm | $(fmt_s "$r") ($(rate "$clients" "$r")) | $(fmt_s "$l") ($(rate "$clients" "$l")) | $(ratio "$r" "$l")x |"
   r=$(median registry.fetch) l=$(median lstore.fetch)
-  echo "| $clients HTTP clients fetching every blob, warm | $(fmt_s "$r") ($(rate "$clients" "$r")) | $(fmt_s "$l") ($(rate "$clients" "$l")) | $(ratio "$r" "$l")x |"
+  echo "| $clients HTTP connections fetching every blob $clients times, warm | $(fmt_s "$r") ($(rate "$clients" "$r")) | $(fmt_s "$l") ($(rate "$clients" "$l")) | $(ratio "$r" "$l")x |"
   echo "| peak RSS of the server | $((rss_registry / 1024)) MiB | $((rss_lstore / 1024)) MiB | |"
   echo
   echo "Server CPU time (user + system) per GB delivered, ms:"
