@@ -230,6 +230,26 @@ fn podman_pulls_through_serve_as_its_registries_conf_mirror() {
 
 // -------------------------------------------------------------- containerd
 
+/// A containerd of its own pulls `name` with `served` as the hosts.toml
+/// mirror of `upstream`, and gets `expected`.
+fn containerd_pull_via(
+    served: &Served,
+    upstream: &str,
+    name: &str,
+    expected: &Image,
+) -> Containerd {
+    let containerd = Containerd::start();
+    containerd.mirror(upstream, &served.addr);
+    containerd.pull(name);
+    assert_eq!(
+        containerd.image_digest(name),
+        expected.manifest_digest,
+        "{name} through the mirror; serve said:\n{}",
+        served.stderr()
+    );
+    containerd
+}
+
 #[test]
 fn containerd_pulls_through_a_hosts_toml_mirror_naming_ns_and_runs_the_image() {
     // The upstream is a loopback port nobody listens on: every byte comes
@@ -245,16 +265,8 @@ fn containerd_pulls_through_a_hosts_toml_mirror_naming_ns_and_runs_the_image() {
     store.load_image(&decoy, "docker.io/clients/run:v1");
     let served = serve(&store, &[]);
 
-    let containerd = Containerd::start();
-    containerd.mirror(&upstream, &served.addr);
-    containerd.pull(&name);
-
-    assert_eq!(
-        containerd.image_digest(&name),
-        image.manifest_digest,
-        "the image of the ns host, not docker.io's; serve said:\n{}",
-        served.stderr()
-    );
+    // The image of the ns host, not docker.io's.
+    let containerd = containerd_pull_via(&served, &upstream, &name, &image);
     let ctr_tree = {
         let mount = containerd.mount(&name);
         snapshot(mount.path())
@@ -266,6 +278,43 @@ fn containerd_pulls_through_a_hosts_toml_mirror_naming_ns_and_runs_the_image() {
     );
     let out = containerd.ctr_ok(&["run", "--rm", &name, "lstore-serve-run"]);
     assert_eq!(out.stdout.trim(), greeting, "ctr run output");
+}
+
+#[test]
+fn containerd_mirror_with_upstream_fills_the_store_from_the_ns_registry() {
+    // The registry answers lstore only: containerd going around the mirror
+    // is refused. serve's own --upstream is unreachable, so the image can
+    // only come from the registry containerd names in `ns`.
+    let registry = Registry::start();
+    let image = own_image("through");
+    registry.upload("clients/through", "v1", &image);
+    let gate = Proxy::start(&registry.host(), |seen| {
+        if seen
+            .header("user-agent")
+            .unwrap_or_default()
+            .starts_with("lstore/")
+        {
+            Fault::Pass
+        } else {
+            Fault::error(403, "DENIED", "this registry serves lstore only")
+        }
+    });
+    let store = Lstore::new();
+    let unreachable = format!("127.0.0.1:{}", free_port());
+    let served = serve(&store, &["--upstream", &unreachable]);
+    let name = format!("{}/clients/through:v1", gate.host());
+
+    containerd_pull_via(&served, &gate.host(), &name, &image);
+
+    assert!(
+        store.listed_references().contains(&name),
+        "lstore images lists {name}: {:?}",
+        store.listed_references()
+    );
+    assert!(
+        !gate.blob_gets().is_empty(),
+        "lstore fetched the blobs from the ns registry"
+    );
 }
 
 // ------------------------------------------------------------ pull-through
