@@ -28,6 +28,7 @@ pub mod lock;
 pub mod meta;
 pub mod mount;
 pub mod save;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ pub mod mount;
 pub mod peers;
 pub mod registry;
 pub mod scenes;
+pub mod serve;
 pub mod tarball;
 pub mod tree;
 
