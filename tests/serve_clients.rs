@@ -12,87 +12,16 @@ use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, skopeo_inspect};
 use common::registry::{free_port, make_htpasswd, make_tls, Fault, Proxy, Registry};
 use common::scenes::{noise, small_app, small_base};
+use common::serve::Serve;
 use common::tree::{assert_same_tree, snapshot};
 use common::{scratch, Compression, ImageBuilder, Lstore, TarBuilder};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-// ------------------------------------------------------------ lstore serve
-
-/// A running `lstore serve`, stopped with SIGTERM on drop.
-struct Served {
-    child: Child,
-    /// `127.0.0.1:PORT`, from its `listening on …` line.
-    addr: String,
-    _log_dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-/// Starts `lstore serve --addr 127.0.0.1:0 ARGS…` on `store`'s root and
-/// waits for its `listening on IP:PORT` line.
-fn serve(store: &Lstore, args: &[&str]) -> Served {
-    let log_dir = tempfile::Builder::new()
-        .prefix("lstore-serve-log-")
-        .tempdir()
-        .expect("log dir");
-    let log = log_dir.path().join("stderr");
-    let mut full = vec!["serve", "--addr", "127.0.0.1:0"];
-    full.extend_from_slice(args);
-    let mut child = store
-        .command(&full)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).expect("serve log"))
-        .spawn()
-        .expect("spawn lstore serve");
-    let first = first_line(&mut child);
-    let Some(addr) = first.trim().strip_prefix("listening on ") else {
-        let _ = child.kill();
-        let status = child.wait().expect("wait for serve");
-        panic!(
-            "lstore serve {} did not say where it listens ({status}); stdout: {first:?}\n\
-             stderr: {}",
-            args.join(" "),
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    Served {
-        addr: addr.to_string(),
-        child,
-        _log_dir: log_dir,
-        log,
-    }
-}
-
-/// The first line `child` prints on stdout ("" when it ends first); the
-/// rest is drained on a thread so that the server never blocks on it.
-fn first_line(child: &mut Child) -> String {
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let _ = reader.read_line(&mut line);
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    line
-}
-
-impl Served {
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // SIGTERM is the clean way out the contract gives it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 // ------------------------------------------------------------------ images
 
@@ -184,9 +113,9 @@ fn podman_pulls_from_serve_the_image_lstore_has() {
     let store = Lstore::new();
     let image = app_image("podman");
     store.load_image(&image, "example.com/clients/podman:v1");
-    let served = serve(&store, &["--namespace", "example.com"]);
-    let podman = Podman::new(&[&served.addr]);
-    let reference = format!("{}/clients/podman:v1", served.addr);
+    let served = Serve::start(&store, &["--namespace", "example.com"]);
+    let podman = Podman::new(&[served.addr()]);
+    let reference = format!("{}/clients/podman:v1", served.addr());
 
     podman.ok(&["pull", "-q", &reference]);
 
@@ -215,8 +144,8 @@ fn podman_pulls_through_serve_as_its_registries_conf_mirror() {
     let image = app_image("mirrored");
     let store = Lstore::new();
     store.load_image(&image, &name);
-    let served = serve(&store, &["--namespace", &upstream]);
-    let podman = Podman::mirrored(&upstream, &served.addr);
+    let served = Serve::start(&store, &["--namespace", &upstream]);
+    let podman = Podman::mirrored(&upstream, served.addr());
 
     podman.ok(&["pull", "-q", &name]);
 
@@ -232,14 +161,9 @@ fn podman_pulls_through_serve_as_its_registries_conf_mirror() {
 
 /// A containerd of its own pulls `name` with `served` as the hosts.toml
 /// mirror of `upstream`, and gets `expected`.
-fn containerd_pull_via(
-    served: &Served,
-    upstream: &str,
-    name: &str,
-    expected: &Image,
-) -> Containerd {
+fn containerd_pull_via(served: &Serve, upstream: &str, name: &str, expected: &Image) -> Containerd {
     let containerd = Containerd::start();
-    containerd.mirror(upstream, &served.addr);
+    containerd.mirror(upstream, served.addr());
     containerd.pull(name);
     assert_eq!(
         containerd.image_digest(name),
@@ -263,7 +187,7 @@ fn containerd_pulls_through_a_hosts_toml_mirror_naming_ns_and_runs_the_image() {
     let store = Lstore::new();
     store.load_image(&image, &name);
     store.load_image(&decoy, "docker.io/clients/run:v1");
-    let served = serve(&store, &[]);
+    let served = Serve::start(&store, &[]);
 
     // The image of the ns host, not docker.io's.
     let containerd = containerd_pull_via(&served, &upstream, &name, &image);
@@ -301,7 +225,7 @@ fn containerd_mirror_with_upstream_fills_the_store_from_the_ns_registry() {
     });
     let store = Lstore::new();
     let unreachable = format!("127.0.0.1:{}", free_port());
-    let served = serve(&store, &["--upstream", &unreachable]);
+    let served = Serve::start(&store, &["--upstream", &unreachable]);
     let name = format!("{}/clients/through:v1", gate.host());
 
     containerd_pull_via(&served, &gate.host(), &name, &image);
@@ -380,12 +304,12 @@ fn pull_through_serve_fetches_from_docker_registry_once_for_concurrent_clients()
     registry.upload("clients/first", "v1", &first);
     registry.upload("clients/second", "v1", &second);
     let store = Lstore::new();
-    let served = serve(&store, &["--upstream", &upstream.host()]);
+    let served = Serve::start(&store, &["--upstream", &upstream.host()]);
     let out = scratch();
     let tls_off = ["--src-tls-verify=false"];
 
     // One client: the image comes through, and is now in the store.
-    let source = format!("docker://{}/clients/first:v1", served.addr);
+    let source = format!("docker://{}/clients/first:v1", served.addr());
     let seen = skopeo_inspect(&["--tls-verify=false"], &source);
     assert_eq!(seen["Digest"], first.manifest_digest.as_str());
     skopeo_copy(&tls_off, &source, &oci_dest(out.path(), "first"));
@@ -410,7 +334,7 @@ fn pull_through_serve_fetches_from_docker_registry_once_for_concurrent_clients()
     upstream.clear();
     let front = {
         let asked = asked.clone();
-        Proxy::start(&served.addr, move |seen| {
+        Proxy::start(served.addr(), move |seen| {
             if seen.path() == "/v2/clients/second/manifests/v1" {
                 asked.fetch_add(1, Ordering::SeqCst);
             }
@@ -459,7 +383,7 @@ fn serve_over_tls_with_htpasswd_admits_the_right_password_only() {
     let image = app_image("auth");
     let store = Lstore::new();
     store.load_image(&image, "example.com/clients/auth:v1");
-    let served = serve(
+    let served = Serve::start(
         &store,
         &[
             "--namespace",
@@ -472,7 +396,7 @@ fn serve_over_tls_with_htpasswd_admits_the_right_password_only() {
             htpasswd.to_str().expect("utf-8"),
         ],
     );
-    let source = format!("docker://{}/clients/auth:v1", served.addr);
+    let source = format!("docker://{}/clients/auth:v1", served.addr());
 
     // Right password, CA trusted: the whole image comes over TLS.
     skopeo_copy(
@@ -525,31 +449,4 @@ fn serve_over_tls_with_htpasswd_admits_the_right_password_only() {
         .output()
         .expect("skopeo");
     assert!(!out.status.success(), "an unknown CA was trusted");
-}
-
-#[test]
-fn serve_refuses_a_non_loopback_address_without_tls() {
-    let store = Lstore::new();
-    let mut child = store
-        .command(&["serve", "--addr", "0.0.0.0:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lstore serve");
-    let first = first_line(&mut child);
-    if first.starts_with("listening on") {
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.wait();
-        panic!("serve listened on every interface without TLS: {first}");
-    }
-    let out = store.wait(&["serve", "--addr", "0.0.0.0:0"], child);
-    assert!(!out.success(), "serve on 0.0.0.0 without TLS must fail");
-    common::lstore::assert_one_line_error("serve --addr 0.0.0.0:0", &out);
-    let error = out.stderr.to_lowercase();
-    assert!(
-        error.contains("tls") && error.contains("insecure"),
-        "the error names the ways out (--tls-cert/--tls-key or --insecure): {}",
-        out.stderr
-    );
 }
