@@ -49,7 +49,7 @@ done
 if [ "$quick" -eq 1 ]; then runs=${runs:-1}; else runs=${runs:-5}; fi
 
 bench_need_root
-bench_install debootstrap skopeo docker-registry hyperfine pigz zstd jq time curl tar
+bench_install debootstrap skopeo docker-registry pigz zstd jq curl tar
 lstore_bin=$(bench_lstore_bin)
 
 work=$(mktemp -d /tmp/lstore-bench-serve.XXXXXX)
@@ -121,70 +121,90 @@ done
 bench_log "docker-registry at $reg, lstore serve at $lst (pid $serve_pid)"
 
 # ---- runs ---------------------------------------------------------------
+# The two servers take turns run by run (the first to go alternates), so
+# that a change in the machine's load falls on both alike.
 
-export O
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 reset_out() { rm -rf "$O"/c*; }
 # copy SERVER N: N skopeo copies at once into the tmpfs.
 copy() {
-  local i
+  local i pids=()
   for ((i = 0; i < $2; i++)); do
     skopeo copy -q --src-tls-verify=false "docker://$1/bench/image:latest" "oci:$O/c$i:x" &
+    pids+=($!)
   done
-  wait
+  for i in "${pids[@]}"; do wait "$i"; done
 }
 # fetch SERVER N: every blob of the image N times, N connections at once
 # (one curl process, so that the client side costs little).
 fetch() {
   local i b args=()
   for ((i = 0; i < $2; i++)); do
-    for b in $BLOBS; do args+=(-o /dev/null "http://$1/v2/bench/image/blobs/$b"); done
+    for b in $blobs; do args+=(-o /dev/null "http://$1/v2/bench/image/blobs/$b"); done
   done
   curl -fsS --parallel --parallel-max "$2" "${args[@]}"
 }
-export BLOBS="$blobs"
-export -f drop_caches reset_out copy fetch
-
 # CPU time (user + system, clock ticks) a process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# measure NAME PID CLIENTS WARMUP PREPARE COMMAND: hyperfine median into
-# $R/NAME.json; the server's CPU ticks over all runs and the number of
-# images it delivered in them into $R/NAME.cpu.
-measure() {
-  local name=$1 pid=$2 n=$3 warmup=$4 before
-  bench_log "$name"
-  before=$(cpu_ticks "$pid")
-  hyperfine --shell bash --style basic --warmup "$warmup" --runs "$runs" --prepare "$5" \
-    --export-json "$R/$name.json" "$6" > "$R/$name.log" 2>&1 ||
-    { bench_log "$name failed (see $R/$name.log)"; rm -f "$R/$name.json"; }
-  echo "$(($(cpu_ticks "$pid") - before)) $(((warmup + runs) * n))" > "$R/$name.cpu"
-}
-for side in registry lstore; do
-  server=$reg pid=$registry_pid
+# Images each run of a case delivers.
+images_per_run() { case "$1" in warm|cold) echo 1 ;; *) echo "$clients" ;; esac; }
+
+# run_case SIDE CASE: one run of CASE against SIDE's server; its seconds go
+# to $R/SIDE.CASE.times and the server's CPU ticks to $R/SIDE.CASE.ticks.
+run_case() {
+  local side=$1 case=$2 server=$reg pid=$registry_pid t0 t1 c0 c1
   [ "$side" = lstore ] && server=$lst pid=$serve_pid
-  measure "$side.warm" "$pid" 1 1 reset_out "copy $server 1"
-  measure "$side.cold" "$pid" 1 0 "reset_out; drop_caches" "copy $server 1"
-  measure "$side.copies" "$pid" "$clients" 1 reset_out "copy $server $clients"
-  measure "$side.fetch" "$pid" "$clients" 1 true "fetch $server $clients"
-  reset_out
+  case "$case" in
+    cold) reset_out; drop_caches ;;
+    *) reset_out ;;
+  esac
+  c0=$(cpu_ticks "$pid") t0=$(date +%s.%N)
+  case "$case" in
+    fetch) fetch "$server" "$clients" ;;
+    copies) copy "$server" "$clients" ;;
+    *) copy "$server" 1 ;;
+  esac || bench_die "$case from $side failed"
+  t1=$(date +%s.%N) c1=$(cpu_ticks "$pid")
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }' >> "$R/$side.$case.times"
+  echo $((c1 - c0)) >> "$R/$side.$case.ticks"
+}
+
+for case in warm cold copies fetch; do
+  bench_log "$case: $runs runs per server"
+  if [ "$case" != cold ]; then
+    # A warm-up run each, not counted.
+    run_case registry "$case"; run_case lstore "$case"
+    rm -f "$R"/*."$case".times "$R"/*."$case".ticks
+  fi
+  for ((r = 0; r < runs; r++)); do
+    order="registry lstore"
+    ((r % 2)) && order="lstore registry"
+    for side in $order; do run_case "$side" "$case"; done
+  done
 done
+reset_out
 hwm() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 rss_registry=$(hwm "$registry_pid") rss_lstore=$(hwm "$serve_pid")
 
 # ---- report -------------------------------------------------------------
 
-median() { [ -f "$R/$1.json" ] && jq -r '.results[0].median' "$R/$1.json" || echo NA; }
+median() {
+  [ -f "$R/$1.times" ] || { echo NA; return; }
+  sort -g "$R/$1.times" | awk '{ a[NR] = $1 } END {
+    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
 fmt_s() { [ "$1" = NA ] && echo "n/a" || awk -v s="$1" 'BEGIN { printf "%.2f s", s }'; }
 # MB/s for N copies of the image in S seconds.
 rate() { [ "$2" = NA ] && echo "n/a" || awk -v n="$1" -v b="$image_bytes" -v s="$2" 'BEGIN { printf "%.0f MB/s", n * b / s / 1e6 }'; }
 # Server CPU milliseconds per GB of image delivered.
 cpu_per_gb() {
-  [ -f "$R/$1.cpu" ] || { echo "n/a"; return; }
-  awk -v hz="$(getconf CLK_TCK)" -v b="$image_bytes" '{ printf "%.0f", $1 / hz * 1000 / ($2 * b / 1e9) }' "$R/$1.cpu"
+  [ -f "$R/$1.ticks" ] || { echo "n/a"; return; }
+  awk -v hz="$(getconf CLK_TCK)" -v b="$image_bytes" -v n="$(images_per_run "${1#*.}")" \
+    '{ t += $1; runs++ } END { printf "%.0f", t / hz * 1000 / (runs * n * b / 1e9) }' "$R/$1.ticks"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 {
-  echo "### \`lstore serve\` vs docker-registry: \`skopeo copy\` of one image (median of $runs)"
+  echo "### \`lstore serve\` vs docker-registry: \`skopeo copy\` of one image (median of $runs runs each, the servers taking turns)"
   echo
   echo "| case | docker-registry | lstore serve | lstore speed-up (registry time / lstore time) |"
   echo "|---|---|---|---|"
@@ -208,11 +228,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0)
   done
   echo
   echo "Image: $(bench_si "$image_bytes")B compressed ($image_note). Servers' data on $fs_desc, clients writing to tmpfs; MB/s counts the image's bytes (config and layers) delivered to all clients."
-  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r). Versions: $("$lstore_bin" --version), docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $3 }'), $(skopeo --version), $(curl --version | head -1 | cut -d' ' -f1-2), $(hyperfine --version)."
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r). Versions: $("$lstore_bin" --version), docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $3 }'), $(skopeo --version), $(curl --version | head -1 | cut -d' ' -f1-2)."
 } > "$R/report.md"
 cat "$R/report.md"
 if [ -n "$out" ]; then
   cp "$R/report.md" "$out"
-  mkdir -p "$out.d" && cp "$R"/*.json "$R"/*.log "$out.d/" 2>/dev/null || true
+  mkdir -p "$out.d" && cp "$R"/*.times "$R"/*.ticks "$R"/*.log "$out.d/" 2>/dev/null || true
   bench_log "report written to $out (raw results in $out.d/)"
 fi
