@@ -142,7 +142,7 @@ fetch() {
   for ((i = 0; i < $2; i++)); do
     for b in $blobs; do args+=(-o /dev/null "http://$1/v2/bench/image/blobs/$b"); done
   done
-  curl -fsS --parallel --parallel-max "$2" "${args[@]}"
+  curl -fsS --no-progress-meter --parallel --parallel-max "$2" "${args[@]}"
 }
 # CPU time (user + system, clock ticks) a process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
