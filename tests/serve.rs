@@ -687,3 +687,140 @@ fn htpasswd_guards_every_endpoint() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn pull_through_pulls_a_missing_image_once_for_concurrent_requests() {
+    let image = small_image();
+    let registry = common::registry::Registry::start();
+    registry.upload("up/app", "v1", &image);
+    let proxy = common::registry::Proxy::pass(&registry.host());
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &["--upstream", &proxy.host()]);
+    let a = serve.addr().to_string();
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| http_call(&a, "GET", "/v2/up/app/manifests/v1", &[], b"")))
+            .collect();
+        asks.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for r in &answers {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, image.manifest);
+    }
+    assert_eq!(proxy.manifest_gets(), 1, "one pull for all four requests");
+    assert_eq!(
+        store.listed_references(),
+        vec![format!("{}/up/app:v1", proxy.host())]
+    );
+    // Served from the store from now on, blobs included.
+    let layer = &image.layers[0];
+    let r = http_call(
+        &a,
+        "GET",
+        &format!("/v2/up/app/blobs/{}", layer.digest),
+        &[],
+        b"",
+    );
+    assert_eq!(r.body, layer.blob);
+    // What the upstream lacks is a miss.
+    let r = http_call(&a, "GET", "/v2/up/app/manifests/v2", &[], b"");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    assert!(store.listed_references().len() == 1);
+}
+
+#[test]
+fn a_multi_platform_index_pushed_by_skopeo_is_served_back() {
+    let here = small_image();
+    let other_arch = if common::image::host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let there = ImageBuilder::new()
+        .platform("linux", other_arch)
+        .layer(small_base())
+        .layer(small_app("elsewhere"))
+        .build();
+    let work = scratch();
+    let layout = work.path().join("multi");
+    common::image::write_oci_layout_multi_platform(
+        &layout,
+        &[&here, &there],
+        LayoutNames::ref_name("v1"),
+    );
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &[]);
+    skopeo_copy(
+        &["--all", "--dest-tls-verify=false"],
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/multi/app:v1", serve.addr()),
+    );
+    let name = format!("{}/multi/app:v1", serve.addr());
+    assert!(store.listed_references().contains(&name));
+    // The tag names this host's image...
+    assert_eq!(
+        store.inspect(&name)["digest"],
+        here.manifest_digest.as_str()
+    );
+    assert_matches_umoci(&store, &name, &here);
+    // ...and serves the index; skopeo copies every platform back.
+    let back = work.path().join("back");
+    skopeo_copy(
+        &["--all", "--src-tls-verify=false"],
+        &format!("docker://{}/multi/app:v1", serve.addr()),
+        &format!("oci:{}:v1", back.display()),
+    );
+    // The index as pushed, byte for byte.
+    let pushed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index = pushed["manifests"][0]["digest"].as_str().unwrap();
+    let served = http_call(serve.addr(), "GET", "/v2/multi/app/manifests/v1", &[], b"");
+    assert_eq!(served.header("docker-content-digest"), Some(index));
+    assert_eq!(
+        served.body,
+        std::fs::read(common::image::blob_path(&layout, index)).unwrap()
+    );
+    for image in [&here, &there] {
+        let copied =
+            std::fs::read(common::image::blob_path(&back, &image.manifest_digest)).unwrap();
+        assert_eq!(copied, image.manifest);
+    }
+    drop(serve);
+    fsck_clean(&store);
+}
+
+#[test]
+fn an_upload_in_progress_survives_gc_and_sigterm_ends_serve_cleanly() {
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr().to_string();
+    let data = noise(200_000, 8);
+    let digest = sha256_digest(&data);
+    let loc = start_upload(&a, "u");
+    let r = http_call(&a, "PATCH", &loc, &[], &data[..100_000]);
+    assert_eq!(r.status, 202);
+    // gc beside serve leaves the live upload alone.
+    store.ok(&["gc"]);
+    let r = http_call(&a, "PATCH", &loc, &[], &data[100_000..]);
+    assert_eq!((r.status, r.header("range")), (202, Some("0-199999")));
+    let r = http_call(&a, "PUT", &format!("{loc}?digest={digest}"), &[], b"");
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http_call(&a, "HEAD", &format!("/v2/u/blobs/{digest}"), &[], b"");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some("200000"))
+    );
+    // An upload left open when serve is told to stop goes with it.
+    let open = start_upload(&a, "u");
+    assert_eq!(http_call(&a, "PATCH", &open, &[], &data).status, 202);
+    assert!(serve.stop().success(), "serve exits 0 on SIGTERM");
+    assert!(
+        store.unfinished().is_empty(),
+        "left: {:?}",
+        store.unfinished()
+    );
+    assert!(common::lstore::list(&store.path("leases")).is_empty());
+}

@@ -311,7 +311,14 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
         (Route::Catalog, Method::GET) => list(&state, query, None).await,
         (Route::Tags { name }, Method::GET) => list(&state, query, Some(name)).await,
         (Route::Manifest { name, reference }, Method::GET | Method::HEAD) => {
-            let accept = header(&req, hyper::header::ACCEPT).map(str::to_string);
+            // Clients may send one Accept header per media type.
+            let accept: Vec<&str> = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let accept = (!accept.is_empty()).then(|| accept.join(","));
             let head = req.method() == Method::HEAD;
             get_manifest(&state, accept, head, query, name, reference).await
         }
