@@ -28,6 +28,16 @@ fn run(command: &mut Command, what: &str) -> Output {
     }
 }
 
+/// Runs a clean-up command, whatever comes of it: it runs in `drop`, where
+/// a panic (say, the tool is missing) during a failing test would abort.
+fn clean_up(command: &mut Command) {
+    let _ = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 fn must_succeed(out: Output, what: &str) -> Output {
     assert!(
         out.success(),
@@ -39,7 +49,7 @@ fn must_succeed(out: Output, what: &str) -> Output {
     out
 }
 
-/// Lazily unmounts whatever a tool left mounted below `dir`, deepest
+/// Lazily unmounts whatever a tool left mounted on or below `dir`, deepest
 /// first, so removing the temp dir never walks into a mounted tree.
 fn unmount_below(dir: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
@@ -49,7 +59,7 @@ fn unmount_below(dir: &Path) {
     let mut targets: Vec<&str> = mounts
         .lines()
         .filter_map(|line| line.split(' ').nth(1))
-        .filter(|target| target.starts_with(&prefix))
+        .filter(|target| target.starts_with(&prefix) || Path::new(target) == dir)
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     for target in targets {
@@ -162,7 +172,7 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = self.run(&["image", "unmount", "--all", "--force"]);
+        clean_up(&mut self.command(&["image", "unmount", "--all", "--force"]));
         unmount_below(self.dir.path());
     }
 }
@@ -182,7 +192,7 @@ impl PodmanMount<'_> {
 
 impl Drop for PodmanMount<'_> {
     fn drop(&mut self) {
-        let _ = self.podman.run(&["image", "unmount", &self.reference]);
+        clean_up(&mut self.podman.command(&["image", "unmount", &self.reference]));
     }
 }
 
@@ -274,15 +284,22 @@ impl Containerd {
         .expect("hosts.toml");
     }
 
-    /// `ctr --address SOCK -n lstore-test ARGS…`.
-    pub fn ctr(&self, args: &[&str]) -> Output {
+    fn ctr_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("ctr");
         command
             .arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
             .args(["-n", CTR_NAMESPACE])
             .args(args);
-        run(&mut command, &format!("ctr {}", args.join(" ")))
+        command
+    }
+
+    /// `ctr --address SOCK -n lstore-test ARGS…`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        run(
+            &mut self.ctr_command(args),
+            &format!("ctr {}", args.join(" ")),
+        )
     }
 
     pub fn ctr_ok(&self, args: &[&str]) -> Output {
@@ -347,12 +364,12 @@ impl CtrMount<'_> {
 impl Drop for CtrMount<'_> {
     fn drop(&mut self) {
         let path = self.target.path().to_str().expect("utf-8 path").to_string();
-        if !self
-            .containerd
-            .ctr(&["images", "unmount", "--rm", &path])
-            .success()
-        {
-            let _ = Command::new("umount").arg("-l").arg(&path).status();
-        }
+        clean_up(
+            &mut self
+                .containerd
+                .ctr_command(&["images", "unmount", "--rm", &path]),
+        );
+        // Whatever ctr did, nothing stays mounted on the temp dir.
+        unmount_below(self.target.path());
     }
 }
