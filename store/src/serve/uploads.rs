@@ -36,10 +36,20 @@ impl Upload {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Upload>>>;
 
+/// Uploads open at once: each holds a file and a write buffer (1 MiB), so
+/// their number bounds the server's memory.
+const MAX_UPLOADS: usize = 256;
+
 /// The uploads of this server, by id.
-#[derive(Default)]
 pub struct Uploads {
     map: Mutex<HashMap<String, Slot>>,
+    limit: usize,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads::with_limit(MAX_UPLOADS)
+    }
 }
 
 /// Runs blocking file work on an async worker without stalling the
@@ -60,10 +70,14 @@ fn new_id() -> String {
 }
 
 /// `Content-Range` of a chunk: `first-last` (inclusive), as the spec
-/// writes it; `bytes first-last/total` is read too.
+/// writes it; `bytes first-last/total` and `bytes=first-last` are read too.
 pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
-    let v = v.strip_prefix("bytes ").unwrap_or(v).trim();
+    let v = v
+        .strip_prefix("bytes ")
+        .or_else(|| v.strip_prefix("bytes="))
+        .unwrap_or(v)
+        .trim();
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let num = |s: &str| {
@@ -81,8 +95,27 @@ pub fn range_header(offset: u64) -> String {
 }
 
 impl Uploads {
+    pub fn with_limit(limit: usize) -> Uploads {
+        Uploads {
+            map: Mutex::new(HashMap::new()),
+            limit,
+        }
+    }
+
     /// Starts an upload for repository `repo`; returns its id.
     pub fn start(&self, store: &Store, lease: &Lease, repo: &str) -> ApiResult<String> {
+        let open = self
+            .map
+            .lock()
+            .map_err(|_| ApiError::internal("upload table poisoned"))?
+            .len();
+        if open >= self.limit {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                format!("{open} uploads are open; finish or cancel some first"),
+            ));
+        }
         let writer = store
             .content()
             .writer(&store.unique(lease, "upload"))
@@ -256,11 +289,40 @@ pub fn hold(store: &Store, lease: &Lease, digest: &Digest) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::LeaseContent;
+    use crate::StoreOptions;
+
+    #[test]
+    fn open_uploads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let lease = store
+            .read_session(|_| store.lease(&LeaseContent::default()))
+            .unwrap();
+        let uploads = Uploads::with_limit(2);
+        let first = uploads.start(&store, &lease, "a").unwrap();
+        uploads.start(&store, &lease, "a").unwrap();
+        let refused = uploads.start(&store, &lease, "a").unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (429, "TOOMANYREQUESTS")
+        );
+        // A cancelled upload frees its place and its file.
+        uploads.remove(&first);
+        uploads.start(&store, &lease, "a").unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            2
+        );
+    }
 
     #[test]
     fn content_ranges_are_read_strictly() {
         assert_eq!(parse_content_range("0-99"), Some((0, 99)));
         assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes=100-199"), Some((100, 199)));
         assert_eq!(parse_content_range("5-4"), None);
         assert_eq!(parse_content_range("-4"), None);
         assert_eq!(parse_content_range("a-b"), None);
