@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod clients;
 pub mod image;
 pub mod lstore;
 pub mod mount;
