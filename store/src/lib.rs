@@ -15,7 +15,7 @@
 //! [`mount`](Store::mount), [`umount`](Store::umount),
 //! [`commit`](Store::commit). Every operation returns a plain result type
 //! (serialisable with serde, as the `lstore` command prints it with
-//! `--format json`) or an [`Error`]. [`bench`] measures how fast images are
+//! `--format json`) or an [`Error`]. [`bench`](mod@bench) measures how fast images are
 //! stored.
 //!
 //! # Example

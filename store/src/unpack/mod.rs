@@ -246,7 +246,7 @@ fn read_error(compression: Compression, e: io::Error) -> UnpackError {
 /// removes `dest` on error.
 ///
 /// The layer is treated as an upper layer (whiteouts are kept); see
-/// [`unpack_layer_at`] for a base layer.
+/// `unpack_layer_at` for a base layer.
 pub fn unpack_layer(
     blob: &mut dyn Read,
     declared: Compression,
