@@ -215,6 +215,41 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Serve the store over the OCI distribution API (a registry, a mirror,
+    /// a pull-through cache). Prints `listening on IP:PORT` once it accepts
+    /// connections; runs until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    addr: std::net::SocketAddr,
+    /// Refuse every write (push, delete) with DENIED.
+    #[arg(long)]
+    read_only: bool,
+    /// Registry hosts whose images win when several share a name, in order.
+    #[arg(long = "namespace", value_name = "HOST")]
+    namespaces: Vec<String>,
+    /// Pull a manifest the store lacks from this registry (pull-through).
+    #[arg(long, value_name = "REGISTRY")]
+    upstream: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Basic authentication against this htpasswd file (bcrypt entries).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS.
+    #[arg(long)]
+    insecure: bool,
+    /// How the upstream is reached.
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -563,6 +598,27 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 return print_json(&du);
             }
             print_df(&du);
+        }
+        Command::Serve(a) => {
+            let opts = lstore::serve::ServeOptions {
+                addr: a.addr,
+                read_only: a.read_only,
+                namespaces: a.namespaces,
+                upstream: a.upstream,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                htpasswd: a.htpasswd,
+                insecure: a.insecure,
+                pull: lstore::PullOptions {
+                    client: client_options(&a.registry),
+                    ..Default::default()
+                },
+            };
+            lstore::serve::serve(store, opts, &mut |bound| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "listening on {bound}");
+                let _ = out.flush();
+            })?;
         }
     }
     Ok(())

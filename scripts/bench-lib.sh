@@ -116,14 +116,17 @@ bench_free_port() {
   bench_die "no free port found"
 }
 
-# bench_registry_start DIR PORT: a docker-registry on 127.0.0.1:PORT that
-# stores under DIR and logs every request to DIR.log. Sets BENCH_REGISTRY_PID.
+# bench_registry_start DIR PORT [quiet]: a docker-registry on 127.0.0.1:PORT
+# that stores under DIR and logs every request to DIR.log (with "quiet":
+# errors only, no access log, for when it is what is measured). Sets
+# BENCH_REGISTRY_PID.
 bench_registry_start() {
-  local dir=$1 port=$2
+  local dir=$1 port=$2 log="{level: info, formatter: text}"
+  [ "${3:-}" = quiet ] && log="{level: error, accesslog: {disabled: true}}"
   mkdir -p "$dir"
   cat > "$dir.yml" <<YML
 version: 0.1
-log: {level: info, formatter: text}
+log: $log
 storage: {filesystem: {rootdirectory: $dir}, delete: {enabled: true}}
 http: {addr: 127.0.0.1:$port}
 YML

@@ -14,9 +14,16 @@ demo=$(mktemp -d /var/tmp/lstore-demo.XXXXXX)
 ROOT="$demo/store"
 mnt="$demo/mnt"
 reg_pid=""
+serve_pid=""
+podman_demo() { CONTAINERS_STORAGE_CONF="$demo/podman/storage.conf" CONTAINERS_REGISTRIES_CONF="$demo/podman/registries.conf" podman "$@"; }
 cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
   [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
+  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
+  if [ -d "$demo/podman" ]; then
+    podman_demo unmount --all >/dev/null 2>&1 || true
+    podman_demo system reset -f >/dev/null 2>&1 || true
+  fi
   rm -rf "$demo"
 }
 trap cleanup EXIT
@@ -68,6 +75,44 @@ step push $reg/sample/app:edge;           lstore push "$reg/sample/app:edge"
 step tag $reg/sample/app:edge $reg/sample/app:latest; lstore tag "$reg/sample/app:edge" "$reg/sample/app:latest"
 step push $reg/sample/app:latest;         lstore push "$reg/sample/app:latest"
 step images;                              lstore images
+
+# Other tools use the store: `lstore serve` is a registry over it. skopeo
+# copies an image out and pushes one in (stored through the same verified
+# pipeline as a pull), and podman pulls from it with its own storage.
+printf '\n\033[1m$ lstore serve --addr 127.0.0.1:0 &\033[0m\n'
+coproc SERVE { exec "$CARGO_TARGET_DIR/debug/lstore" --root "$ROOT" serve --addr 127.0.0.1:0 2>"$demo/serve.log"; }
+serve_pid=$SERVE_PID
+read -r -t 30 listening <&"${SERVE[0]}"
+echo "$listening"
+srv=${listening#listening on }
+printf '\n\033[1m$ skopeo copy docker://%s/sample/app:edge oci:out\033[0m\n' "$srv"
+skopeo copy -q --src-tls-verify=false "docker://$srv/sample/app:edge" "oci:$demo/out:edge"
+echo "manifest copied out: sha256:$(skopeo inspect --raw "oci:$demo/out:edge" | sha256sum | cut -d' ' -f1)"
+echo "manifest in lstore:  $(lstore inspect "$reg/sample/app:edge" | jq -r .digest)"
+printf '\n\033[1m$ skopeo copy oci:sample:tool docker://%s/pushed/tool:1.0\033[0m\n' "$srv"
+skopeo copy -q --dest-tls-verify=false "oci:$demo/sample:1.0" "docker://$srv/pushed/tool:1.0"
+step images "(the pushed image is stored like a pulled one)"; lstore images
+if command -v podman >/dev/null; then
+  mkdir -p "$demo/podman"
+  cat > "$demo/podman/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$demo/podman/graph"
+runroot = "$demo/podman/run"
+CONF
+  cat > "$demo/podman/registries.conf" <<CONF
+[[registry]]
+location = "$srv"
+insecure = true
+CONF
+  printf '\n\033[1m$ podman pull %s/sample/app:edge\033[0m\n' "$srv"
+  podman_demo pull -q "$srv/sample/app:edge"
+  podman_demo images --digests
+fi
+kill -TERM "$serve_pid"; wait "$serve_pid" || true; serve_pid=""
+echo "serve stopped; more: docs/serve.md (containerd, podman and Docker mirrors, pull-through)"
+step rmi $srv/pushed/tool:1.0;            lstore rmi "$srv/pushed/tool:1.0"
+
 step rmi $reg/sample/app:edge;            lstore rmi "$reg/sample/app:edge"
 
 step save -o app.tar $reg/sample/app;     lstore save -o "$demo/app.tar" "$reg/sample/app"

@@ -2,11 +2,15 @@
 # Installs what lstore needs on Debian 12 and builds it.
 # Packages: libclang-dev/clang (the rocksdb crate runs bindgen and compiles
 # RocksDB), docker-registry, skopeo and umoci (tests and the demo), the
-# small tools the benchmarks use, and cargo-fuzz.
+# clients that pull from `lstore serve` in tests/serve_clients.rs
+# (containerd with runc, podman: its conmon and containers-common come with
+# it; as root it needs neither uidmap nor fuse-overlayfs), the small tools
+# the benchmarks use, and cargo-fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=(build-essential pkg-config libclang-dev clang docker-registry skopeo umoci
+           containerd runc podman
            apache2-utils openssl ca-certificates jq hyperfine pigz zstd)
 missing=()
 for p in "${need_pkgs[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, integration tests against the real binary,
-# docker-registry, skopeo, umoci and the kernel's overlayfs, then the fuzz
+# docker-registry, skopeo, umoci, podman, containerd (ctr, runc) and the
+# kernel's overlayfs, then the fuzz
 # targets (scripts/fuzz.sh: the kept corpus replayed, then each target
 # fuzzed LSTORE_FUZZ_SECONDS, default 60; 0 skips the fuzz part). Needs root.
 # Ends with "total: N passed, M failed" (tests and fuzz checks together);

@@ -7,7 +7,7 @@ mod common;
 use common::checks::{
     assert_matches_umoci, check_inspect, check_layer_folders, umoci_twin, Source,
 };
-use common::image::{blob_path, write_oci_layout, Image};
+use common::image::{blob_path, layout_manifest_digest, write_oci_layout, Image};
 use common::peers::{skopeo_copy, skopeo_inspect, umoci_unpack};
 use common::scenes::{self, everything_image};
 use common::tree::{assert_same_tree, snapshot};
@@ -23,16 +23,6 @@ fn original(scratch: &Path, image: &Image) -> PathBuf {
 
 fn oci(dir: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())
-}
-
-/// The manifest digest a layout's index.json names first.
-fn index_digest(layout: &Path) -> String {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn assert_diff_ids(inspect: &serde_json::Value, image: &Image) {
@@ -56,7 +46,7 @@ fn oci_layout_copied_by_skopeo_unchanged() {
         &oci(&b, "v1"),
     );
     assert_eq!(
-        index_digest(&b),
+        layout_manifest_digest(&b),
         image.manifest_digest,
         "skopeo kept the manifest"
     );
@@ -82,7 +72,7 @@ fn oci_layout_recompressed_by_skopeo() {
     let name = "example.com/skopeo/oci:gzipped";
     store.load(&b, Some(name));
     let inspect = store.inspect(name);
-    assert_eq!(inspect["digest"], index_digest(&b).as_str());
+    assert_eq!(inspect["digest"], layout_manifest_digest(&b).as_str());
     assert_eq!(inspect["id"], image.config_digest.as_str());
     assert_diff_ids(&inspect, &image);
     check_layer_folders(&store, &inspect);
@@ -122,7 +112,7 @@ fn docker_schema2_layout_written_by_skopeo() {
     let a = original(scratch.path(), &image);
     let c = scratch.path().join("schema2");
     skopeo_copy(&["--format", "v2s2"], &oci(&a, "v1"), &oci(&c, "v1"));
-    let digest = index_digest(&c);
+    let digest = layout_manifest_digest(&c);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(blob_path(&c, &digest)).unwrap()).unwrap();
     assert_eq!(manifest["mediaType"], common::image::DOCKER_MANIFEST);
@@ -164,7 +154,7 @@ fn saved_image_reads_back_with_skopeo_and_umoci() {
         &archive,
         &oci(&d, "v1"),
     );
-    assert_eq!(index_digest(&d), image.manifest_digest);
+    assert_eq!(layout_manifest_digest(&d), image.manifest_digest);
 
     // A gzip-only image saved and unpacked by umoci.
     let twin = umoci_twin(&image);

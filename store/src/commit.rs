@@ -192,9 +192,9 @@ impl Store {
 }
 
 /// Layer blobs read back from the blob store.
-struct StoredBlobs<'a> {
-    store: &'a Store,
-    digests: Vec<Digest>,
+pub(crate) struct StoredBlobs<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) digests: Vec<Digest>,
 }
 
 impl LayerSource for StoredBlobs<'_> {

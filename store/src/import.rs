@@ -849,6 +849,21 @@ fn commit(
             batch.put(CF_LAYERS, c.as_bytes(), &rec)?;
         }
         batch.put(CF_IMAGES, manifest_digest.as_bytes(), &image)?;
+    } else if let (Some(mut known), Some((bytes, d))) = (existing, &req.index) {
+        // An image first stored without an index (a platform manifest
+        // pushed or pulled by digest) and now reached through one: the
+        // index is recorded, and counted, so that its names can serve it.
+        if known.index.is_none() {
+            let mut rec = meta.blob(d)?.unwrap_or(BlobRecord {
+                size: bytes.len() as u64,
+                media_type: oci::OCI_INDEX.to_string(),
+                refs: 0,
+            });
+            rec.refs += 1;
+            batch.put(CF_BLOBS, d.as_bytes(), &rec)?;
+            known.index = Some(*d);
+            batch.put(CF_IMAGES, manifest_digest.as_bytes(), &known)?;
+        }
     }
     for n in names {
         batch.put(

@@ -15,8 +15,9 @@
 //! [`mount`](Store::mount), [`umount`](Store::umount),
 //! [`commit`](Store::commit). Every operation returns a plain result type
 //! (serialisable with serde, as the `lstore` command prints it with
-//! `--format json`) or an [`Error`]. [`bench`](mod@bench) measures how fast images are
-//! stored.
+//! `--format json`) or an [`Error`]. [`bench`](mod@bench) measures how
+//! fast images are stored; [`serve`](mod@serve) serves the store over the
+//! OCI distribution API.
 //!
 //! # Example
 //!
@@ -83,8 +84,10 @@ mod save;
 mod store;
 mod unpack;
 
-// Public modules: operations that are not methods of a store.
+// Public modules: operations that are not methods of a store (a
+// benchmark, the distribution API server).
 pub mod bench;
+pub mod serve;
 
 // ---- the public surface -----------------------------------------------
 

@@ -245,6 +245,14 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Ends the lease now, although references to it may still be held (a
+    /// server whose last requests were abandoned at shutdown).
+    pub fn release(&self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         // Remove the file while still holding its lock, so gc never sees a

@@ -267,6 +267,25 @@ impl FromStr for Reference {
     }
 }
 
+/// Whether `path` is a repository path (`library/debian`): components of
+/// the grammar joined by `/`, within Docker's length limit. What the
+/// distribution API calls a name; checked before any lookup uses it.
+pub fn is_valid_repository_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= NAME_TOTAL_LENGTH_MAX
+        && path.split('/').all(is_valid_path_component)
+}
+
+/// Whether `tag` is a tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
+pub fn is_tag(tag: &str) -> bool {
+    is_valid_tag(tag)
+}
+
+/// Whether `domain` is a registry domain (`host[:port]`).
+pub fn is_domain(domain: &str) -> bool {
+    is_valid_domain(domain)
+}
+
 /// Whether a registry domain (`host[:port]`) names this machine.
 pub fn is_loopback_domain(domain: &str) -> bool {
     let host = host_of(domain);

@@ -270,6 +270,17 @@ impl LayoutNames {
     }
 }
 
+/// The manifest digest a layout's index.json names first.
+pub fn layout_manifest_digest(layout: &Path) -> String {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index.json is JSON");
+    index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest digest")
+        .to_string()
+}
+
 /// Writes an OCI image layout directory holding `images`.
 pub fn write_oci_layout(dir: &Path, images: &[(&Image, LayoutNames)]) {
     let blobs = dir.join("blobs/sha256");

@@ -1,5 +1,6 @@
 //! Runs the real `lstore` binary against a private temporary root.
 
+use super::image::{write_oci_layout, Image, LayoutNames};
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::fs;
@@ -138,6 +139,16 @@ impl Lstore {
             args.push(OsStr::new(tag));
         }
         self.ok(&args)
+    }
+
+    /// Loads `image` from an OCI layout written for it, tagged `name`.
+    pub fn load_image(&self, image: &Image, name: &str) {
+        let dir = tempfile::Builder::new()
+            .prefix("lstore-layout-")
+            .tempdir()
+            .expect("layout dir");
+        write_oci_layout(dir.path(), &[(image, LayoutNames::ref_name("src"))]);
+        self.load(dir.path(), Some(name));
     }
 
     pub fn inspect(&self, reference: &str) -> Value {

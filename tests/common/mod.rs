@@ -6,12 +6,14 @@
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod clients;
 pub mod image;
 pub mod lstore;
 pub mod mount;
 pub mod peers;
 pub mod registry;
 pub mod scenes;
+pub mod serve;
 pub mod tarball;
 pub mod tree;
 

@@ -482,7 +482,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -530,6 +530,7 @@ fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>
 }
 
 /// A response read by `http_call`.
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -544,9 +545,49 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The `code` of the first error of a distribution-spec error body.
+    pub fn error_code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.text()));
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {v}"))
+            .to_string()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn owned_headers(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The body of a chunked message.
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let line = String::from_utf8_lossy(&data[..end]);
+        let size =
+            usize::from_str_radix(line.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        data = &data[end + 2..];
+        out.extend_from_slice(&data[..size.min(data.len())]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
 }
 
 /// One plain-HTTP request on a fresh connection (`Connection: close`).
+/// `headers` may frame the body themselves (`Transfer-Encoding: chunked`).
 pub fn http_call(
     addr: &str,
     method: &str,
@@ -562,9 +603,15 @@ pub fn http_call(
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    // A body framed by the caller (chunked) has no length of ours.
+    if find_header(&owned_headers(headers), "transfer-encoding").is_none() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).expect("send head");
-    stream.write_all(body).expect("send body");
+    // A server may answer (413, say) and close before it read the whole
+    // body: its answer is what counts.
+    let _ = stream.write_all(body);
     let mut reader = BufReader::new(stream);
     let (status_line, headers) =
         read_head(&mut reader).unwrap_or_else(|| panic!("{method} {target}: no HTTP response"));
@@ -584,6 +631,10 @@ pub fn http_call(
             }
             None => {
                 reader.read_to_end(&mut body).expect("read response body");
+                if find_header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"))
+                {
+                    body = dechunk(&body);
+                }
             }
         }
     }
