@@ -1,4 +1,4 @@
-//! Layer extraction with `lstore::unpack::unpack_layer`: generated layers
+//! Layer extraction with `lstore::internals::unpack::unpack_layer`: generated layers
 //! of many small files and of a few big files, gzip, zstd and plain,
 //! reported per uncompressed tar byte and per file.
 //!
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use lstore::oci::Compression;
-use lstore::unpack::{unpack_layer, Limits};
+use lstore::internals::unpack::unpack_layer;
+use lstore::Compression;
+use lstore::Limits;
 
 use common::{compress, compression_name, Scale, ALL_COMPRESSIONS};
 
@@ -116,13 +117,13 @@ fn syncfs(dir: &std::path::Path) -> io::Result<()> {
 /// Decompression and both digests, discarding the tar: the floor of what
 /// one reader thread costs.
 fn decompress_and_hash(blob: &[u8], compression: Compression) -> io::Result<u64> {
-    let mut outer = lstore::digest::HashingReader::new(blob);
+    let mut outer = lstore::internals::digest::HashingReader::new(blob);
     let inner: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(&mut outer),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut outer)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut outer)?),
     };
-    let (digest, size) = lstore::digest::HashingReader::new(inner).drain_and_finish()?;
+    let (digest, size) = lstore::internals::digest::HashingReader::new(inner).drain_and_finish()?;
     black_box(digest);
     black_box(outer.drain_and_finish()?);
     Ok(size)

@@ -1,5 +1,5 @@
 //! Digest throughput: sha256 (every blob and diff_id) through `sha2`
-//! directly and through `lstore::digest::Hasher`, and blake3 (internal
+//! directly and through `lstore::internals::digest::Hasher`, and blake3 (internal
 //! checksums), over a buffer already in memory.
 
 mod common;
@@ -25,7 +25,7 @@ fn benches(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("sha256_lstore", size), &data, |b, d| {
             b.iter(|| {
-                let mut h = lstore::digest::Hasher::new();
+                let mut h = lstore::internals::digest::Hasher::new();
                 h.update(d);
                 black_box(h.finish())
             })

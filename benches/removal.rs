@@ -24,12 +24,11 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use lstore::digest::Digest;
-use lstore::import::{import, ImportRequest, LayerSource, NoProgress};
-use lstore::lock::RootLock;
-use lstore::meta::{BlobRecord, LayerRecord, Meta, CF_BLOBS, CF_LAYERS};
-use lstore::oci::{self, Descriptor, Manifest};
-use lstore::{Reference, Store, StoreOptions};
+use lstore::internals::import::{import, ImportRequest, LayerSource};
+use lstore::internals::lock::RootLock;
+use lstore::internals::meta::{BlobRecord, LayerRecord, Meta, CF_BLOBS, CF_LAYERS};
+use lstore::internals::oci::{self, Manifest};
+use lstore::{Descriptor, Digest, NoProgress, Reference, Store, StoreOptions};
 
 use common::Scale;
 
@@ -82,7 +81,7 @@ impl ImageSpec {
         }
     }
 
-    fn store_in(&self, store: &Store) -> lstore::Result<lstore::images::Stored> {
+    fn store_in(&self, store: &Store) -> lstore::Result<lstore::Stored> {
         import(
             store,
             ImportRequest {
@@ -222,7 +221,7 @@ fn shift_counts(root: &std::path::Path, spec: &ImageSpec, delta: i64) -> lstore:
     let meta = Meta::open(&root.join("db"))?;
     let mut batch = meta.batch();
     let shift = |refs: u64| refs.saturating_add_signed(delta);
-    let layers: Vec<Digest> = lstore::digest::chain_ids(
+    let layers: Vec<Digest> = lstore::internals::digest::chain_ids(
         &spec
             .layers
             .iter()

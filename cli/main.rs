@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lstore::images::{DiskUsage, ImageSummary, Removal, Stored};
-use lstore::{Store, StoreOptions};
+use lstore::{DiskUsage, ImageSummary, Removal, Store, StoreOptions, Stored};
 
 mod progress;
 mod size;
@@ -405,10 +404,10 @@ fn run(cli: Cli) -> lstore::Result<()> {
             format,
             max_layer_size: _,
         } => {
-            let opts = lstore::pull::PullOptions {
+            let opts = lstore::PullOptions {
                 platform: platform
                     .as_deref()
-                    .map(lstore::platform::parse)
+                    .map(lstore::Platform::parse)
                     .transpose()
                     .map_err(|e| lstore::Error::Invalid(e.to_string()))?,
                 client: client_options(&registry),
@@ -438,7 +437,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             quiet,
             format,
         } => {
-            let opts = lstore::push::PushOptions {
+            let opts = lstore::PushOptions {
                 client: client_options(&registry),
                 jobs,
             };
@@ -451,14 +450,14 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 return print_json(&pushed);
             }
             if !quiet {
-                let count = |f: fn(&lstore::push::BlobOutcome) -> bool| {
+                let count = |f: fn(&lstore::BlobOutcome) -> bool| {
                     pushed.blobs.iter().filter(|b| f(&b.outcome)).count()
                 };
                 eprintln!(
                     "push: {} uploaded, {} blobs mounted, {} already there, {:.2}s",
                     human(pushed.bytes_uploaded),
-                    count(|o| matches!(o, lstore::push::BlobOutcome::Mounted { .. })),
-                    count(|o| *o == lstore::push::BlobOutcome::Exists),
+                    count(|o| matches!(o, lstore::BlobOutcome::Mounted { .. })),
+                    count(|o| *o == lstore::BlobOutcome::Exists),
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -525,8 +524,8 @@ fn run(cli: Cli) -> lstore::Result<()> {
             format,
         } => {
             let compression = match compression {
-                LayerCompression::Gzip => lstore::oci::Compression::Gzip,
-                LayerCompression::Zstd => lstore::oci::Compression::Zstd,
+                LayerCompression::Gzip => lstore::Compression::Gzip,
+                LayerCompression::Zstd => lstore::Compression::Zstd,
             };
             let committed = store.commit(&target, &reference, compression)?;
             if format == Format::Json {
@@ -610,7 +609,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 tls_key: a.tls_key,
                 htpasswd: a.htpasswd,
                 insecure: a.insecure,
-                pull: lstore::pull::PullOptions {
+                pull: lstore::PullOptions {
                     client: client_options(&a.registry),
                     ..Default::default()
                 },
@@ -630,23 +629,18 @@ struct PushLines {
     quiet: bool,
 }
 
-impl lstore::push::PushProgress for PushLines {
-    fn blob_done(
-        &self,
-        _index: usize,
-        desc: &lstore::oci::Descriptor,
-        outcome: &lstore::push::BlobOutcome,
-    ) {
+impl lstore::PushProgress for PushLines {
+    fn blob_done(&self, _index: usize, desc: &lstore::Descriptor, outcome: &lstore::BlobOutcome) {
         if self.quiet {
             return;
         }
         let name = desc.digest.short();
         match outcome {
-            lstore::push::BlobOutcome::Exists => eprintln!("{name}: already exists"),
-            lstore::push::BlobOutcome::Mounted { from } => {
+            lstore::BlobOutcome::Exists => eprintln!("{name}: already exists"),
+            lstore::BlobOutcome::Mounted { from } => {
                 eprintln!("{name}: mounted from {from}")
             }
-            lstore::push::BlobOutcome::Uploaded => {
+            lstore::BlobOutcome::Uploaded => {
                 eprintln!("{name}: pushed ({})", human(desc.size))
             }
         }
@@ -680,14 +674,14 @@ fn login(
             ))
         }
     };
-    let client = lstore::registry::RegistryClient::new(client_options(connection))?;
+    let client = lstore::RegistryClient::new(client_options(connection))?;
     let host = client.login(&registry, &username, &password)?;
     println!("Login Succeeded ({host})");
     Ok(())
 }
 
 fn logout(registry: &str) -> lstore::Result<()> {
-    let client = lstore::registry::RegistryClient::new(lstore::registry::ClientOptions::default())?;
+    let client = lstore::RegistryClient::new(lstore::ClientOptions::default())?;
     if client.logout(registry)? {
         println!("Removed login credentials for {registry}");
     } else {
@@ -696,8 +690,8 @@ fn logout(registry: &str) -> lstore::Result<()> {
     Ok(())
 }
 
-fn client_options(args: &RegistryArgs) -> lstore::registry::ClientOptions {
-    let mut options = lstore::registry::ClientOptions {
+fn client_options(args: &RegistryArgs) -> lstore::ClientOptions {
+    let mut options = lstore::ClientOptions {
         plain_http: args.plain_http,
         ca_file: args.ca_file.clone(),
         ..Default::default()

@@ -7,8 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lstore::import::ImportProgress;
-use lstore::oci::Descriptor;
+use lstore::{Descriptor, ImportProgress};
 
 pub struct Progress {
     mode: Mode,

@@ -22,6 +22,8 @@ log=$(mktemp /tmp/lstore-test.XXXXXX.log)
 trap 'rm -f "$log" "$log.fuzz"' EXIT
 status=0
 cargo test --locked --workspace --all-targets 2>&1 | tee "$log" || status=$?
+# --all-targets leaves doc tests out: the library's documented example.
+cargo test --locked --workspace --doc 2>&1 | tee -a "$log" || status=$?
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then

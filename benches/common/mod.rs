@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lstore::oci::Compression;
+use lstore::Compression;
 
 /// Fixture sizes: full under `cargo bench` (`--bench` is passed), small under
 /// `cargo test --all-targets`, where criterion runs every bench once and

@@ -12,10 +12,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use lstore::digest::Digest;
-use lstore::oci::{self, Compression, Document, ImageConfig};
-use lstore::reference::Reference;
-use lstore::unpack::{unpack_layer, Limits};
+use lstore::internals::oci::{self, Document, ImageConfig};
+use lstore::internals::unpack::unpack_layer;
+use lstore::{Compression, Digest, Limits, Reference};
 
 /// References: parsing never panics; the normal form and the familiar
 /// form both parse back to the same normal form.
@@ -93,7 +92,7 @@ pub fn document(data: &[u8]) {
     if let Ok(config) = serde_json::from_slice::<ImageConfig>(data) {
         assert_stable(&config, "image config");
         let _ = config.platform();
-        let _ = lstore::digest::chain_ids(&config.rootfs.diff_ids);
+        let _ = lstore::internals::digest::chain_ids(&config.rootfs.diff_ids);
     }
 }
 
@@ -144,7 +143,7 @@ impl Sandbox {
         };
         let outer = base.join("lstore-fuzz-unpack");
         if fs::symlink_metadata(&outer).is_ok() {
-            lstore::layers::remove_tree(&outer).expect("clear the sandbox");
+            lstore::internals::layers::remove_tree(&outer).expect("clear the sandbox");
         }
         let parent = outer.join("parent");
         let layer = parent.join("layer");

@@ -196,8 +196,6 @@ pub struct ArchiveLayer {
 #[derive(Debug, Clone)]
 pub struct ArchiveImage {
     pub names: Vec<Reference>,
-    /// `org.opencontainers.image.ref.name` when it is only a tag.
-    pub bare_tag: Option<String>,
     /// The index the manifest was chosen from (multi-platform layouts).
     pub index: Option<(Vec<u8>, Digest)>,
     /// The manifest as stored; None for docker-archives (made on import).
@@ -259,7 +257,6 @@ pub fn read_images(
             }
             images.push(ArchiveImage {
                 names,
-                bare_tag: None,
                 index: None,
                 manifest: None,
                 config: (config, digest),
@@ -317,19 +314,18 @@ fn read_oci_image(
     choose: &dyn Fn(&[Descriptor]) -> Result<Descriptor>,
 ) -> Result<ArchiveImage> {
     let mut names = Vec::new();
-    let mut bare_tag = None;
     if let Some(full) = top.annotation(oci::ANNOTATION_CONTAINERD_NAME) {
         names.push(Reference::parse(full)?);
     }
     if let Some(n) = top.annotation(oci::ANNOTATION_REF_NAME) {
-        // A full reference (docker, containerd) or just a tag (skopeo, umoci).
+        // A full reference (docker, containerd), or just a tag (skopeo,
+        // umoci): no name of its own, the image stays untagged unless
+        // `load --tag` names it.
         if n.contains('/') || n.contains(':') || n.contains('@') {
             let r = Reference::parse(n)?;
             if !names.contains(&r) {
                 names.push(r);
             }
-        } else if names.is_empty() {
-            bare_tag = Some(n.to_string());
         }
     }
     let mut desc = top.clone();
@@ -373,7 +369,6 @@ fn read_oci_image(
         .collect();
     Ok(ArchiveImage {
         names,
-        bare_tag,
         index,
         manifest: Some((bytes, digest, media_type)),
         config: (config, m.config.digest),

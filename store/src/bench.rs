@@ -28,7 +28,10 @@ use crate::store::{Store, StoreOptions};
 pub enum Scratch {
     /// A tmpfs of this size (`8g`, `512m`: the kernel's `size=` option),
     /// mounted for the benchmark and unmounted after it.
-    Tmpfs { size: String },
+    Tmpfs {
+        /// The tmpfs size.
+        size: String,
+    },
     /// A fresh folder inside this directory (its filesystem is measured).
     Dir(PathBuf),
 }
@@ -39,9 +42,11 @@ pub struct BenchOptions {
     /// A docker-archive, an OCI layout (directory or tar), or else an image
     /// reference to pull.
     pub input: String,
+    /// Where the scratch stores live.
     pub scratch: Scratch,
-    /// Runs with cold caches, then runs with warm caches.
+    /// Runs with cold caches (page cache dropped before each; needs root).
     pub cold: usize,
+    /// Runs with warm caches, after the cold ones.
     pub warm: usize,
     /// Extra arguments of `lstore pull` (`--plain-http`, `--platform P`).
     pub pull_args: Vec<String>,
@@ -53,19 +58,24 @@ pub struct BenchOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunKind {
+    /// The page cache dropped before the run.
     Cold,
+    /// The input in the page cache.
     Warm,
 }
 
 /// One run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Run {
+    /// Cold or warm.
     pub kind: RunKind,
+    /// Wall-clock seconds of the command.
     pub seconds: f64,
     /// Uncompressed layer tar bytes per second, in MB (10^6).
     pub tar_mb_per_s: f64,
     /// Compressed layer blob bytes per second, in MB.
     pub blob_mb_per_s: f64,
+    /// Extracted entries per second.
     pub files_per_s: f64,
     /// Peak resident memory of the lstore process.
     pub peak_rss_bytes: u64,
@@ -74,17 +84,24 @@ pub struct Run {
 /// The median run of one kind.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Median {
+    /// Cold or warm.
     pub kind: RunKind,
+    /// Runs of this kind.
     pub runs: usize,
+    /// The median run's seconds.
     pub seconds: f64,
+    /// Its uncompressed tar MB per second.
     pub tar_mb_per_s: f64,
+    /// Its compressed blob MB per second.
     pub blob_mb_per_s: f64,
+    /// Its extracted entries per second.
     pub files_per_s: f64,
 }
 
 /// What one run stores (every run stores the same).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ImageFigures {
+    /// Images stored.
     pub images: usize,
     /// Distinct layers.
     pub layers: usize,
@@ -101,14 +118,18 @@ pub struct ImageFigures {
 pub struct Machine {
     /// CPUs this process may run on.
     pub cores: usize,
+    /// The CPU model, when the system says.
     pub cpu: Option<String>,
+    /// Physical memory, when the system says.
     pub memory_bytes: Option<u64>,
+    /// The kernel release.
     pub kernel: String,
 }
 
 /// Where the scratch stores were.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ScratchInfo {
+    /// The folder the scratch stores were made in.
     pub path: String,
     /// The filesystem type (`tmpfs`, `ext4`, …).
     pub filesystem: String,
@@ -121,11 +142,17 @@ pub struct ScratchInfo {
 pub struct BenchReport {
     /// The command each run ran (without `--root`).
     pub command: String,
+    /// Where the scratch stores were.
     pub store_on: ScratchInfo,
+    /// The machine the figures come from.
     pub machine: Machine,
+    /// The version of the lstore library that ran the benchmark.
     pub lstore_version: String,
+    /// What each run stores.
     pub image: ImageFigures,
+    /// Every run, in order.
     pub runs: Vec<Run>,
+    /// The median run of each kind.
     pub medians: Vec<Median>,
 }
 

@@ -33,7 +33,7 @@ use crate::store::Store;
 mod diff;
 mod tar_writer;
 
-pub use tar_writer::{EntryHeader, EntryKind, TarWriter};
+use tar_writer::TarWriter;
 
 /// Largest base config read (as pull accepts).
 const MAX_CONFIG: u64 = 16 << 20;
@@ -43,6 +43,7 @@ pub const CREATED_BY: &str = "lstore commit";
 /// What a commit stored.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Committed {
+    /// The new image's name.
     pub reference: String,
     /// The new image's id (config digest).
     pub id: Digest,
@@ -50,8 +51,11 @@ pub struct Committed {
     pub digest: Digest,
     /// The new layer: its blob digest, media type and size.
     pub layer: Digest,
+    /// The new layer blob's media type.
     pub media_type: String,
+    /// Bytes of the new layer blob.
     pub compressed_size: u64,
+    /// The new layer's uncompressed digest.
     pub diff_id: Digest,
     /// Bytes of the uncompressed tar.
     pub size: u64,

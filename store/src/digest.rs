@@ -13,8 +13,10 @@ use sha2::{Digest as _, Sha256};
 /// Why a string is not a digest this store accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
+    /// Not `sha256:` and 64 lower-case hex digits.
     #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
     Invalid(String),
+    /// An algorithm other than sha256.
     #[error("unsupported digest algorithm {0:?} (only sha256 is supported)")]
     UnsupportedAlgorithm(String),
 }
@@ -55,10 +57,12 @@ impl Digest {
         Some(Digest(out))
     }
 
+    /// The digest whose raw sha256 bytes these are.
     pub fn from_bytes(bytes: [u8; 32]) -> Digest {
         Digest(bytes)
     }
 
+    /// The raw sha256 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -160,19 +164,24 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// An empty hash.
     pub fn new() -> Hasher {
         Hasher::default()
     }
+    /// Hashes `data`.
     pub fn update(&mut self, data: &[u8]) {
         self.inner.update(data);
         self.len += data.len() as u64;
     }
+    /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len
     }
+    /// Whether nothing was hashed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The digest of everything hashed.
     pub fn finish(self) -> Digest {
         Digest(self.inner.finalize().into())
     }
@@ -185,6 +194,7 @@ pub struct HashingReader<R> {
 }
 
 impl<R: Read> HashingReader<R> {
+    /// Hashes what is read from `inner`.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
@@ -195,12 +205,15 @@ impl<R: Read> HashingReader<R> {
     pub fn len(&self) -> u64 {
         self.hasher.len()
     }
+    /// Whether nothing was read yet.
     pub fn is_empty(&self) -> bool {
         self.hasher.is_empty()
     }
+    /// The reader inside.
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
+    /// The reader inside, to change (what is read past it is not hashed).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
@@ -236,12 +249,6 @@ impl<W: Write> HashingWriter<W> {
             inner,
             hasher: Hasher::new(),
         }
-    }
-    pub fn len(&self) -> u64 {
-        self.hasher.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
     }
     pub fn finish(self) -> (W, Digest, u64) {
         let len = self.hasher.len();

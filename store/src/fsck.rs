@@ -49,6 +49,7 @@ use crate::unpack::{self, UnpackError, Unpacked};
 /// One problem found.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Problem {
+    /// What is wrong, on one line.
     pub what: String,
     /// Whether `--repair` fixed it.
     pub repaired: bool,
@@ -57,16 +58,22 @@ pub struct Problem {
 /// A file no image needs, left by an interrupted command or a repair.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Leftover {
+    /// The file or folder, on one line.
     pub what: String,
     /// Whether `--repair` removed it.
     pub removed: bool,
 }
 
+/// What [`Store::fsck`] checked and found.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct FsckReport {
+    /// Blobs whose digest was checked.
     pub blobs_checked: u64,
+    /// Bytes hashed to check them.
     pub bytes_hashed: u64,
+    /// Layer folders checked.
     pub layers_checked: u64,
+    /// Image records checked.
     pub images_checked: u64,
     /// Layers `--repair` extracted again from their blobs.
     pub layers_reextracted: u64,

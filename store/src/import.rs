@@ -79,10 +79,17 @@ impl Read for WatchSource {
     }
 }
 
-/// Reports progress of layers; called from several threads.
+/// Reports the progress of layers during [`Store::load`] and
+/// [`Store::pull`]; called from several threads (layers are stored in
+/// parallel). `index` is the layer's place in the manifest, base first.
+/// Every method does nothing unless implemented.
 pub trait ImportProgress: Sync {
+    /// Layer `index` begins; `desc` is its descriptor when known before
+    /// reading, `reused` says the store has it already (nothing is read).
     fn layer_started(&self, _index: usize, _desc: Option<&Descriptor>, _reused: bool) {}
+    /// `bytes` more of layer `index`'s blob were read.
     fn layer_bytes(&self, _index: usize, _bytes: u64) {}
+    /// Layer `index` is verified and stored.
     fn layer_done(&self, _index: usize) {}
 }
 
@@ -92,17 +99,22 @@ impl ImportProgress for NoProgress {}
 
 /// An image to store.
 pub struct ImportRequest<'a> {
+    /// The names to tag the image with.
     pub names: Vec<Reference>,
     /// The digest the names resolved to at a registry (index or manifest).
     pub repo_digest: Option<Digest>,
+    /// The index the manifest was chosen from: its bytes and digest.
     pub index: Option<(Vec<u8>, Digest)>,
     /// The manifest as distributed; None to make a Docker schema2 manifest
     /// (docker-archives carry none).
     pub manifest: Option<(Vec<u8>, Digest, String)>,
+    /// The config: its bytes and digest.
     pub config: (Vec<u8>, Digest),
     /// Expected layer descriptors; None where only reading tells.
     pub layers: Vec<Option<Descriptor>>,
+    /// Where the layer blobs are read from.
     pub source: &'a dyn LayerSource,
+    /// Told about each layer.
     pub progress: &'a dyn ImportProgress,
 }
 

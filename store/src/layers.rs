@@ -358,7 +358,7 @@ pub fn freed_by_removing(paths: &[PathBuf]) -> u64 {
 }
 
 /// Deletes a tree (never following symlinks) and returns the bytes that
-/// gave back (see [`freed_by_removing`]). Read-only directories (which a
+/// gave back (see `freed_by_removing`). Read-only directories (which a
 /// layer may hold) stop a process without CAP_DAC_OVERRIDE: they are made
 /// writable, then removal retried.
 pub fn remove_tree(path: &Path) -> Result<u64> {

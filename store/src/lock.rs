@@ -80,6 +80,8 @@ pub struct RootLock {
 }
 
 impl RootLock {
+    /// Waits for the exclusive lock of the store at `root`, telling
+    /// `on_wait` when it has to wait.
     pub fn acquire(root: &Path, on_wait: &dyn Fn(&str)) -> Result<RootLock> {
         let path = root.join("lock");
         let file = open_lock_file(&path)?;
@@ -218,16 +220,6 @@ impl Lease {
             }
             c.blobs.push(digest);
         }
-        self.write()
-    }
-
-    /// Replaces what the lease protects. As with `add_blob`, the caller
-    /// holds the root lock.
-    pub fn update(&self, content: &LeaseContent) -> Result<()> {
-        *self
-            .content
-            .lock()
-            .map_err(|_| Error::Invalid("lease lock poisoned".into()))? = content.clone();
         self.write()
     }
 

@@ -24,27 +24,37 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 const FORMAT_VERSION: u8 = 1;
+/// Column family of blob records, by digest.
 pub const CF_BLOBS: &str = "blobs";
+/// Column family of layer records, by chain id.
 pub const CF_LAYERS: &str = "layers";
 pub const CF_IMAGES: &str = "images";
 pub const CF_TAGS: &str = "tags";
 const FAMILIES: [&str; 4] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS];
 
+/// A stored blob.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlobRecord {
+    /// Its size in bytes.
     pub size: u64,
+    /// Its media type.
     pub media_type: String,
+    /// Images that hold it.
     pub refs: u64,
 }
 
+/// An extracted layer folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerRecord {
+    /// The layer's uncompressed digest.
     pub diff_id: Digest,
+    /// The chain id of the layer below it.
     pub parent: Option<Digest>,
     /// Uncompressed tar size.
     pub size: u64,
     /// Bytes of file content in diff/.
     pub file_bytes: u64,
+    /// Images that hold it.
     pub refs: u64,
 }
 
@@ -233,6 +243,7 @@ impl Meta {
             .ok_or_else(|| Error::Db(format!("column family {name} missing")))
     }
 
+    /// The record under `key` in family `cf`.
     pub fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
         match self.db.get_pinned_cf(self.cf(cf)?, key)? {
             Some(v) => Ok(Some(decode(key, &v)?)),
@@ -251,23 +262,29 @@ impl Meta {
         Ok(out)
     }
 
+    /// The record of blob `d`.
     pub fn blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
         self.get(CF_BLOBS, d.as_bytes())
     }
+    /// The record of layer `d` (a chain id).
     pub fn layer(&self, d: &Digest) -> Result<Option<LayerRecord>> {
         self.get(CF_LAYERS, d.as_bytes())
     }
+    /// The record of image `d` (a manifest digest).
     pub fn image(&self, d: &Digest) -> Result<Option<ImageRecord>> {
         self.get(CF_IMAGES, d.as_bytes())
     }
+    /// The record of tag `name` (a normalised reference).
     pub fn tag(&self, name: &str) -> Result<Option<TagRecord>> {
         self.get(CF_TAGS, name.as_bytes())
     }
 
+    /// Every image record.
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         Ok(self.all(CF_IMAGES)?.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// Every tag with its record.
     pub fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
         Ok(self
             .all::<TagRecord>(CF_TAGS)?
@@ -276,6 +293,7 @@ impl Meta {
             .collect())
     }
 
+    /// An atomic batch of writes.
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             meta: self,

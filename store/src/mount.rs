@@ -26,11 +26,15 @@ use crate::store::Store;
 /// A live mount, as recorded in `mounts/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MountRecord {
+    /// Where the image is mounted (absolute).
     pub target: String,
     /// The image's manifest digest (what gc keeps).
     pub image: Digest,
+    /// The image id: its config's digest.
     pub id: Digest,
+    /// The word the image was named by.
     pub reference: String,
+    /// Whether the mount is read-write (copy-on-write).
     pub rw: bool,
     /// `containers/<container>/` holds upper/ and work/ of a rw mount.
     pub container: Option<String>,
@@ -305,7 +309,7 @@ impl Store {
     }
 
     /// The record of the live mount at `target`, if lstore made it.
-    pub fn mount_at(&self, target: &Path) -> Result<Option<MountRecord>> {
+    pub(crate) fn mount_at(&self, target: &Path) -> Result<Option<MountRecord>> {
         let target = fs::canonicalize(target).ctx(|| format!("{}", target.display()))?;
         Ok(self
             .mounts()?

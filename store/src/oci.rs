@@ -8,14 +8,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image config.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI layer, uncompressed tar.
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// Docker schema2 manifest list (a multi-platform index).
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker schema2 manifest.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -31,8 +36,11 @@ pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// gzip (`+gzip`, Docker's `tar.gzip`).
     Gzip,
+    /// zstd (`+zstd`).
     Zstd,
 }
 
@@ -73,6 +81,7 @@ impl Compression {
         }
     }
 
+    /// The OCI layer media type of a tar with this compression.
     pub fn oci_layer_media_type(self) -> &'static str {
         match self {
             Compression::None => OCI_LAYER_TAR,
@@ -86,20 +95,28 @@ impl Compression {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the content is.
     pub media_type: String,
+    /// Its sha256.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
+    /// Other places to fetch it from (foreign layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urls: Option<Vec<String>>,
+    /// Annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The platform of a manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// The artifact type of a manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
 }
 
 impl Descriptor {
+    /// A descriptor with no URLs, annotations or platform.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
         Descriptor {
             media_type: media_type.to_string(),
@@ -112,6 +129,7 @@ impl Descriptor {
         }
     }
 
+    /// The value of annotation `key`.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
@@ -120,20 +138,25 @@ impl Descriptor {
 /// The platform an image runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Platform {
+    /// CPU architecture, as Go names it (`amd64`, `arm64`).
     pub architecture: String,
+    /// Operating system, as Go names it (`linux`).
     pub os: String,
+    /// OS version (Windows images).
     #[serde(
         rename = "os.version",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub os_version: Option<String>,
+    /// Required OS features (Windows images).
     #[serde(
         rename = "os.features",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub os_features: Option<Vec<String>>,
+    /// CPU variant (`v7` of `arm/v7`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
@@ -142,15 +165,22 @@ pub struct Platform {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// Always 2.
     pub schema_version: u32,
+    /// The manifest's own media type, when it states one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The artifact type (OCI 1.1 artifacts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// The image config.
     pub config: Descriptor,
+    /// The layers, base first.
     pub layers: Vec<Descriptor>,
+    /// The manifest this one refers to (OCI 1.1 referrers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
+    /// Annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -171,15 +201,21 @@ pub struct Index {
 /// kept byte for byte; this is only a view of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
+    /// When the image was made (RFC 3339).
     #[serde(default)]
     pub created: Option<String>,
+    /// CPU architecture.
     #[serde(default)]
     pub architecture: String,
+    /// Operating system.
     #[serde(default)]
     pub os: String,
+    /// CPU variant.
     #[serde(default)]
     pub variant: Option<String>,
+    /// The layers' uncompressed digests.
     pub rootfs: RootFs,
+    /// How each layer was made.
     #[serde(default)]
     pub history: Option<Vec<serde_json::Value>>,
 }
@@ -192,6 +228,7 @@ pub struct RootFs {
 }
 
 impl ImageConfig {
+    /// The platform the config names.
     pub fn platform(&self) -> Platform {
         Platform {
             architecture: self.architecture.clone(),
@@ -206,19 +243,25 @@ impl ImageConfig {
 #[allow(clippy::large_enum_variant)] // short-lived, one at a time
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
+    /// An image manifest.
     Manifest(Manifest),
+    /// An index or manifest list.
     Index(Index),
 }
 
 /// Why a document could not be read as a manifest or index.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
+    /// Not JSON, or not of the document's shape.
     #[error("not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A media type that is no manifest or index.
     #[error("unsupported manifest media type {0:?}")]
     UnsupportedMediaType(String),
+    /// A Docker schema 1 manifest.
     #[error("legacy Docker schema 1 manifests are not supported")]
     Schema1,
+    /// A document that could be either a manifest or an index.
     #[error("document is neither an image manifest nor an index")]
     Ambiguous,
 }

@@ -22,10 +22,13 @@ const MAX_CONFIG: u64 = 16 << 20;
 /// Times one blob download is resumed after a dropped connection.
 const RESUMES: u32 = 5;
 
+/// How [`Store::pull`] chooses and fetches an image.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
-    /// None: this host's platform.
+    /// The platform to pick from a multi-platform index (and to check a
+    /// single-platform image against); None: this host's platform.
     pub platform: Option<Platform>,
+    /// Transport, TLS and credentials.
     pub client: ClientOptions,
     /// Layers downloaded at once (Docker's default is 3).
     pub jobs: usize,
@@ -44,14 +47,21 @@ impl Default for PullOptions {
 /// What a pull did.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct Pulled {
+    /// The reference pulled, normalised (`docker.io/library/redis:latest`).
     pub reference: String,
     /// The digest the reference resolved to (index or manifest).
     pub digest: Digest,
+    /// The image id: its config's digest.
     pub id: Digest,
+    /// The manifest stored (for an index, the platform's manifest).
     pub manifest: Digest,
+    /// Whether the store had the image under that name already.
     pub up_to_date: bool,
+    /// Layers downloaded and extracted.
     pub layers_new: usize,
+    /// Layers the store already had.
     pub layers_reused: usize,
+    /// Bytes downloaded.
     pub bytes_fetched: u64,
 }
 

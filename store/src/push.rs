@@ -38,8 +38,10 @@ const REMEMBERED_REPOSITORIES: usize = 8;
 /// Where pushes are remembered, under the store root.
 const PUSHED_FILE: &str = "pushed.json";
 
+/// How [`Store::push`] reaches the registry.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
+    /// Transport, TLS and credentials.
     pub client: ClientOptions,
     /// Blobs pushed at once.
     pub jobs: usize,
@@ -62,15 +64,21 @@ pub enum BlobOutcome {
     Exists,
     /// Linked from another repository of the same registry.
     Mounted {
+        /// The repository it was mounted from (`host/path`).
         from: String,
     },
+    /// Sent.
     Uploaded,
 }
 
+/// One blob of a push.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PushedBlob {
+    /// The blob's digest.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
+    /// How it got there.
     #[serde(flatten)]
     pub outcome: BlobOutcome,
 }
@@ -80,20 +88,26 @@ pub struct PushedBlob {
 pub struct Pushed {
     /// Where the image went (`127.0.0.1:5000/app:v2`).
     pub reference: String,
-    /// The manifest's digest and size.
+    /// The manifest's digest.
     pub digest: Digest,
+    /// The manifest's size in bytes.
     pub size: u64,
+    /// The manifest's media type.
     pub media_type: String,
     /// Layers in manifest order, then the config.
     pub blobs: Vec<PushedBlob>,
+    /// Bytes sent (blobs uploaded, not mounted or already there).
     pub bytes_uploaded: u64,
 }
 
 /// Reports the progress of blobs; called from several threads. `index`
 /// is the blob's place in `Pushed::blobs`.
 pub trait PushProgress: Sync {
+    /// The push of blob `index` begins.
     fn blob_started(&self, _index: usize, _desc: &Descriptor) {}
+    /// `bytes` more of blob `index` were read for upload.
     fn blob_bytes(&self, _index: usize, _bytes: u64) {}
+    /// Blob `index` is at the destination.
     fn blob_done(&self, _index: usize, _desc: &Descriptor, _outcome: &BlobOutcome) {}
 }
 

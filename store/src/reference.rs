@@ -36,22 +36,30 @@ const TAG_LENGTH_MAX: usize = 128;
 /// Why a string is not an image reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
+    /// No name at all.
     #[error("invalid reference format: repository name must have at least one component")]
     Empty,
+    /// A 64-hex-digit name, which would read as an image id.
     #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
     HexIdentifier(String),
+    /// Upper-case letters in the repository.
     #[error("invalid reference format: repository name ({0}) must be lowercase")]
     Uppercase(String),
     #[error(
         "invalid reference format: repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters"
     )]
+    /// Domain and path longer than Docker accepts.
     NameTooLong,
+    /// A registry domain that is no host name or address.
     #[error("invalid reference format: invalid registry domain {0:?}")]
     InvalidDomain(String),
+    /// A repository path component outside the grammar.
     #[error("invalid reference format: invalid repository name component {0:?}")]
     InvalidPathComponent(String),
+    /// A tag outside the grammar.
     #[error("invalid reference format: invalid tag {0:?}")]
     InvalidTag(String),
+    /// A digest that does not parse.
     #[error("invalid reference format: {0}")]
     InvalidDigest(#[from] DigestError),
 }
@@ -137,10 +145,12 @@ impl Reference {
         &self.path
     }
 
+    /// The tag (`latest` when the reference named neither tag nor digest).
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
     }
 
+    /// The digest of a `name@sha256:…` reference.
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()
     }

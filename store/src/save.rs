@@ -45,7 +45,8 @@ fn current_umask() -> u32 {
 }
 
 impl Store {
-    /// Writes the images `words` name into an OCI layout tar at `out`.
+    /// Writes the images `words` name into an OCI layout tar at `out`;
+    /// returns how many entries its index has (one per word).
     pub fn save(&self, words: &[String], out: &Path) -> Result<usize> {
         // Resolve under the lock; the blobs are read afterwards, so a lease
         // keeps gc from removing them meanwhile.

@@ -28,6 +28,7 @@ use crate::unpack::Limits;
 pub struct StoreOptions {
     /// Called with a message when a command has to wait for another one.
     pub on_wait: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Bounds on each layer extracted by `load` and `pull`.
     pub limits: Limits,
 }
 
@@ -116,15 +117,16 @@ impl Store {
         })
     }
 
+    /// The store's root folder (absolute, symlinks resolved).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn content(&self) -> &ContentStore {
+    pub(crate) fn content(&self) -> &ContentStore {
         &self.content
     }
 
-    pub fn layer_store(&self) -> &LayerStore {
+    pub(crate) fn layer_store(&self) -> &LayerStore {
         &self.layers
     }
 
@@ -301,6 +303,8 @@ impl Store {
         }
     }
 
+    /// `lstore images`: one row per tag, and one per untagged image still
+    /// kept, newest first.
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
         self.read_session(|meta| {
             let images: HashMap<Digest, ImageRecord> = meta
@@ -348,6 +352,9 @@ impl Store {
         })
     }
 
+    /// `lstore inspect`: the image a word names (a reference, an id or a
+    /// unique prefix of one, a manifest digest), its layers and their
+    /// folders.
     pub fn inspect(&self, word: &str) -> Result<ImageInspect> {
         self.read_session(|meta| {
             let img = self.resolve(meta, word)?;
@@ -564,7 +571,7 @@ impl Store {
     }
 
     /// Image records in the database, for tools that want them all.
-    pub fn image_records(&self) -> Result<BTreeMap<Digest, ImageRecord>> {
+    pub(crate) fn image_records(&self) -> Result<BTreeMap<Digest, ImageRecord>> {
         self.read_session(|meta| {
             Ok(meta
                 .all::<ImageRecord>(CF_IMAGES)?

@@ -41,7 +41,7 @@ impl RegistryClient {
     /// `GET /v2/<name>/blobs/<digest>`, from `offset` on when it is not 0.
     /// Redirects (to storage on another host) are followed without the
     /// registry's credentials.
-    pub fn fetch_blob(
+    pub(crate) fn fetch_blob(
         &self,
         repo: &Reference,
         digest: &Digest,
@@ -94,7 +94,11 @@ impl RegistryClient {
     }
 
     /// `HEAD /v2/<name>/blobs/<digest>`: whether the repository has it.
-    pub fn blob_exists(&self, repo: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+    pub(crate) fn blob_exists(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
         let path = blob_path(repo, digest);
         let host = repo.api_host();
         let response = self.execute(Call {
@@ -122,7 +126,7 @@ impl RegistryClient {
 
     /// Asks the registry to link `digest` from `from` (same registry) into
     /// `repo`. `false` means "upload it instead".
-    pub fn mount_blob(
+    pub(crate) fn mount_blob(
         &self,
         repo: &Reference,
         digest: &Digest,
@@ -169,7 +173,7 @@ impl RegistryClient {
     /// Uploads `size` bytes from `reader` as blob `digest` of `repo`. The
     /// bytes are hashed on the way; a wrong digest or size stops the upload
     /// before it is committed.
-    pub fn upload_blob(
+    pub(crate) fn upload_blob(
         &self,
         repo: &Reference,
         digest: &Digest,

@@ -29,6 +29,7 @@ pub struct ClientOptions {
     pub plain_http: bool,
     /// Extra trusted CA certificates (PEM), added to the system's.
     pub ca_file: Option<PathBuf>,
+    /// A connection not made in this time fails.
     pub connect_timeout: Duration,
     /// A read that stalls this long fails.
     pub read_timeout: Duration,
@@ -39,6 +40,7 @@ pub struct ClientOptions {
     /// The Docker client configuration holding credentials; `None` is
     /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
     pub docker_config: Option<DockerConfig>,
+    /// Sent as `User-Agent`.
     pub user_agent: String,
 }
 
@@ -104,6 +106,7 @@ pub(super) struct Call<'a> {
 }
 
 impl RegistryClient {
+    /// A client with these options (reads the CA files it names).
     pub fn new(options: ClientOptions) -> Result<RegistryClient, RegistryError> {
         let system = system_bundle(std::env::var_os("SSL_CERT_FILE"));
         let tls = tls_config(system.as_deref(), options.ca_file.as_deref())?;
@@ -139,13 +142,14 @@ impl RegistryClient {
         })
     }
 
+    /// The options the client was made with.
     pub fn options(&self) -> &ClientOptions {
         &self.options
     }
 
     /// Uses these credentials for `registry` for the client's life instead
     /// of the config file's.
-    pub fn set_credentials(&self, registry: &str, credentials: Credentials) {
+    pub(crate) fn set_credentials(&self, registry: &str, credentials: Credentials) {
         lock(&self.credentials).insert(credential_host(registry), Some(credentials));
     }
 

@@ -125,6 +125,7 @@ impl DockerConfig {
         }
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -191,7 +192,10 @@ impl DockerConfig {
 
     /// Credentials for a registry host (`docker.io`, `registry-1.docker.io`
     /// and `127.0.0.1:5000` alike), or `None` when there are none.
-    pub fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+    pub(crate) fn credentials_for(
+        &self,
+        registry: &str,
+    ) -> Result<Option<Credentials>, RegistryError> {
         let config = self.read()?;
         let host = key_to_host(registry);
         let helper = config
@@ -259,7 +263,11 @@ impl DockerConfig {
 
     /// Stores credentials for `registry` (a normalised host) as
     /// `docker login` does, keeping everything else in the file.
-    pub fn store(&self, registry: &str, credentials: &Credentials) -> Result<(), RegistryError> {
+    pub(crate) fn store(
+        &self,
+        registry: &str,
+        credentials: &Credentials,
+    ) -> Result<(), RegistryError> {
         let mut config = self.read()?;
         let auths = config
             .entry("auths")
@@ -281,7 +289,7 @@ impl DockerConfig {
     }
 
     /// Removes the credentials of `registry`; `false` when there were none.
-    pub fn remove(&self, registry: &str) -> Result<bool, RegistryError> {
+    pub(crate) fn remove(&self, registry: &str) -> Result<bool, RegistryError> {
         let mut config = self.read()?;
         let host = key_to_host(registry);
         let Some(auths) = config.get_mut("auths").and_then(Value::as_object_mut) else {

@@ -6,64 +6,158 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 
+/// Why a registry request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The registry wants credentials and none were given.
     #[error("{host}: authentication required{}", suffix(.detail))]
-    AuthenticationRequired { host: String, detail: String },
-    #[error("{host}: access denied{}", suffix(.detail))]
-    AccessDenied { host: String, detail: String },
-    #[error("{host}: login failed: {detail}")]
-    LoginFailed { host: String, detail: String },
-    /// `what` names the missing thing: a manifest reference or a blob.
-    #[error("{what} not found{}", suffix(.detail))]
-    NotFound { what: String, detail: String },
-    #[error("{host}: {method} {path} failed with HTTP {status}{}", suffix(.detail))]
-    Status {
+    AuthenticationRequired {
+        /// The registry API host.
         host: String,
-        method: String,
-        path: String,
-        status: u16,
+        /// The registry's explanation, if any.
         detail: String,
     },
+    /// The credentials given do not allow this.
+    #[error("{host}: access denied{}", suffix(.detail))]
+    AccessDenied {
+        /// The registry API host.
+        host: String,
+        /// The registry's explanation, if any.
+        detail: String,
+    },
+    /// `login` was refused.
+    #[error("{host}: login failed: {detail}")]
+    LoginFailed {
+        /// The registry API host.
+        host: String,
+        /// The registry's explanation.
+        detail: String,
+    },
+    /// No such manifest, blob or repository.
+    #[error("{what} not found{}", suffix(.detail))]
+    NotFound {
+        /// The missing thing: a manifest reference or a blob.
+        what: String,
+        /// The registry's explanation, if any.
+        detail: String,
+    },
+    /// An HTTP status the request cannot go on with.
+    #[error("{host}: {method} {path} failed with HTTP {status}{}", suffix(.detail))]
+    Status {
+        /// The registry API host.
+        host: String,
+        /// The HTTP method.
+        method: String,
+        /// The request path.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+        /// The registry's explanation, if any.
+        detail: String,
+    },
+    /// The registry could not be reached.
     #[error("cannot reach {host}: {reason}")]
-    Connection { host: String, reason: String },
+    Connection {
+        /// The registry API host.
+        host: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The registry stopped answering.
     #[error("{host}: timed out ({reason})")]
-    Timeout { host: String, reason: String },
+    Timeout {
+        /// The registry API host.
+        host: String,
+        /// What timed out.
+        reason: String,
+    },
+    /// The registry's TLS certificate is not trusted.
     #[error("TLS certificate of {host} not trusted: {reason}")]
-    Certificate { host: String, reason: String },
+    Certificate {
+        /// The registry API host.
+        host: String,
+        /// Why the certificate was refused.
+        reason: String,
+    },
+    /// TLS failed otherwise (a peer that does not speak TLS, say).
     #[error("TLS error with {host}: {reason}")]
-    Tls { host: String, reason: String },
+    Tls {
+        /// The registry API host.
+        host: String,
+        /// The TLS error.
+        reason: String,
+    },
+    /// A manifest larger than lstore accepts.
     #[error("manifest {reference} is larger than the {limit}-byte limit")]
-    ManifestTooLarge { reference: String, limit: u64 },
+    ManifestTooLarge {
+        /// The manifest's reference.
+        reference: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// Content whose sha256 is not the one it was asked for by.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
+        /// The manifest or blob.
         what: String,
+        /// The digest it was asked for by.
         expected: Digest,
+        /// The digest of what came.
         actual: Digest,
     },
+    /// Content shorter or longer than announced.
     #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
     SizeMismatch {
+        /// The manifest or blob.
         what: String,
+        /// The size announced.
         expected: u64,
+        /// The size received.
         actual: u64,
     },
+    /// A manifest of a media type lstore does not read.
     #[error("{reference}: unsupported manifest media type {media_type:?}{}", suffix(.hint))]
     UnsupportedMediaType {
+        /// The manifest's reference.
         reference: String,
+        /// Its media type.
         media_type: String,
+        /// What to do instead, if anything.
         hint: String,
     },
+    /// A response that breaks the distribution API.
     #[error("{host}: invalid response: {reason}")]
-    InvalidResponse { host: String, reason: String },
+    InvalidResponse {
+        /// The registry API host.
+        host: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A registry name that is not a host (with an optional port) or URL.
     #[error("invalid registry name {0:?}")]
     InvalidRegistry(String),
+    /// The Docker credentials file cannot be read or written.
     #[error("{}: {reason}", .path.display())]
-    Credentials { path: PathBuf, reason: String },
+    Credentials {
+        /// The credentials file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The CA certificates file cannot be used.
     #[error("CA certificates {}: {reason}", .path.display())]
-    CaFile { path: PathBuf, reason: String },
+    CaFile {
+        /// The CA file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A local I/O call failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },

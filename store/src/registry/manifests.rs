@@ -39,20 +39,11 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
-/// What a HEAD request tells about a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestHead {
-    /// From `Docker-Content-Digest`; some registries leave it out.
-    pub digest: Option<Digest>,
-    pub media_type: Option<String>,
-    pub size: Option<u64>,
-}
-
 impl RegistryClient {
     /// `GET /v2/<name>/manifests/<tag-or-digest>`. The body must be at most
     /// 4 MiB; its digest must equal the reference's digest when pinned and
     /// the `Docker-Content-Digest` header when present.
-    pub fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
+    pub(crate) fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         let (path, response) = self.manifest_request(Method::GET, r)?;
         let response = self.expect_manifest_success(r, &path, "GET", response)?;
         let header_digest = content_digest(r.api_host(), &response)?;
@@ -100,21 +91,9 @@ impl RegistryClient {
         })
     }
 
-    /// `HEAD /v2/<name>/manifests/<tag-or-digest>`: a cheap "did the tag
-    /// move?" check.
-    pub fn head_manifest(&self, r: &Reference) -> Result<ManifestHead, RegistryError> {
-        let (path, response) = self.manifest_request(Method::HEAD, r)?;
-        let response = self.expect_manifest_success(r, &path, "HEAD", response)?;
-        Ok(ManifestHead {
-            digest: content_digest(r.api_host(), &response)?,
-            media_type: header(&response, "content-type").map(|t| bare_media_type(&t).to_string()),
-            size: header(&response, "content-length").and_then(|l| l.parse().ok()),
-        })
-    }
-
     /// `PUT /v2/<name>/manifests/<tag>` (or `<digest>` when `target` has no
     /// tag). Returns the manifest's digest.
-    pub fn put_manifest(
+    pub(crate) fn put_manifest(
         &self,
         target: &Reference,
         media_type: &str,

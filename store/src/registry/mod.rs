@@ -15,9 +15,7 @@ mod manifests;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{parse_www_authenticate, Challenge};
-pub use blobs::{FetchedBlob, MONOLITHIC_UPLOAD_MAX, UPLOAD_CHUNK_SIZE};
 pub use client::{ClientOptions, RegistryClient};
-pub use credentials::{normalize_registry, Credentials, DockerConfig, DOCKER_HUB_AUTH_KEY};
-pub use error::{render_error_body, RegistryError};
-pub use manifests::{manifest_accept_header, FetchedManifest, ManifestHead, MAX_MANIFEST_SIZE};
+pub use credentials::DockerConfig;
+pub use error::RegistryError;
+pub(crate) use manifests::MAX_MANIFEST_SIZE;

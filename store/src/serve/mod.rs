@@ -47,12 +47,19 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `lstore serve`'s settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Address to listen on (port 0: any free port).
     pub addr: SocketAddr,
+    /// Refuse every write (push, delete) with `DENIED`.
     pub read_only: bool,
+    /// Registry hosts whose images win when several share a name, in order.
     pub namespaces: Vec<String>,
+    /// Pull a manifest the store lacks from this registry (pull-through).
     pub upstream: Option<String>,
+    /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Basic authentication against this htpasswd file (bcrypt entries).
     pub htpasswd: Option<PathBuf>,
     /// Listen beyond loopback without TLS.
     pub insecure: bool,

@@ -95,47 +95,105 @@ pub struct Unpacked {
 /// where one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The layer's folder cannot be opened.
     #[error("cannot open layer directory {}: {source}", path.display())]
-    Destination { path: PathBuf, source: io::Error },
+    Destination {
+        /// The layer's folder.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
     /// Writing extracted data back to disk failed (reported by a
     /// background `syncfs`): the disk, not the layer, is at fault.
     #[error("writing layer directory {} to disk: {source}", path.display())]
-    WriteBack { path: PathBuf, source: io::Error },
-    #[error("{}", mismatch_message(*declared, *found))]
-    CompressionMismatch {
-        declared: Compression,
-        found: Compression,
-    },
-    #[error("reading {} layer data: {source}", stream_name(*compression))]
-    Read {
-        compression: Compression,
+    WriteBack {
+        /// The layer's folder.
+        path: PathBuf,
+        /// The system's error.
         source: io::Error,
     },
+    /// The blob's first bytes are not the compression its media type says.
+    #[error("{}", mismatch_message(*declared, *found))]
+    CompressionMismatch {
+        /// What the media type says.
+        declared: Compression,
+        /// What the magic bytes say.
+        found: Compression,
+    },
+    /// The layer's bytes could not be read or decompressed.
+    #[error("reading {} layer data: {source}", stream_name(*compression))]
+    Read {
+        /// The layer's compression.
+        compression: Compression,
+        /// The read or decompression error.
+        source: io::Error,
+    },
+    /// The uncompressed tar is larger than [`Limits::max_layer_size`].
     #[error("layer is larger than the limit of {limit} uncompressed bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The tar has more entries than [`Limits::max_entries`].
     #[error("layer has more than the limit of {limit} entries")]
-    TooManyEntries { limit: u64 },
+    TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
+    /// The stream is not a valid tar.
     #[error("invalid tar at byte {offset}: {reason}")]
-    InvalidTar { offset: u64, reason: String },
+    InvalidTar {
+        /// Where in the uncompressed stream.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PAX header or long name larger than [`Limits::max_header_bytes`].
     #[error(
         "tar entry {path:?}: {kind} of {size} bytes is larger than the limit of {limit} bytes"
     )]
     HeaderTooLarge {
+        /// The entry's name, as far as known.
         path: String,
+        /// Which header.
         kind: &'static str,
+        /// Its size, in bytes.
         size: u64,
+        /// The limit, in bytes.
         limit: u64,
     },
+    /// An entry whose header makes no sense.
     #[error("tar entry {path:?}: {reason}")]
-    InvalidEntry { path: String, reason: String },
+    InvalidEntry {
+        /// The entry's name.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry that would write outside the layer (or through a link).
     #[error("tar entry {path:?}: refused: {reason}")]
-    Unsafe { path: String, reason: String },
+    Unsafe {
+        /// The entry's name.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An entry of a kind lstore does not extract.
     #[error("tar entry {path:?}: unsupported {what}")]
-    Unsupported { path: String, what: String },
+    Unsupported {
+        /// The entry's name.
+        path: String,
+        /// What is not supported.
+        what: String,
+    },
+    /// Creating an entry failed.
     #[error("tar entry {path:?}: {action}: {source}")]
     Fs {
+        /// The entry's name.
         path: String,
+        /// What was being done.
         action: String,
+        /// The system's error.
         source: io::Error,
     },
     /// An I/O error outside any entry, for callers that read layer streams
@@ -188,7 +246,7 @@ fn read_error(compression: Compression, e: io::Error) -> UnpackError {
 /// removes `dest` on error.
 ///
 /// The layer is treated as an upper layer (whiteouts are kept); see
-/// [`unpack_layer_at`] for a base layer.
+/// `unpack_layer_at` for a base layer.
 pub fn unpack_layer(
     blob: &mut dyn Read,
     declared: Compression,
