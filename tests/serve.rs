@@ -375,6 +375,39 @@ fn lying_uploads_are_refused_and_store_nothing() {
         (404, "BLOB_UPLOAD_UNKNOWN")
     );
 
+    // A Content-Range ending at the largest number is refused, and the
+    // upload stays as it was (its length would not fit in 64 bits).
+    let loc = start_upload(a, "r");
+    let r = http_call(
+        a,
+        "PATCH",
+        &loc,
+        &[("Content-Range", "0-18446744073709551615")],
+        b"abc",
+    );
+    assert_eq!(r.status, 416, "{r:?}");
+    let r = http_call(a, "GET", &loc, &[], b"");
+    assert_eq!((r.status, r.header("range")), (204, Some("0-0")));
+
+    // Cancelling: another repository's upload or an unknown id is
+    // BLOB_UPLOAD_UNKNOWN; the owner's cancel removes it.
+    let other_repo = loc.replacen("/v2/r/", "/v2/q/", 1);
+    let r = http_call(a, "DELETE", &other_repo, &[], b"");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "BLOB_UPLOAD_UNKNOWN")
+    );
+    let unknown = "/v2/r/blobs/uploads/00000000000000000000000000000000";
+    let r = http_call(a, "DELETE", unknown, &[], b"");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "BLOB_UPLOAD_UNKNOWN")
+    );
+    let r = http_call(a, "DELETE", &loc, &[], b"");
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = http_call(a, "GET", &loc, &[], b"");
+    assert_eq!(r.status, 404);
+
     // A bad digest in the query is refused before anything is read.
     let r = http_call(
         a,

@@ -375,8 +375,8 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
                 .and_then(|d| parse_digest(&d))?;
             finish_upload(&state, &id, &name, req.into_body(), digest).await
         }
-        (Route::Upload { id, .. }, Method::DELETE) => {
-            state.uploads.remove(&id);
+        (Route::Upload { name, id }, Method::DELETE) => {
+            state.uploads.cancel(&id, &name)?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Referrers { digest, .. }, Method::GET) => {

@@ -86,7 +86,9 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
             .flatten()
     };
     let (a, b) = (num(a)?, num(b)?);
-    (a <= b).then_some((a, b))
+    // `last` below u64::MAX keeps `last - first + 1` (the chunk's length)
+    // in range; no upload is that big.
+    (a <= b && b < u64::MAX).then_some((a, b))
 }
 
 /// The `Range` header that tells a client how much of an upload arrived.
@@ -146,6 +148,23 @@ impl Uploads {
         if let Ok(mut map) = self.map.lock() {
             map.remove(id);
         }
+    }
+
+    /// Cancels an upload of `repo` (`DELETE`); an id this server does not
+    /// hold for that repository is BLOB_UPLOAD_UNKNOWN, as the spec says.
+    pub fn cancel(&self, id: &str, repo: &str) -> ApiResult<()> {
+        let slot = self.slot(id)?;
+        let owned = match slot.try_lock() {
+            Ok(guard) => guard.as_ref().is_some_and(|u| u.repo == repo),
+            // A chunk is streaming into it right now: it ends with the
+            // upload gone from the table.
+            Err(_) => true,
+        };
+        if !owned {
+            return Err(ApiError::upload_unknown());
+        }
+        self.remove(id);
+        Ok(())
     }
 
     /// The bytes received so far, for a status request.
@@ -326,6 +345,11 @@ mod tests {
         assert_eq!(parse_content_range("5-4"), None);
         assert_eq!(parse_content_range("-4"), None);
         assert_eq!(parse_content_range("a-b"), None);
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(
+            parse_content_range("0-18446744073709551614"),
+            Some((0, u64::MAX - 1))
+        );
         assert_eq!(range_header(0), "0-0");
         assert_eq!(range_header(10), "0-9");
     }
