@@ -21,7 +21,10 @@ cargo clippy --locked --all-targets -- -D warnings
 log=$(mktemp /tmp/lstore-test.XXXXXX.log)
 trap 'rm -f "$log" "$log.fuzz"' EXIT
 status=0
-cargo test --locked --workspace --all-targets 2>&1 | tee "$log" || status=$?
+# tests/examples.rs runs the example programs at target/debug/examples/NAME,
+# where `cargo build --examples` puts them (cargo test leaves only hashed names).
+cargo build --locked --examples 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --all-targets 2>&1 | tee -a "$log" || status=$?
 # --all-targets leaves doc tests out: the library's documented example.
 cargo test --locked --workspace --doc 2>&1 | tee -a "$log" || status=$?
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
