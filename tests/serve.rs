@@ -6,7 +6,7 @@
 mod common;
 
 use common::checks::assert_matches_umoci;
-use common::image::{layout_manifest_digest, write_oci_layout, Image, OCI_MANIFEST};
+use common::image::{layout_manifest_digest, write_oci_layout, Image, OCI_INDEX, OCI_MANIFEST};
 use common::peers::{skopeo_copy, umoci_unpack};
 use common::registry::{http_call, Response};
 use common::scenes::{noise, small_app, small_base};
@@ -533,6 +533,40 @@ fn lying_manifests_are_refused_and_store_nothing() {
         Some(image.manifest_digest.as_str())
     );
     assert_eq!(store.listed_references(), vec![format!("{a}/m:v1")]);
+
+    // An index whose descriptor of that manifest lies about its size or
+    // its media type is refused, and nothing more is listed.
+    let child = |size: usize, media_type: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{
+                "mediaType": media_type,
+                "digest": image.manifest_digest,
+                "size": size,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            }],
+        }))
+        .unwrap()
+    };
+    let len = image.manifest.len();
+    let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len + 1000, OCI_MANIFEST));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "SIZE_INVALID"),
+        "{r:?}"
+    );
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len, docker));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "MANIFEST_INVALID"),
+        "{r:?}"
+    );
+    assert_eq!(store.listed_references(), vec![format!("{a}/m:v1")]);
+    // The true descriptor is accepted.
+    let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len, OCI_MANIFEST));
+    assert_eq!(r.status, 201, "{r:?}");
     drop(serve);
     fsck_clean(&store);
 }
@@ -760,6 +794,27 @@ fn pull_through_pulls_a_missing_image_once_for_concurrent_requests() {
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (404, "MANIFEST_UNKNOWN")
+    );
+    assert!(store.listed_references().len() == 1);
+    // A client's `ns` naming a host the operator did not name is never
+    // pulled from (the server's credentials would go there).
+    registry.upload("up/app", "v3", &image);
+    let other = common::registry::Proxy::pass(&registry.host());
+    let r = http_call(
+        &a,
+        "GET",
+        &format!("/v2/up/app/manifests/v3?ns={}", other.host()),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    assert_eq!(
+        other.manifest_gets(),
+        0,
+        "nothing asked of the unnamed host"
     );
     assert!(store.listed_references().len() == 1);
 }

@@ -225,7 +225,11 @@ fn containerd_mirror_with_upstream_fills_the_store_from_the_ns_registry() {
     });
     let store = Lstore::new();
     let unreachable = format!("127.0.0.1:{}", free_port());
-    let served = Serve::start(&store, &["--upstream", &unreachable]);
+    // The ns host must be one the operator named for serve to pull from it.
+    let served = Serve::start(
+        &store,
+        &["--upstream", &unreachable, "--namespace", &gate.host()],
+    );
     let name = format!("{}/clients/through:v1", gate.host());
 
     containerd_pull_via(&served, &gate.host(), &name, &image);

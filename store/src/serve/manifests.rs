@@ -146,8 +146,27 @@ pub fn put(
         Doc::Index(ix) => {
             let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
             for child in &ix.manifests {
-                if catalog.by_digest(&child.digest).is_none() {
+                let Some(stored) = catalog.by_digest(&child.digest) else {
                     return Err(blob_unknown("platform manifest", &child.digest));
+                };
+                // The index's descriptor must say what the store holds, so
+                // clients that check a child against it are not misled.
+                let len = store
+                    .content()
+                    .read(&child.digest, MANIFEST_MAX)
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .len() as u64;
+                if len != child.size {
+                    return Err(ApiError::size_invalid(format!(
+                        "the index gives {} {} bytes; it has {len}",
+                        child.digest, child.size
+                    )));
+                }
+                if let Some(media_type) = stored.media_type.filter(|t| *t != child.media_type) {
+                    return Err(ApiError::manifest_invalid(format!(
+                        "the index gives {} the media type {}; it is {media_type}",
+                        child.digest, child.media_type
+                    )));
                 }
             }
             let chosen = PlatformMatcher::new(&crate::platform::host())

@@ -426,8 +426,15 @@ async fn get_manifest(
     };
     let mut found = blocking(lookup.clone()).await?;
     if found.is_none() {
-        if let Some(up) = &state.upstream {
-            let ns = query_param(query, "ns").filter(|h| is_domain(h));
+        let ns = query_param(query, "ns").filter(|h| is_domain(h));
+        // A client's `ns` may choose among the hosts the operator named
+        // (the upstream and the --namespace hosts), never send the server
+        // (with its credentials) anywhere else.
+        let allowed = |up: &upstream::Upstream| {
+            ns.as_deref()
+                .is_none_or(|h| up.may_pull_from(h, &state.opts.namespaces))
+        };
+        if let Some(up) = state.upstream.as_ref().filter(|up| allowed(up)) {
             let r = up.reference(ns.as_deref(), &name, &reference)?;
             let store = state.store.clone();
             let again = lookup.clone();

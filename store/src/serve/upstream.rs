@@ -29,6 +29,12 @@ impl Upstream {
         }
     }
 
+    /// Whether a client's `ns` host may be pulled from: the upstream itself
+    /// or one of the `--namespace` hosts.
+    pub fn may_pull_from(&self, host: &str, namespaces: &[String]) -> bool {
+        host == self.registry || namespaces.iter().any(|n| n == host)
+    }
+
     /// The reference to pull for `path`/`reference`: at the `ns` host when
     /// containerd names one, else at the upstream.
     pub fn reference(
