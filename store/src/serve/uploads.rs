@@ -509,10 +509,16 @@ mod tests {
                 uploads.append(&id, "a", body, None).await
             }
         });
-        // The status follows the chunk's bytes as they are written.
-        while uploads.offset(&id, "a").unwrap() != 3 {
-            tokio::task::yield_now().await;
-        }
+        // The status follows the chunk's bytes as they are written; the
+        // bound only turns a status stuck behind the chunk into a failure.
+        let follows = async {
+            while uploads.offset(&id, "a").unwrap() != 3 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), follows)
+            .await
+            .expect("the status never showed the chunk's bytes");
         assert!(!chunk.is_finished());
         chunk.abort();
     }
@@ -523,7 +529,14 @@ mod tests {
         let uploads = Uploads::with_limits(1, UPLOAD_IDLE, Duration::from_millis(50));
         let id = uploads.start(&store, &lease, "a").unwrap();
         let body = Stalled(Some(Bytes::from_static(b"abc")));
-        let cut = uploads.append(&id, "a", body, None).await.unwrap_err();
+        // The bound only turns a body never cut into a failure.
+        let cut = tokio::time::timeout(
+            Duration::from_secs(30),
+            uploads.append(&id, "a", body, None),
+        )
+        .await
+        .expect("the stalled body was never cut")
+        .unwrap_err();
         assert_eq!(
             (cut.status.as_u16(), cut.code),
             (400, "BLOB_UPLOAD_INVALID")
