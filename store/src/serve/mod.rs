@@ -349,7 +349,7 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
         )),
         (Route::UploadStart { name }, Method::POST) => start_upload(&state, req, query, name).await,
         (Route::Upload { name, id }, Method::GET) => {
-            let offset = state.uploads.offset(&id, &name).await?;
+            let offset = state.uploads.offset(&id, &name)?;
             Ok(upload_response(StatusCode::NO_CONTENT, &name, &id, offset))
         }
         (Route::Upload { name, id }, Method::PATCH) => {
