@@ -311,7 +311,7 @@ fn lying_uploads_are_refused_and_store_nothing() {
         &[],
         &data,
     );
-    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    r.assert_error(400, "DIGEST_INVALID");
     assert_eq!(head_blob(&digest), 404);
     assert_eq!(head_blob(&other), 404);
 
@@ -324,15 +324,9 @@ fn lying_uploads_are_refused_and_store_nothing() {
         &[("Content-Range", "0-999")],
         &data[..500],
     );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "BLOB_UPLOAD_INVALID")
-    );
+    r.assert_error(400, "BLOB_UPLOAD_INVALID");
     let r = http_call(a, "GET", &loc, &[], b"");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(404, "BLOB_UPLOAD_UNKNOWN");
 
     // Out of order: the second chunk does not start where the first ended.
     let loc = start_upload(a, "r");
@@ -358,7 +352,7 @@ fn lying_uploads_are_refused_and_store_nothing() {
     assert_eq!((r.status, r.header("range")), (204, Some("0-999")));
     // Finished short of the blob: its digest is not the one claimed.
     let r = http_call(a, "PUT", &format!("{loc}?digest={digest}"), &[], b"");
-    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    r.assert_error(400, "DIGEST_INVALID");
     assert_eq!(head_blob(&digest), 404);
 
     // A chunk cut by a dropped connection: the upload is dropped.
@@ -370,10 +364,7 @@ fn lying_uploads_are_refused_and_store_nothing() {
         &data[..100],
     );
     let r = http_call(a, "GET", &loc, &[], b"");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(404, "BLOB_UPLOAD_UNKNOWN");
 
     // A Content-Range ending at the largest number is refused, and the
     // upload stays as it was (its length would not fit in 64 bits).
@@ -393,16 +384,10 @@ fn lying_uploads_are_refused_and_store_nothing() {
     // BLOB_UPLOAD_UNKNOWN; the owner's cancel removes it.
     let other_repo = loc.replacen("/v2/r/", "/v2/q/", 1);
     let r = http_call(a, "DELETE", &other_repo, &[], b"");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(404, "BLOB_UPLOAD_UNKNOWN");
     let unknown = "/v2/r/blobs/uploads/00000000000000000000000000000000";
     let r = http_call(a, "DELETE", unknown, &[], b"");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(404, "BLOB_UPLOAD_UNKNOWN");
     let r = http_call(a, "DELETE", &loc, &[], b"");
     assert_eq!(r.status, 204, "{r:?}");
     let r = http_call(a, "GET", &loc, &[], b"");
@@ -416,7 +401,7 @@ fn lying_uploads_are_refused_and_store_nothing() {
         &[],
         &data,
     );
-    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    r.assert_error(400, "DIGEST_INVALID");
 
     assert!(store.images().is_empty());
     drop(serve);
@@ -470,10 +455,7 @@ fn lying_manifests_are_refused_and_store_nothing() {
 
     // Blobs not uploaded.
     let r = put_manifest(a, "m", "v1", OCI_MANIFEST, &image.manifest);
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "MANIFEST_BLOB_UNKNOWN")
-    );
+    r.assert_error(400, "MANIFEST_BLOB_UNKNOWN");
 
     push_blobs(a, "m", &image);
     // A layer size that is not the blob's.
@@ -487,24 +469,17 @@ fn lying_manifests_are_refused_and_store_nothing() {
         OCI_MANIFEST,
         &serde_json::to_vec(&lying).unwrap(),
     );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "SIZE_INVALID"),
-        "{r:?}"
-    );
+    r.assert_error(400, "SIZE_INVALID");
     // A digest in the path that is not the body's.
     let r = put_manifest(a, "m", &sha256_digest(b"x"), OCI_MANIFEST, &image.manifest);
-    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    r.assert_error(400, "DIGEST_INVALID");
     // Not JSON.
     let r = put_manifest(a, "m", "v1", OCI_MANIFEST, b"{not json");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "MANIFEST_INVALID")
-    );
+    r.assert_error(400, "MANIFEST_INVALID");
     // Too large: refused from its Content-Length, and when streamed.
     let big = vec![b' '; (4 << 20) + 1];
     let r = put_manifest(a, "m", "v1", OCI_MANIFEST, &big);
-    assert_eq!((r.status, r.error_code().as_str()), (413, "SIZE_INVALID"));
+    r.assert_error(413, "SIZE_INVALID");
     let mut chunked = Vec::new();
     for piece in big.chunks(1 << 20) {
         chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
@@ -522,7 +497,7 @@ fn lying_manifests_are_refused_and_store_nothing() {
         ],
         &chunked,
     );
-    assert_eq!((r.status, r.error_code().as_str()), (413, "SIZE_INVALID"));
+    r.assert_error(413, "SIZE_INVALID");
     assert!(store.images().is_empty());
 
     // The true manifest is then accepted, by tag, and served back.
@@ -551,18 +526,10 @@ fn lying_manifests_are_refused_and_store_nothing() {
     };
     let len = image.manifest.len();
     let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len + 1000, OCI_MANIFEST));
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "SIZE_INVALID"),
-        "{r:?}"
-    );
+    r.assert_error(400, "SIZE_INVALID");
     let docker = "application/vnd.docker.distribution.manifest.v2+json";
     let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len, docker));
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "MANIFEST_INVALID"),
-        "{r:?}"
-    );
+    r.assert_error(400, "MANIFEST_INVALID");
     assert_eq!(store.listed_references(), vec![format!("{a}/m:v1")]);
     // The true descriptor is accepted.
     let r = put_manifest(a, "m", "multi", OCI_INDEX, &child(len, OCI_MANIFEST));
@@ -791,10 +758,7 @@ fn pull_through_pulls_a_missing_image_once_for_concurrent_requests() {
     assert_eq!(r.body, layer.blob);
     // What the upstream lacks is a miss.
     let r = http_call(&a, "GET", "/v2/up/app/manifests/v2", &[], b"");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "MANIFEST_UNKNOWN")
-    );
+    r.assert_error(404, "MANIFEST_UNKNOWN");
     assert!(store.listed_references().len() == 1);
     // A client's `ns` naming a host the operator did not name is never
     // pulled from (the server's credentials would go there).
@@ -807,10 +771,7 @@ fn pull_through_pulls_a_missing_image_once_for_concurrent_requests() {
         &[],
         b"",
     );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "MANIFEST_UNKNOWN")
-    );
+    r.assert_error(404, "MANIFEST_UNKNOWN");
     assert_eq!(
         other.manifest_gets(),
         0,
