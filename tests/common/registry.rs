@@ -546,7 +546,6 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The `code` of the first error of a distribution-spec error body.
     /// Asserts an error answer: `status`, and `code` as the first error of
     /// the spec's JSON body.
     pub fn assert_error(&self, status: u16, code: &str) {
@@ -554,6 +553,7 @@ impl Response {
         assert_eq!(self.error_code(), code, "{self:?}");
     }
 
+    /// The `code` of the first error of a distribution-spec error body.
     pub fn error_code(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.text()));
