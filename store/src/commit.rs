@@ -403,7 +403,7 @@ fn rfc3339_now() -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch (UTC).
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let day_secs = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);

@@ -723,7 +723,26 @@ impl Check<'_> {
             }
         }
         self.sweep_leftovers(&fates, trash)?;
+        self.check_view()?;
         Ok(self.report)
+    }
+
+    /// The containers/storage view: as the records describe it, or (when
+    /// repairing) made so. A stale view is what a crash between a
+    /// command's records and its view leaves.
+    fn check_view(&mut self) -> Result<()> {
+        if !crate::cstorage::is_stale(self.store, self.meta)? {
+            return Ok(());
+        }
+        if self.repair {
+            crate::cstorage::refresh(self.store, self.meta)?;
+        }
+        let tail = self.outcome("rewritten", "--repair rewrites it");
+        self.problem(
+            format!("{}/ is out of date: {tail}", crate::cstorage::VIEW_DIR),
+            self.repair,
+        );
+        Ok(())
     }
 
     /// Reports the leftovers, and removes them when repairing: what `gc`'s

@@ -315,6 +315,10 @@ pub(crate) fn apply_sweep(
     if !b.is_empty() {
         b.commit()?;
     }
+    // The view stops naming what goes before it goes.
+    if meta.take_images_changed() {
+        crate::cstorage::refresh(store, meta)?;
+    }
     for d in &plan.blob_files {
         report.freed_bytes += store.content().remove(d)?;
     }

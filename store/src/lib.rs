@@ -64,6 +64,7 @@
 mod archive;
 mod commit;
 mod content;
+mod cstorage;
 mod digest;
 mod error;
 mod fsck;

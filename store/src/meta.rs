@@ -144,6 +144,9 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 /// An open metadata database.
 pub struct Meta {
     db: DB,
+    /// Set when a committed batch wrote an image or tag record: what the
+    /// containers/storage view is made from.
+    images_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Tables a family may gather before a write session merges them. Every
@@ -195,7 +198,10 @@ impl Meta {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = DB::open_cf_descriptors(&opts, path, families())?;
-        Ok(Meta { db })
+        Ok(Meta {
+            db,
+            images_changed: Default::default(),
+        })
     }
 
     /// Opens without writing anything (no new manifest, options file or
@@ -203,7 +209,10 @@ impl Meta {
     /// into memory, so the last session's writes are seen.
     pub fn open_read_only(path: &Path) -> Result<Meta> {
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, families(), false)?;
-        Ok(Meta { db })
+        Ok(Meta {
+            db,
+            images_changed: Default::default(),
+        })
     }
 
     /// Whether a database exists at `path` (a read-only open needs one).
@@ -298,7 +307,14 @@ impl Meta {
         Batch {
             meta: self,
             batch: WriteBatch::default(),
+            touches_images: false,
         }
+    }
+
+    /// Whether a batch changed images or tags since the last call.
+    pub fn take_images_changed(&self) -> bool {
+        self.images_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -306,15 +322,18 @@ impl Meta {
 pub struct Batch<'a> {
     meta: &'a Meta,
     batch: WriteBatch,
+    touches_images: bool,
 }
 
 impl Batch<'_> {
     pub fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> Result<()> {
         let bytes = encode(value)?;
+        self.touches_images |= cf == CF_IMAGES || cf == CF_TAGS;
         self.batch.put_cf(self.meta.cf(cf)?, key, bytes);
         Ok(())
     }
     pub fn delete(&mut self, cf: &str, key: &[u8]) -> Result<()> {
+        self.touches_images |= cf == CF_IMAGES || cf == CF_TAGS;
         self.batch.delete_cf(self.meta.cf(cf)?, key);
         Ok(())
     }
@@ -325,6 +344,11 @@ impl Batch<'_> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.meta.db.write_opt(self.batch, &opts)?;
+        if self.touches_images {
+            self.meta
+                .images_changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 }

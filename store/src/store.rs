@@ -136,7 +136,16 @@ impl Store {
     pub(crate) fn session<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
         let _lock = RootLock::acquire(&self.root, &*self.opts.on_wait)?;
         let meta = Meta::open(&self.root.join("db"))?;
-        let out = f(&meta)?;
+        let out = f(&meta);
+        // Even when `f` failed after a batch landed: the view follows the
+        // database, under the same lock.
+        let refreshed = if meta.take_images_changed() {
+            crate::cstorage::refresh(self, &meta)
+        } else {
+            Ok(())
+        };
+        let out = out?;
+        refreshed?;
         meta.compact_if_needed()?;
         Ok(out)
     }

@@ -97,6 +97,56 @@ impl Podman {
         ))
     }
 
+    /// podman that also reads the read-only image store at `image_store`
+    /// (`additionalimagestores` in its storage.conf), as a user points
+    /// podman at `<lstore root>/containers-storage`.
+    pub fn with_image_store(image_store: &Path, insecure: &[&str]) -> Podman {
+        let podman = Podman::new(insecure);
+        let conf = podman.dir.path().join("storage.conf");
+        let mut text = fs::read_to_string(&conf).expect("storage.conf");
+        text.push_str(&format!(
+            "[storage.options]\nadditionalimagestores = [\"{}\"]\n",
+            image_store.display()
+        ));
+        fs::write(&conf, text).expect("storage.conf");
+        podman
+    }
+
+    /// The layer folders in podman's own store (its graphroot's `overlay/`,
+    /// less the `l/` links folder).
+    pub fn own_layer_dirs(&self) -> Vec<String> {
+        let dir = self.dir.path().join("root/overlay");
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "l" && !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// A container of `reference` (`podman create --pull=never`) mounted
+    /// with `podman mount`: podman 4.3 cannot `podman image mount` an image
+    /// of an additional store. Unmounted and removed on drop.
+    pub fn container_mount(&self, reference: &str) -> PodmanMount<'_> {
+        let id = self
+            .ok(&["create", "--pull=never", reference])
+            .stdout
+            .trim()
+            .to_string();
+        let out = self.ok(&["mount", &id]);
+        PodmanMount {
+            podman: self,
+            reference: id,
+            path: PathBuf::from(out.stdout.trim()),
+            container: true,
+        }
+    }
+
     /// podman whose registries.conf is `registries`.
     fn with_registries(registries: &str) -> Podman {
         let dir = tempfile::Builder::new()
@@ -166,6 +216,7 @@ impl Podman {
             podman: self,
             reference: reference.to_string(),
             path: PathBuf::from(out.stdout.trim()),
+            container: false,
         }
     }
 }
@@ -177,11 +228,13 @@ impl Drop for Podman {
     }
 }
 
-/// An image mounted by `podman image mount`.
+/// An image mounted by `podman image mount`, or a container by `podman
+/// mount`.
 pub struct PodmanMount<'a> {
     podman: &'a Podman,
     reference: String,
     path: PathBuf,
+    container: bool,
 }
 
 impl PodmanMount<'_> {
@@ -190,9 +243,30 @@ impl PodmanMount<'_> {
     }
 }
 
+impl PodmanMount<'_> {
+    /// Unmounts now (and removes the container), checking that podman did.
+    pub fn unmount(mut self) {
+        let reference = std::mem::take(&mut self.reference);
+        if self.container {
+            self.podman.ok(&["umount", &reference]);
+            self.podman.ok(&["rm", &reference]);
+        } else {
+            self.podman.ok(&["image", "unmount", &reference]);
+        }
+    }
+}
+
 impl Drop for PodmanMount<'_> {
     fn drop(&mut self) {
-        clean_up(&mut self.podman.command(&["image", "unmount", &self.reference]));
+        if self.reference.is_empty() {
+            return;
+        }
+        if self.container {
+            clean_up(&mut self.podman.command(&["umount", &self.reference]));
+            clean_up(&mut self.podman.command(&["rm", "-f", &self.reference]));
+        } else {
+            clean_up(&mut self.podman.command(&["image", "unmount", &self.reference]));
+        }
     }
 }
 
