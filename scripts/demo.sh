@@ -16,6 +16,7 @@ mnt="$demo/mnt"
 reg_pid=""
 serve_pid=""
 podman_demo() { CONTAINERS_STORAGE_CONF="$demo/podman/storage.conf" CONTAINERS_REGISTRIES_CONF="$demo/podman/registries.conf" podman "$@"; }
+podman_view() { CONTAINERS_STORAGE_CONF="$demo/podman-view/storage.conf" podman "$@"; }
 cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
   [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
@@ -23,6 +24,9 @@ cleanup() {
   if [ -d "$demo/podman" ]; then
     podman_demo unmount --all >/dev/null 2>&1 || true
     podman_demo system reset -f >/dev/null 2>&1 || true
+  fi
+  if [ -d "$demo/podman-view" ]; then
+    podman_view rm -af >/dev/null 2>&1 || true
   fi
   rm -rf "$demo"
 }
@@ -111,6 +115,29 @@ CONF
 fi
 kill -TERM "$serve_pid"; wait "$serve_pid" || true; serve_pid=""
 echo "serve stopped; more: docs/serve.md (containerd, podman and Docker mirrors, pull-through)"
+
+# podman (buildah, CRI-O) read lstore's images in place: lstore keeps
+# $ROOT/containers-storage/ as a read-only containers/storage store.
+if command -v podman >/dev/null; then
+  mkdir -p "$demo/podman-view"
+  cat > "$demo/podman-view/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$demo/podman-view/graph"
+runroot = "$demo/podman-view/run"
+[storage.options]
+additionalimagestores = ["$ROOT/containers-storage"]
+CONF
+  printf '\n\033[1m$ podman images   # storage.conf: additionalimagestores = ["%s/containers-storage"]\033[0m\n' "$ROOT"
+  podman_view images
+  printf '\n\033[1m$ podman mount $(podman create --pull=never %s/sample/app:edge)\033[0m\n' "$reg"
+  ctr_id=$(podman_view create -q --pull=never "$reg/sample/app:edge")
+  view_mnt=$(podman_view mount "$ctr_id")
+  echo "$view_mnt: $(cat "$view_mnt/opt/app/FEATURE")"
+  echo "lower dirs: $(grep -F "$view_mnt" /proc/self/mountinfo | grep -o 'lowerdir=[^,]*')"
+  echo "(each a link to a layer folder under $ROOT/overlay2: nothing copied)"
+  podman_view umount "$ctr_id" >/dev/null; podman_view rm "$ctr_id" >/dev/null
+fi
 step rmi $srv/pushed/tool:1.0;            lstore rmi "$srv/pushed/tool:1.0"
 
 step rmi $reg/sample/app:edge;            lstore rmi "$reg/sample/app:edge"
