@@ -259,3 +259,55 @@ fn fsck_finds_a_stale_view_and_repair_rewrites_it() {
     let podman = Podman::with_image_store(&view(&store), &[]);
     assert_eq!(podman_images(&podman).len(), 1);
 }
+
+#[test]
+fn podman_save_of_an_lstore_image_loads_back_with_the_same_id() {
+    let store = Lstore::new();
+    let image = everything_image(ManifestKind::Docker);
+    store.load_image(&image, "example.com/view/saved:v1");
+    let podman = Podman::with_image_store(&view(&store), &[]);
+    let work = scratch();
+    let archive = work.path().join("saved.tar");
+
+    // podman rebuilds each layer's tar from lstore's folder and the
+    // layer's tar-split record, and checks it against the diff id.
+    podman.ok(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        archive.to_str().expect("utf-8"),
+        "example.com/view/saved:v1",
+    ]);
+
+    let other = Lstore::new();
+    other.load(&archive, None);
+    assert_eq!(
+        other.inspect("example.com/view/saved:v1")["id"],
+        image.config_digest.as_str()
+    );
+}
+
+#[test]
+fn layers_under_a_podman_mount_outlive_rmi_and_gc_until_unmounted() {
+    let store = Lstore::new();
+    store.load_image(&app_image("held"), "example.com/view/held:v1");
+    let layers_before = store.layer_dirs();
+    let podman = Podman::with_image_store(&view(&store), &[]);
+    let mount = podman.container_mount("example.com/view/held:v1");
+
+    store.ok(&["rmi", "example.com/view/held:v1"]);
+    store.ok(&["gc"]);
+    assert!(podman_images(&podman).is_empty(), "the image record is gone");
+    assert_eq!(store.layer_dirs(), layers_before, "layers under podman's mount");
+    assert_eq!(
+        fs::read_to_string(mount.path().join("app/name")).expect("read through the mount"),
+        "held\n"
+    );
+    store.ok(&["fsck"]);
+
+    mount.unmount();
+    store.ok(&["gc"]);
+    assert!(store.layer_dirs().is_empty(), "{:?}", store.layer_dirs());
+    assert!(store.blobs().is_empty(), "{:?}", store.blobs());
+}
