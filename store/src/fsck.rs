@@ -1104,8 +1104,9 @@ mod tests {
     use crate::layers::LayerStore;
     use crate::lock::LeaseContent;
     use crate::meta::ImageLayer;
-    use crate::oci::Descriptor;
+    use crate::oci::{Compression, Descriptor};
     use crate::store::StoreOptions;
+    use std::io::Read;
 
     fn layer_store() -> (tempfile::TempDir, LayerStore) {
         let dir = tempfile::tempdir().unwrap();
