@@ -5,13 +5,14 @@
 # clients that pull from `lstore serve` in tests/serve_clients.rs
 # (containerd with runc, podman: its conmon and containers-common come with
 # it; as root it needs neither uidmap nor fuse-overlayfs), the small tools
-# the benchmarks use, and cargo-fuzz.
+# the benchmarks use, tar-split (tests/tarsplit.rs checks lstore's layer
+# records with it), and cargo-fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=(build-essential pkg-config libclang-dev clang docker-registry skopeo umoci
            containerd runc podman
-           apache2-utils openssl ca-certificates jq hyperfine pigz zstd)
+           apache2-utils openssl ca-certificates jq hyperfine pigz zstd tar-split)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,6 +42,24 @@ impl ContentStore {
         File::open(self.path(digest)).ctx(|| format!("open blob {digest}"))
     }
 
+    /// The compression of layer blob `digest`: what its media type says,
+    /// else what its first bytes show.
+    pub(crate) fn layer_compression(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<crate::oci::Compression> {
+        if let Some(c) = crate::oci::Compression::from_layer_media_type(media_type) {
+            return Ok(c);
+        }
+        let mut head = [0u8; 8];
+        let n = self
+            .open(digest)?
+            .read(&mut head)
+            .ctx(|| format!("read blob {digest}"))?;
+        Ok(crate::oci::Compression::sniff(&head[..n]))
+    }
+
     /// Reads a small blob (manifest, config) whole, refusing more than `max`.
     pub fn read(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
         let file = self.open(digest)?;

@@ -76,6 +76,9 @@ pub enum Error {
         #[source]
         source: crate::unpack::UnpackError,
     },
+    /// A layer's tar-split record cannot be made, read or used.
+    #[error("{0}")]
+    TarSplit(#[from] crate::tarsplit::TarSplitError),
     /// A manifest, index or config that cannot be used.
     #[error("{what}: {source}")]
     Document {

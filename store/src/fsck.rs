@@ -28,7 +28,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -41,9 +40,10 @@ use crate::layers::{linked_chain, remove_tree, short_id, tree_size};
 use crate::meta::{
     BlobRecord, ImageRecord, LayerRecord, Meta, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS,
 };
-use crate::oci::{self, Compression};
+use crate::oci;
 use crate::reference::Reference;
 use crate::store::Store;
+use crate::tarsplit;
 use crate::unpack::{self, UnpackError, Unpacked};
 
 /// One problem found.
@@ -255,6 +255,7 @@ fn blob_cannot_give_layer(e: &Error) -> bool {
                 | UnpackError::Fs { .. }
                 | UnpackError::Io(_)
                 | UnpackError::WriteBack { .. }
+                | UnpackError::Record(_)
         ),
         _ => false,
     }
@@ -367,18 +368,7 @@ impl Check<'_> {
         media_type: &str,
     ) -> Result<Unpacked> {
         let store = self.store;
-        let declared = match Compression::from_layer_media_type(media_type) {
-            Some(c) => c,
-            None => {
-                let mut head = [0u8; 8];
-                let n = store
-                    .content()
-                    .open(blob)?
-                    .read(&mut head)
-                    .map_err(|e| Error::io(format!("read blob {blob}"), e))?;
-                Compression::sniff(&head[..n])
-            }
-        };
+        let declared = store.content().layer_compression(blob, media_type)?;
         // Named like the entries of a dead command, so that gc removes it
         // should this process die.
         let staging = store.layer_store().stage(&format!(
@@ -393,12 +383,13 @@ impl Check<'_> {
         } else {
             unpack::LayerPosition::Upper
         };
-        let unpacked = unpack::unpack_layer_at(
+        let (unpacked, _) = unpack::unpack_layer_recorded(
             &mut file,
             declared,
             &staging.diff(),
             &store.opts.limits,
             position,
+            staging.folder(),
         )
         .map_err(|source| Error::Unpack {
             layer: blob.to_string(),
@@ -469,6 +460,9 @@ impl Check<'_> {
             let what = match &state {
                 FolderState::Intact => {
                     self.check_short_link(&c);
+                    if let Some(layer) = layer {
+                        self.check_tar_split(&c, layer);
+                    }
                     fates.insert(c, Fate::Intact);
                     continue;
                 }
@@ -582,6 +576,48 @@ impl Check<'_> {
 
     /// Checks (and when repairing restores) the `l/` link of a complete
     /// layer folder.
+    /// Checks that an intact layer has its tar-split record (with its
+    /// summary) and that the record's tar is as long as the layer's; when
+    /// repairing, makes it again from a verified blob.
+    fn check_tar_split(&mut self, c: &Digest, layer: &LayerUse) {
+        let path = self.store.layer_store().tar_split_path(c);
+        let what = if !path.is_file() {
+            format!("layer {c} has no tar-split record")
+        } else {
+            match tarsplit::summary(&path) {
+                Ok(s) if s.tar_size == layer.size => return,
+                Ok(s) => format!(
+                    "layer {c}: its tar-split record describes {} bytes of tar, the layer has {}",
+                    s.tar_size, layer.size
+                ),
+                Err(e) => format!("layer {c}: {e}"),
+            }
+        };
+        let source = layer
+            .blobs
+            .iter()
+            .find(|(d, _)| self.good_blobs.contains_key(d))
+            .cloned();
+        let Some((blob, media_type)) = source else {
+            self.problem(
+                format!("{what}; no blob of it is here to make it from"),
+                false,
+            );
+            return;
+        };
+        if !self.repair {
+            self.problem(format!("{what}; --repair makes it from blob {blob}"), false);
+            return;
+        }
+        match tarsplit::regenerate(self.store, c, &layer.diff_id, &blob, &media_type) {
+            Ok(_) => self.problem(format!("{what}; made again from blob {blob}"), true),
+            Err(e) => self.problem(
+                format!("{what}; making it from blob {blob} failed: {e}"),
+                false,
+            ),
+        }
+    }
+
     fn check_short_link(&mut self, c: &Digest) {
         let ls = self.store.layer_store();
         let link = ls.link_path(c);
@@ -1087,8 +1123,9 @@ mod tests {
     use crate::layers::LayerStore;
     use crate::lock::LeaseContent;
     use crate::meta::ImageLayer;
-    use crate::oci::Descriptor;
+    use crate::oci::{Compression, Descriptor};
     use crate::store::StoreOptions;
+    use std::io::Read;
 
     fn layer_store() -> (tempfile::TempDir, LayerStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1305,6 +1342,94 @@ mod tests {
         let hello = store.layer_store().diff_dir(&chain).join("hello");
         assert_eq!(std::fs::read(hello).unwrap(), b"world");
         assert!(store.fsck(false).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_layer_without_its_tar_split_record_gets_it_back_from_its_blob() {
+        let (_dir, store, chain) = store_with_an_image();
+        let ls = store.layer_store();
+        let record = ls.tar_split_path(&chain);
+        let summary = ls.dir(&chain).join(tarsplit::SUMMARY_FILE);
+        let original = std::fs::read(&record).unwrap();
+        let original_summary = tarsplit::summary(&record).unwrap();
+        assert_eq!(original_summary.uids, vec![0]);
+        std::fs::remove_file(&record).unwrap();
+        std::fs::remove_file(&summary).unwrap();
+
+        let report = store.fsck(false).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(
+            report.problems[0].what.contains("no tar-split record"),
+            "{report:?}"
+        );
+        assert!(!record.exists());
+        let report = store.fsck(true).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert!(report.problems[0].repaired, "{report:?}");
+        assert_eq!(std::fs::read(&record).unwrap(), original);
+        assert_eq!(tarsplit::summary(&record).unwrap(), original_summary);
+        assert!(store.fsck(false).unwrap().problems.is_empty());
+        // Nothing left behind under tmp/.
+        let tmp = std::fs::read_dir(store.root().join("tmp")).unwrap().count();
+        assert_eq!(tmp, 0);
+
+        // A record describing another tar is found too.
+        std::fs::write(&summary, br#"{"tar_size":1,"uids":[],"gids":[]}"#).unwrap();
+        let report = store.fsck(false).unwrap();
+        assert!(
+            report.problems[0].what.contains("bytes of tar"),
+            "{report:?}"
+        );
+        assert!(store.fsck(true).unwrap().clean());
+        assert_eq!(tarsplit::summary(&record).unwrap(), original_summary);
+    }
+
+    #[test]
+    fn ensure_tar_split_makes_the_record_or_says_why_not() {
+        let (_dir, store, chain) = store_with_an_image();
+        let ls = store.layer_store();
+        let record = ls.tar_split_path(&chain);
+        let original = std::fs::read(&record).unwrap();
+        std::fs::remove_file(&record).unwrap();
+        assert_eq!(tarsplit::ensure_tar_split(&store, &chain).unwrap(), record);
+        assert_eq!(std::fs::read(&record).unwrap(), original);
+        // Present: nothing to do, even without a blob.
+        let blob = store
+            .image_records()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .layers[0]
+            .digest;
+        std::fs::remove_file(store.content().path(&blob)).unwrap();
+        assert_eq!(tarsplit::ensure_tar_split(&store, &chain).unwrap(), record);
+        std::fs::remove_file(&record).unwrap();
+        let err = tarsplit::ensure_tar_split(&store, &chain).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TarSplit(tarsplit::TarSplitError::BlobMissing { .. })
+            ),
+            "{err}"
+        );
+        let err = tarsplit::ensure_tar_split(&store, &Digest::of(b"no such layer")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TarSplit(tarsplit::TarSplitError::UnknownLayer { .. })
+            ),
+            "{err}"
+        );
+        // fsck says the same: no blob to make it from.
+        let report = store.fsck(true).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.what.contains("no blob of it is here") && !p.repaired),
+            "{report:?}"
+        );
     }
 
     #[test]

@@ -551,12 +551,15 @@ fn extract_or_measure(
         } else {
             unpack::LayerPosition::Upper
         };
-        let u = unpack::unpack_layer_at(
+        // The tar-split record is made in the same pass, inside the staged
+        // folder, so it appears with the layer.
+        let (u, _) = unpack::unpack_layer_recorded(
             &mut tee,
             declared,
             &staging.diff(),
             &store.opts.limits,
             position,
+            staging.folder(),
         )
         .map_err(|source| layer_error(layer_name, source))?;
         // Nothing becomes visible before both digests are checked.

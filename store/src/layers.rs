@@ -68,6 +68,12 @@ impl LayerStore {
         self.dir(chain_id).join("diff")
     }
 
+    /// The layer's tar-split record (`tar-split.gz`, containers/storage's
+    /// `<id>.tar-split.gz`), which holds what its tar has besides files.
+    pub(crate) fn tar_split_path(&self, chain_id: &Digest) -> PathBuf {
+        self.dir(chain_id).join(crate::tarsplit::RECORD_FILE)
+    }
+
     pub fn link_path(&self, chain_id: &Digest) -> PathBuf {
         self.links_dir().join(short_id(chain_id))
     }
@@ -288,6 +294,11 @@ pub struct Staging {
 impl Staging {
     pub fn diff(&self) -> PathBuf {
         self.path.join("diff")
+    }
+
+    /// The staged layer folder (the future `overlay2/<chain-hex>`).
+    pub(crate) fn folder(&self) -> &Path {
+        &self.path
     }
 }
 

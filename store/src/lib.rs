@@ -83,6 +83,7 @@ mod reference;
 mod registry;
 mod save;
 mod store;
+mod tarsplit;
 mod unpack;
 
 // Public modules: operations that are not methods of a store (a
@@ -108,6 +109,7 @@ pub use crate::push::{BlobOutcome, NoPushProgress, PushOptions, PushProgress, Pu
 pub use crate::reference::{Reference, ReferenceError};
 pub use crate::registry::{ClientOptions, DockerConfig, RegistryClient, RegistryError};
 pub use crate::store::{Store, StoreOptions};
+pub use crate::tarsplit::TarSplitError;
 pub use crate::unpack::{Limits, UnpackError};
 
 /// Not part of the API: the store's internals, for lstore's own benches
@@ -141,6 +143,10 @@ pub mod internals {
             parse_document, Document, ImageConfig, Manifest, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
             OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST,
         };
+    }
+    /// tar-split records of layers.
+    pub mod tarsplit {
+        pub use crate::tarsplit::{assemble, ensure_tar_split};
     }
     /// Layer extraction.
     pub mod unpack {

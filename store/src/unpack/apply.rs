@@ -796,6 +796,55 @@ pub(super) fn create_file(
     rfs::openat(parent, name, flags, Mode::from_raw_mode(entry.mode & 0o777))
 }
 
+/// Why a layer file cannot be opened for reading.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The system refused (missing, a symlink on the way: `ELOOP`, ...).
+    Os(Errno),
+    /// Something other than a regular file is there.
+    NotRegular,
+}
+
+/// Opens the regular file at `path` (normalised, relative to `root`, the
+/// layer directory) for reading, as extraction resolves names: the parent
+/// with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | ...)`, the file
+/// with `O_NOFOLLOW`, after `fstatat` said it is a regular file (so no
+/// device or fifo the layer holds is ever opened), and checked again on
+/// the fd.
+pub(crate) fn open_file_beneath(root: BorrowedFd<'_>, path: &[u8]) -> Result<File, OpenError> {
+    let (parent_path, name) = split_parent(path);
+    if name.is_empty() {
+        return Err(OpenError::NotRegular);
+    }
+    let parent;
+    let dir = if parent_path.is_empty() {
+        root
+    } else {
+        parent = rfs::openat2(
+            root,
+            parent_path,
+            dir_open_flags(),
+            Mode::empty(),
+            resolve_beneath(),
+        )
+        .map_err(OpenError::Os)?;
+        parent.as_fd()
+    };
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(OpenError::Os)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(OpenError::NotRegular);
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, Mode::empty()).map_err(OpenError::Os)?;
+    let opened = rfs::fstat(&fd).map_err(OpenError::Os)?;
+    if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
+        || (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)
+    {
+        return Err(OpenError::NotRegular);
+    }
+    Ok(File::from(fd))
+}
+
 /// Owner, mode, xattrs and times of a file just written.
 pub(super) fn file_metadata(
     fd: BorrowedFd<'_>,

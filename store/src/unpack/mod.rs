@@ -18,6 +18,10 @@
 //!   overlap;
 //! - `writeback`: starts writing file data to disk as soon as it is
 //!   written, so the layer's final `syncfs` has little left to wait for.
+//!
+//! The parser also reports every byte it reads to a tar-split record when
+//! asked ([`unpack_layer_recorded`], `crate::tarsplit`): headers and
+//! padding as they are read, content hashed (CRC-64) as it streams by.
 
 mod apply;
 mod decompress;
@@ -28,16 +32,21 @@ mod tar_reader;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testtar;
+pub(crate) mod testtar;
 mod writeback;
 
-use std::io::{self, Read};
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, CWD};
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::Compression;
+use crate::tarsplit::{self, LayerSummary, Recorder, TarSplitError};
+
+pub(crate) use apply::{open_file_beneath, OpenError};
+pub(crate) use path::{normalize, WHITEOUT_PREFIX};
 
 /// Bounds on what one layer may make us read and create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +209,9 @@ pub enum UnpackError {
     /// themselves.
     #[error("reading layer: {0}")]
     Io(#[from] io::Error),
+    /// The layer's tar-split record could not be written.
+    #[error("tar-split record: {0}")]
+    Record(#[from] TarSplitError),
 }
 
 fn stream_name(c: Compression) -> &'static str {
@@ -265,7 +277,122 @@ pub fn unpack_layer_at(
     position: LayerPosition,
 ) -> Result<Unpacked, UnpackError> {
     let workers = apply::file_workers();
-    unpack_with_workers(blob, declared, dest, limits, position, workers)
+    unpack_with_workers(blob, declared, dest, limits, position, workers, None)
+        .map(|(unpacked, _)| unpacked)
+}
+
+/// [`unpack_layer_at`] that also writes the layer's tar-split record
+/// (`tar-split.gz`) and its summary into `folder`, the layer folder being
+/// staged (`dest` is its `diff/`). Nothing is synced here: the staged
+/// folder is synced whole before it is renamed into place.
+pub(crate) fn unpack_layer_recorded(
+    blob: &mut dyn Read,
+    declared: Compression,
+    dest: &Path,
+    limits: &Limits,
+    position: LayerPosition,
+    folder: &Path,
+) -> Result<(Unpacked, LayerSummary), UnpackError> {
+    let recorder = tarsplit::create_record(&folder.join(tarsplit::RECORD_FILE))?;
+    let workers = apply::file_workers();
+    let (unpacked, recorder) = unpack_with_workers(
+        blob,
+        declared,
+        dest,
+        limits,
+        position,
+        workers,
+        Some(recorder),
+    )?;
+    let recorder = recorder.ok_or_else(|| {
+        UnpackError::Record(TarSplitError::Io {
+            context: "the tar-split record was lost".into(),
+            source: io::Error::other("no record"),
+        })
+    })?;
+    let summary = tarsplit::finish_staged(recorder, folder)?;
+    Ok((unpacked, summary))
+}
+
+/// Reads a layer blob to its end like [`unpack_layer_at`] but creates no
+/// file: only `record` is made (its trailing data included). Returns the
+/// digests, with no entries or file bytes counted.
+pub(crate) fn disassemble_layer(
+    blob: &mut dyn Read,
+    declared: Compression,
+    limits: &Limits,
+    record: Recorder,
+) -> Result<(Unpacked, Recorder), UnpackError> {
+    let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
+    let mut hashing = HashingStream {
+        stream: &mut stream,
+        hasher: decompress::diff_hasher(declared),
+    };
+    let record = {
+        let buffered = io::BufReader::with_capacity(decompress::CHUNK, &mut hashing);
+        let mut tar = tar_reader::TarReader::new(buffered, declared, limits.max_header_bytes)
+            .with_record(record);
+        let mut entries = 0u64;
+        while tar.next_entry()?.is_some() {
+            entries += 1;
+            if entries > limits.max_entries {
+                return Err(UnpackError::TooManyEntries {
+                    limit: limits.max_entries,
+                });
+            }
+        }
+        tar.finish_record()?
+    };
+    let record = record.ok_or_else(|| {
+        UnpackError::Record(TarSplitError::Io {
+            context: "the tar-split record was lost".into(),
+            source: io::Error::other("no record"),
+        })
+    })?;
+    let hasher = hashing.hasher;
+    let digests = decompress::finish(stream, declared, hasher)?;
+    Ok((
+        Unpacked {
+            compressed_digest: digests.compressed_digest,
+            compressed_size: digests.compressed_size,
+            diff_id: digests.diff_id,
+            size: digests.size,
+            entries: 0,
+            file_bytes: 0,
+        },
+        record,
+    ))
+}
+
+/// The uncompressed stream, hashed as it is read (the diff id).
+struct HashingStream<'s, 'b> {
+    stream: &'s mut decompress::Uncompressed<'b>,
+    hasher: Option<Hasher>,
+}
+
+impl Read for HashingStream<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The owners and groups of a tar's entries, whiteouts left out (as
+/// containers/storage's uid and gid sets), each sorted and once.
+pub(crate) fn scan_ids(tar: impl BufRead) -> Result<(Vec<u32>, Vec<u32>), UnpackError> {
+    let mut reader =
+        tar_reader::TarReader::new(tar, Compression::None, Limits::default().max_header_bytes);
+    let (mut uids, mut gids) = (BTreeSet::new(), BTreeSet::new());
+    while let Some(entry) = reader.next_entry()? {
+        if !tarsplit::is_whiteout_name(&entry.name) {
+            uids.insert(entry.uid);
+            gids.insert(entry.gid);
+        }
+    }
+    Ok((uids.into_iter().collect(), gids.into_iter().collect()))
 }
 
 /// [`unpack_layer_at`] with `workers` threads creating small files (0: all
@@ -277,7 +404,8 @@ fn unpack_with_workers(
     limits: &Limits,
     position: LayerPosition,
     workers: usize,
-) -> Result<Unpacked, UnpackError> {
+    record: Option<Recorder>,
+) -> Result<(Unpacked, Option<Recorder>), UnpackError> {
     let destination = |source: io::Error| UnpackError::Destination {
         path: dest.to_path_buf(),
         source,
@@ -303,7 +431,8 @@ fn unpack_with_workers(
     let (flusher, flush_requests) = writeback::flusher();
     let (read_result, applied, flushed) = std::thread::scope(|scope| {
         let flush = scope.spawn(move || writeback::flush_loop(flush_fd, flush_requests));
-        let worker = scope.spawn(move || apply_tar(reader, applier, flusher, declared, limits));
+        let worker =
+            scope.spawn(move || apply_tar(reader, applier, flusher, declared, limits, record));
         let mut read_result = Ok(());
         loop {
             let mut chunk = sender.buffer(decompress::CHUNK);
@@ -333,37 +462,46 @@ fn unpack_with_workers(
     });
     // A read error comes first: it is why the worker saw a truncated tar.
     read_result?;
-    let (entries, file_bytes, diff_hasher) = applied?;
+    let (entries, file_bytes, diff_hasher, record) = applied?;
     flushed.map_err(|source| UnpackError::WriteBack {
         path: dest.to_path_buf(),
         source,
     })?;
     // Whatever follows the end-of-archive marker is part of the digests.
     let digests = decompress::finish(stream, declared, diff_hasher)?;
-    Ok(Unpacked {
+    let unpacked = Unpacked {
         compressed_digest: digests.compressed_digest,
         compressed_size: digests.compressed_size,
         diff_id: digests.diff_id,
         size: digests.size,
         entries,
         file_bytes,
-    })
+    };
+    Ok((unpacked, record))
 }
 
 /// What an entry costs to write back besides its data, in bytes.
 const ENTRY_COST: u64 = 4096;
 
+/// What the extraction thread gives back: entries, file bytes, the hash
+/// of the whole tar stream and the record of it.
+type Applied = (u64, u64, Option<Hasher>, Option<Recorder>);
+
 /// The extraction thread: parses the tar stream and applies every entry,
-/// then receives the rest of the stream. Returns the entry count, the file
-/// bytes written and the hash of the whole tar stream.
+/// then receives the rest of the stream (into the record too, when one is
+/// made).
 fn apply_tar(
     stream: pipe::ChunkReader,
     mut applier: apply::Applier,
     mut flusher: writeback::Flusher,
     declared: Compression,
     limits: &Limits,
-) -> Result<(u64, u64, Option<Hasher>), UnpackError> {
+    record: Option<Recorder>,
+) -> Result<Applied, UnpackError> {
     let mut tar = tar_reader::TarReader::new(stream, declared, limits.max_header_bytes);
+    if let Some(record) = record {
+        tar = tar.with_record(record);
+    }
     let mut entries = 0u64;
     let mut file_bytes = 0u64;
     while let Some(entry) = tar.next_entry()? {
@@ -380,7 +518,8 @@ fn apply_tar(
     }
     applier.finish()?;
     flusher.finish();
+    let record = tar.finish_record()?;
     // Whatever follows the end-of-archive marker is part of the diff id.
     let diff_hasher = tar.into_inner().finish();
-    Ok((entries, file_bytes, diff_hasher))
+    Ok((entries, file_bytes, diff_hasher, record))
 }

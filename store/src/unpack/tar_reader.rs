@@ -19,6 +19,7 @@ use std::io::BufRead;
 
 use super::{read_error, UnpackError};
 use crate::oci::Compression;
+use crate::tarsplit::Recorder;
 
 const BLOCK: usize = 512;
 
@@ -115,6 +116,17 @@ pub(crate) struct TarReader<R> {
     remaining: u64,
     /// Padding after the current entry's data.
     padding: u64,
+    /// Where every byte read goes, when a tar-split record is made.
+    record: Option<Recorder>,
+}
+
+/// What a run of bytes skipped is, for the record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// File content.
+    Content,
+    /// Anything else: headers, extension data, padding.
+    Segment,
 }
 
 impl<R: BufRead> TarReader<R> {
@@ -126,6 +138,36 @@ impl<R: BufRead> TarReader<R> {
             offset: 0,
             remaining: 0,
             padding: 0,
+            record: None,
+        }
+    }
+
+    /// Reports every byte read to `record` (a tar-split record of the
+    /// stream).
+    pub(crate) fn with_record(mut self, record: Recorder) -> Self {
+        self.record = Some(record);
+        self
+    }
+
+    /// After the end of the archive: reads the rest of the stream into the
+    /// record as trailing data (nothing to do without a record), and
+    /// returns the record.
+    pub(crate) fn finish_record(&mut self) -> Result<Option<Recorder>, UnpackError> {
+        let Some(mut record) = self.record.take() else {
+            return Ok(None);
+        };
+        loop {
+            let buf = self
+                .inner
+                .fill_buf()
+                .map_err(|e| read_error(self.compression, e))?;
+            if buf.is_empty() {
+                return Ok(Some(record));
+            }
+            let n = buf.len();
+            record.trailing(buf);
+            self.inner.consume(n);
+            self.offset += n as u64;
         }
     }
 
@@ -137,12 +179,12 @@ impl<R: BufRead> TarReader<R> {
     /// The next real entry, or None at the end of the archive. Unread data of
     /// the previous entry is skipped.
     pub(crate) fn next_entry(&mut self) -> Result<Option<Entry>, UnpackError> {
-        let skip = self
-            .remaining
-            .checked_add(self.padding)
-            .ok_or_else(|| invalid(self.offset, "entry size overflows"))?;
-        self.skip(skip)?;
+        self.skip(self.remaining, Part::Content)?;
         self.remaining = 0;
+        if let Some(record) = &mut self.record {
+            record.end_file();
+        }
+        self.skip(self.padding, Part::Segment)?;
         self.padding = 0;
 
         let mut pax: Option<Pax> = None;
@@ -254,6 +296,12 @@ impl<R: BufRead> TarReader<R> {
 
     /// Marks `n` bytes returned by `data_chunk` as read.
     pub(crate) fn consume_data(&mut self, n: usize) {
+        if let Some(record) = &mut self.record {
+            // Still buffered: `data_chunk` returned these bytes.
+            if let Ok(buf) = self.inner.fill_buf() {
+                record.content(&buf[..n.min(buf.len())]);
+            }
+        }
         self.inner.consume(n);
         self.offset += n as u64;
         self.remaining -= n as u64;
@@ -265,6 +313,9 @@ impl<R: BufRead> TarReader<R> {
                 offset,
                 "the archive ends after an extension header with no entry",
             ));
+        }
+        if let Some(record) = &mut self.record {
+            record.end_archive();
         }
         Ok(None)
     }
@@ -342,13 +393,18 @@ impl<R: BufRead> TarReader<R> {
         };
         self.remaining = size;
         self.padding = padding(size);
+        let uid = pax.uid.unwrap_or(header.uid);
+        let gid = pax.gid.unwrap_or(header.gid);
+        if let Some(record) = &mut self.record {
+            record.begin_file(&name, size, uid, gid);
+        }
         Ok(Entry {
             name,
             link,
             kind,
             mode: header.mode,
-            uid: pax.uid.unwrap_or(header.uid),
-            gid: pax.gid.unwrap_or(header.gid),
+            uid,
+            gid,
             mtime: pax.mtime.unwrap_or(Time {
                 sec: header.mtime,
                 nsec: 0,
@@ -377,6 +433,9 @@ impl<R: BufRead> TarReader<R> {
             }
             let n = buf.len().min(BLOCK - filled);
             block[filled..filled + n].copy_from_slice(&buf[..n]);
+            if let Some(record) = &mut self.record {
+                record.segment(&buf[..n]);
+            }
             self.inner.consume(n);
             self.offset += n as u64;
             filled += n;
@@ -397,14 +456,17 @@ impl<R: BufRead> TarReader<R> {
             }
             let n = buf.len().min(size - data.len());
             data.extend_from_slice(&buf[..n]);
+            if let Some(record) = &mut self.record {
+                record.segment(&buf[..n]);
+            }
             self.inner.consume(n);
             self.offset += n as u64;
         }
-        self.skip(padding(size as u64))?;
+        self.skip(padding(size as u64), Part::Segment)?;
         Ok(data)
     }
 
-    fn skip(&mut self, mut n: u64) -> Result<(), UnpackError> {
+    fn skip(&mut self, mut n: u64, part: Part) -> Result<(), UnpackError> {
         while n > 0 {
             let buf = self
                 .inner
@@ -414,6 +476,12 @@ impl<R: BufRead> TarReader<R> {
                 return Err(truncated(self.offset));
             }
             let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            if let Some(record) = &mut self.record {
+                match part {
+                    Part::Content => record.content(&buf[..take]),
+                    Part::Segment => record.segment(&buf[..take]),
+                }
+            }
             self.inner.consume(take);
             self.offset += take as u64;
             n -= take as u64;

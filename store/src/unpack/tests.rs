@@ -153,7 +153,9 @@ impl Scene {
             &Limits::default(),
             LayerPosition::Upper,
             workers,
-        );
+            None,
+        )
+        .map(|(unpacked, _)| unpacked);
         self.assert_outside_untouched();
         result
     }
@@ -1605,8 +1607,10 @@ fn the_file_pool_checks_deep_paths_in_linear_time() {
             &Limits::default(),
             LayerPosition::Upper,
             workers,
+            None,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(unpacked.entries, files);
         start.elapsed()
     };
