@@ -121,6 +121,25 @@ fn assert_kept_while_mounted(store: &Lstore, mount_point: &str, mounted: &dyn Fn
         "fsck --repair leaves them"
     );
     mounted();
+
+    // Damaged while mounted: reported, not repaired (the mount would lose
+    // its lower dir).
+    let damaged = store.path("overlay2").join(folders.first().unwrap());
+    fs::remove_dir(damaged.join("work")).expect("remove work/");
+    let out = store.run(&["fsck", "--repair", "--format", "json"]);
+    assert!(!out.success(), "damage left: {}", out.stdout);
+    let report: Value = serde_json::from_str(&out.stdout).expect("fsck report");
+    let problems = report["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{report}");
+    let what = problems[0]["what"].as_str().unwrap();
+    assert!(
+        what.contains(&format!("the mount at {mount_point} uses it")),
+        "{what}"
+    );
+    assert_eq!(problems[0]["repaired"], false);
+    assert!(damaged.join("diff").is_dir(), "the folder stays");
+    mounted();
+    fs::create_dir(damaged.join("work")).expect("restore work/");
 }
 
 /// After the unmount, `gc` frees the folders and the store is empty.

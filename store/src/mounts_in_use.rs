@@ -22,7 +22,7 @@
 //! lstore's own mounts and Docker's, matched by name against this store's
 //! short links (at worst a layer is kept until the next `gc`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -57,8 +57,9 @@ fn layers_in_tables(tables: &[Vec<u8>], overlay2: &Path) -> BTreeMap<Digest, Pat
             }
         }
     }
+    let mut seen = Lookups::default();
     for (dir, mount_point) in dirs {
-        if let Some(chain) = layer_of(&dir, &root) {
+        if let Some(chain) = layer_of(&dir, &root, &mut seen) {
             out.entry(chain).or_insert(mount_point);
         }
     }
@@ -210,11 +211,11 @@ pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
 
 /// The layer whose folder `dir` lies in, if any; `root` is the canonical
 /// path of `overlay2/`.
-fn layer_of(dir: &Path, root: &Path) -> Option<Digest> {
+fn layer_of(dir: &Path, root: &Path, seen: &mut Lookups) -> Option<Digest> {
     if dir.is_relative() {
         return relative_short_link(dir, root);
     }
-    let resolved = resolve(dir)?;
+    let resolved = resolve(dir, seen)?;
     let first = resolved.strip_prefix(root).ok()?.components().next()?;
     Digest::from_hex(first.as_os_str().to_str()?)
 }
@@ -237,7 +238,7 @@ fn relative_short_link(dir: &Path, root: &Path) -> Option<Digest> {
 /// the first component that does not exist on, the rest is taken as
 /// written (like `realpath -m`), so a dangling link still says where it
 /// pointed. None for a relative path or a symlink loop.
-fn resolve(path: &Path) -> Option<PathBuf> {
+fn resolve(path: &Path, seen: &mut Lookups) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
     }
@@ -256,24 +257,56 @@ fn resolve(path: &Path) -> Option<PathBuf> {
         if missing {
             continue;
         }
-        match fs::symlink_metadata(&out) {
-            Ok(m) if m.file_type().is_symlink() => {
+        match seen.look_up(&out) {
+            Entry::Link(target) => {
                 links += 1;
                 if links > MAX_SYMLINKS {
                     return None;
                 }
-                let target = fs::read_link(&out).ok()?;
                 out.pop();
                 if target.is_absolute() {
                     out = PathBuf::from("/");
                 }
                 push_components(&mut todo, &target);
             }
-            Ok(_) => {}
-            Err(_) => missing = true,
+            Entry::Present => {}
+            Entry::Missing => missing = true,
+            Entry::Unreadable => return None,
         }
     }
     Some(out)
+}
+
+/// What one name of a path is.
+#[derive(Clone)]
+enum Entry {
+    Link(PathBuf),
+    Present,
+    Missing,
+    Unreadable,
+}
+
+/// Names already looked up in one scan: the lower dirs of many mounts
+/// share their leading directories, so each is read once.
+#[derive(Default)]
+struct Lookups(HashMap<PathBuf, Entry>);
+
+impl Lookups {
+    fn look_up(&mut self, path: &Path) -> Entry {
+        if let Some(e) = self.0.get(path) {
+            return e.clone();
+        }
+        let entry = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => match fs::read_link(path) {
+                Ok(target) => Entry::Link(target),
+                Err(_) => Entry::Unreadable,
+            },
+            Ok(_) => Entry::Present,
+            Err(_) => Entry::Missing,
+        };
+        self.0.insert(path.to_path_buf(), entry.clone());
+        entry
+    }
 }
 
 /// Pushes the names and `..` of `path` onto `todo`, the first on top.
@@ -384,7 +417,7 @@ mod tests {
         )
         .unwrap();
 
-        let named = |d: PathBuf| layer_of(&d, &canon);
+        let named = |d: PathBuf| layer_of(&d, &canon, &mut Lookups::default());
         assert_eq!(named(root.join(chain.hex()).join("diff")), Some(chain));
         assert_eq!(named(root.join("l").join(&short)), Some(chain));
         assert_eq!(named(view.join("l").join(&short)), Some(chain));
@@ -411,9 +444,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         symlink("b", dir.path().join("a")).unwrap();
         symlink("a", dir.path().join("b")).unwrap();
-        assert_eq!(resolve(&dir.path().join("a/x")), None);
-        assert_eq!(resolve(Path::new("relative")), None);
-        assert_eq!(resolve(Path::new("/../..")), Some(p("/")));
+        let seen = &mut Lookups::default();
+        assert_eq!(resolve(&dir.path().join("a/x"), seen), None);
+        assert_eq!(resolve(Path::new("relative"), seen), None);
+        assert_eq!(resolve(Path::new("/../.."), seen), Some(p("/")));
     }
 
     /// A fake `/proc`: `pids` name (pid, namespace, mountinfo); pids in one
