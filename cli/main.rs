@@ -796,6 +796,19 @@ fn print_removal(r: &Removal) {
     if r.refcount_fixes > 0 {
         println!("Corrected {} reference counts", r.refcount_fixes);
     }
+    let kept = if r.dry_run { "Would keep" } else { "Kept" };
+    for k in &r.kept_mounted {
+        println!(
+            "{kept}: layer {} (the mount at {} uses it)",
+            k.chain_id, k.mount_point
+        );
+    }
+    if !r.kept_mounted.is_empty() {
+        println!(
+            "{} layers in use by mounts stay until unmounted; gc then frees them",
+            r.kept_mounted.len()
+        );
+    }
 }
 
 fn print_df(du: &DiskUsage) {

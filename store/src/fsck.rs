@@ -17,7 +17,9 @@
 //! * corrupt blobs are removed, short links restored.
 //!
 //! All record changes land in one atomic batch. What a running command
-//! holds (a live lease) or a live mount uses is left alone.
+//! holds (a live lease) or a live mount uses is left alone: lstore's own
+//! mounts, and any process's overlay mounts of layer folders (a layer kept
+//! only because such a mount uses it is neither damage nor a leftover).
 //!
 //! Leftovers are reported apart from damage: blob files and layer folders
 //! that no image uses (no record names them, or their record counts no
@@ -472,12 +474,6 @@ impl Check<'_> {
                 FolderState::Missing => format!("layer {c}: folder is missing"),
                 FolderState::Damaged(why) => format!("layer {c}: folder is incomplete ({why})"),
             };
-            let Some(layer) = layer else {
-                let tail = self.outcome("record and folder removed", "--repair removes them");
-                self.problem(format!("{what}; no image uses it: {tail}"), self.repair);
-                fates.insert(c, Fate::Lost);
-                continue;
-            };
             if let Some(target) = self.mounted_layers.get(&c).cloned() {
                 self.problem(
                     format!(
@@ -489,6 +485,12 @@ impl Check<'_> {
                 fates.insert(c, Fate::Left);
                 continue;
             }
+            let Some(layer) = layer else {
+                let tail = self.outcome("record and folder removed", "--repair removes them");
+                self.problem(format!("{what}; no image uses it: {tail}"), self.repair);
+                fates.insert(c, Fate::Lost);
+                continue;
+            };
             if !layer.images.iter().any(|i| viable.contains(i)) {
                 let tail = self.outcome("removed", "--repair removes it");
                 self.problem(
@@ -1093,6 +1095,13 @@ impl Store {
                     mounted_layers.insert(*l, m.target.clone());
                 }
                 mounted_images.insert(m.image, m.target);
+            }
+            // Any process's overlay mounts: a layer they use is left as
+            // it is (gc keeps it too), however damaged or unused.
+            for (l, target) in crate::gc::mounted_layers(self) {
+                mounted_layers
+                    .entry(l)
+                    .or_insert_with(|| target.to_string_lossy().into_owned());
             }
             Check {
                 store: self,

@@ -3,7 +3,10 @@
 //! Roots are tags, live mounts and the leases of running commands. The mark
 //! walks every kept image to the blobs and layers it uses; the counts it
 //! finds become the stored reference counts (and any stored count that
-//! disagreed is reported). Everything unmarked is swept.
+//! disagreed is reported). Everything unmarked is swept, except the layer
+//! folders that live overlay mounts of any process use (found in the
+//! kernel's mount tables): those keep their folder and record, with no
+//! user counted, until a gc after the unmount.
 //!
 //! Crash safety: the database records go first, in one atomic batch; then,
 //! still under the root lock, layer folders are renamed into `tmp/` (one
@@ -17,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::images::Removal;
+use crate::images::{KeptLayer, Removal};
 use crate::layers::{freed_by_removing, remove_tree};
 use crate::lock::{lease_of_entry, live_leases};
 use crate::meta::{
@@ -38,6 +41,9 @@ pub(crate) struct SweepPlan {
     layer_dirs: Vec<Digest>,
     blob_refs: Vec<(Digest, BlobRecord)>,
     layer_refs: Vec<(Digest, LayerRecord)>,
+    /// Unused layers kept because a live overlay mount uses them, with a
+    /// mount point of each.
+    kept_mounted: BTreeMap<Digest, PathBuf>,
     refcount_fixes: u64,
 }
 
@@ -104,6 +110,24 @@ fn mounted_images(store: &Store) -> BTreeSet<Digest> {
         .collect()
 }
 
+/// Layers that live overlay mounts of any process use, with a mount point
+/// of each.
+pub(crate) fn mounted_layers(store: &Store) -> BTreeMap<Digest, PathBuf> {
+    crate::mounts_in_use::layers_in_use(store.layer_store().root())
+}
+
+impl SweepPlan {
+    /// Whether unused layer `d` stays because a mount uses it (noted for
+    /// the report).
+    fn kept_by_mount(&mut self, mounted: &BTreeMap<Digest, PathBuf>, d: &Digest) -> bool {
+        let Some(mount_point) = mounted.get(d) else {
+            return false;
+        };
+        self.kept_mounted.insert(*d, mount_point.clone());
+        true
+    }
+}
+
 /// Plans the removal of `drop_tags` and `doomed` images with a full mark:
 /// every unmarked record and file is swept, not only what the doomed images
 /// used, and every stored count is set to what the mark found.
@@ -128,6 +152,7 @@ pub(crate) fn plan_sweep(
     let (blob_count, layer_count) = mark(&kept);
     let (blob_before, layer_before) = mark(&everyone);
     let (leased_blobs, leased_layers, _) = leased(store)?;
+    let in_use = mounted_layers(store);
 
     let mut plan = SweepPlan {
         drop_tags: drop_tags.iter().cloned().collect(),
@@ -176,12 +201,13 @@ pub(crate) fn plan_sweep(
         }
         let now = layer_count.get(&d).copied().unwrap_or(0);
         let candidate = now == 0;
-        if candidate && !leased_layers.contains(&d) {
+        if candidate && !leased_layers.contains(&d) && !plan.kept_by_mount(&in_use, &d) {
             plan.layer_records.push(d);
             plan.layer_dirs.push(d);
         } else if rec.refs != now {
-            // Kept (used, or leased by a running command that will count
-            // itself in when it commits): the count must still be true.
+            // Kept (used, leased by a running command that will count
+            // itself in when it commits, or mounted): the count must still
+            // be true.
             rec.refs = now;
             plan.layer_refs.push((d, rec));
         }
@@ -204,6 +230,7 @@ pub(crate) fn plan_sweep(
         if !layer_count.contains_key(&d)
             && !leased_layers.contains(&d)
             && !planned_layers.contains(&d)
+            && !plan.kept_by_mount(&in_use, &d)
         {
             plan.layer_dirs.push(d);
         }
@@ -231,6 +258,7 @@ pub(crate) fn plan_removal(
         }
     }
     let (leased_blobs, leased_layers, _) = leased(store)?;
+    let in_use = mounted_layers(store);
     let mut plan = SweepPlan {
         drop_tags: drop_tags.iter().cloned().collect(),
         drop_images: doomed_images.iter().map(|i| i.manifest).collect(),
@@ -256,7 +284,7 @@ pub(crate) fn plan_removal(
             continue;
         };
         let now = rec.refs.saturating_sub(uses);
-        if now == 0 && !leased_layers.contains(&d) {
+        if now == 0 && !leased_layers.contains(&d) && !plan.kept_by_mount(&in_use, &d) {
             plan.layer_records.push(d);
             plan.layer_dirs.push(d);
         } else if rec.refs != now {
@@ -289,6 +317,12 @@ pub(crate) fn apply_sweep(
     report.deleted_images.extend(plan.drop_ids.iter().copied());
     report.deleted_blobs += plan.blob_files.len() as u64;
     report.deleted_layers += plan.layer_dirs.len() as u64;
+    report
+        .kept_mounted
+        .extend(plan.kept_mounted.iter().map(|(d, mount_point)| KeptLayer {
+            chain_id: *d,
+            mount_point: mount_point.to_string_lossy().into_owned(),
+        }));
     if report.dry_run {
         // The caller counts the bytes, over all it would remove at once.
         return Ok(());

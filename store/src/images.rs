@@ -147,6 +147,20 @@ pub struct Removal {
     /// Words of `rmi` that named no image (or more than one id); the other
     /// words were acted on.
     pub not_removed: Vec<NotRemoved>,
+    /// Layer folders no image uses any more, left in place because a live
+    /// overlay mount (of any process) uses them; the first `gc` after the
+    /// unmount removes them.
+    pub kept_mounted: Vec<KeptLayer>,
+}
+
+/// A layer folder kept because a live overlay mount uses it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeptLayer {
+    /// The layer's chain id, which names its folder.
+    pub chain_id: Digest,
+    /// Where a mount that uses it is mounted (as its mount namespace
+    /// names it).
+    pub mount_point: String,
 }
 
 /// A word `rmi` could not act on, and why.

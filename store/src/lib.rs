@@ -75,6 +75,7 @@ mod layers;
 mod lock;
 mod meta;
 mod mount;
+mod mounts_in_use;
 mod oci;
 mod platform;
 mod pull;
@@ -98,7 +99,8 @@ pub use crate::digest::{Digest, DigestError};
 pub use crate::error::{Error, Result};
 pub use crate::fsck::{FsckReport, Leftover, Problem};
 pub use crate::images::{
-    DiskUsage, ImageInspect, ImageSummary, LayerInfo, NotRemoved, PlatformInfo, Removal, Stored,
+    DiskUsage, ImageInspect, ImageSummary, KeptLayer, LayerInfo, NotRemoved, PlatformInfo, Removal,
+    Stored,
 };
 pub use crate::import::{ImportProgress, NoProgress};
 pub use crate::mount::MountRecord;

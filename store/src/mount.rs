@@ -8,6 +8,7 @@
 //! `lowerdir+`, one layer per call, so the kernel's 500 layers mount.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layers::short_id;
+use crate::mounts_in_use::unescape;
 use crate::store::Store;
 
 /// A live mount, as recorded in `mounts/<id>.json`.
@@ -46,36 +48,18 @@ fn record_name(target: &Path) -> String {
     Digest::of(target.as_os_str().as_encoded_bytes()).hex()[..32].to_string()
 }
 
-/// Whether `target` is a mount point now (per /proc/self/mountinfo).
+/// Whether `target` is a mount point now (per /proc/self/mountinfo; read
+/// as bytes, for a mount point elsewhere may not be UTF-8).
 fn is_mount_point(target: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(info) = fs::read("/proc/self/mountinfo") else {
         return false;
     };
-    let want = target.to_string_lossy();
-    info.lines().any(|line| {
-        line.split(' ')
+    let want = target.as_os_str().as_bytes();
+    info.split(|b| *b == b'\n').any(|line| {
+        line.split(|b| *b == b' ')
             .nth(4)
-            .map(unescape_mountinfo)
-            .is_some_and(|p| p == want)
+            .is_some_and(|field| unescape(field) == want)
     })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 /// Records of the mounts that are live now (a record whose target is no
@@ -321,12 +305,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
 
     #[test]
     fn record_names_are_stable_per_target() {
