@@ -574,7 +574,9 @@ fn uploaded_blobs_outlive_gc_while_serve_runs_and_deletes_remove_images() {
     assert!(store.images().is_empty());
     let r = http_call(a, "GET", "/v2/g/manifests/v1", &[], b"");
     assert_eq!(r.status, 404);
-    // Pushed again by digest (untagged), then deleted by digest.
+    // Pushed again by digest (untagged), then deleted by digest. The
+    // delete freed the blobs no upload waits for: they come again.
+    push_blobs(a, "g", &image);
     let r = put_manifest(
         a,
         "g",
@@ -608,6 +610,43 @@ fn uploaded_blobs_outlive_gc_while_serve_runs_and_deletes_remove_images() {
         store.blobs()
     );
     fsck_clean(&store);
+}
+
+#[test]
+fn gc_beside_serve_frees_the_blobs_of_a_manifest_deleted_through_the_api() {
+    let image = small_image();
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    push_blobs(a, "d", &image);
+    let r = put_manifest(a, "d", "v1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    // A mount for a manifest that arrives: held until it does.
+    let layer = &image.layers[0].digest;
+    let r = http_call(
+        a,
+        "POST",
+        &format!("/v2/e/blobs/uploads/?mount={layer}&from=d"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = put_manifest(a, "e", "v1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    for path in ["/v2/d/manifests/v1", "/v2/e/manifests/v1"] {
+        let r = http_call(a, "DELETE", path, &[], b"");
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    assert!(store.images().is_empty());
+    // serve still runs: its lease holds nothing a stored manifest named.
+    store.ok(&["gc"]);
+    assert!(
+        store.blobs().is_empty(),
+        "serve kept deleted blobs from gc: {:?}",
+        store.blobs()
+    );
+    fsck_clean(&store);
+    drop(serve);
 }
 
 #[test]

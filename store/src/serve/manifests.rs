@@ -117,12 +117,14 @@ fn blob_unknown(what: &str, d: &Digest) -> ApiError {
 /// through the import pipeline (blobs verified, layers extracted and
 /// shared, counts kept, name recorded); an index is accepted when its
 /// platform manifests were pushed first, and is then what the name serves.
+/// Returns the manifest's digest and the uploaded blobs it names (what
+/// its image now keeps; an index names stored manifests only).
 pub fn put(
     store: &Store,
     name: &Reference,
     bytes: Vec<u8>,
     content_type: Option<&str>,
-) -> ApiResult<Digest> {
+) -> ApiResult<(Digest, Vec<Digest>)> {
     let digest = Digest::of(&bytes);
     if let Some(d) = name.digest() {
         if *d != digest {
@@ -142,6 +144,9 @@ pub fn put(
                 .or(content_type.map(str::to_string))
                 .unwrap_or_else(|| oci::OCI_MANIFEST.to_string());
             store_image(store, name, (bytes, digest, media_type), &m, None)?;
+            let mut named: Vec<Digest> = m.layers.iter().map(|l| l.digest).collect();
+            named.push(m.config.digest);
+            return Ok((digest, named));
         }
         Doc::Index(ix) => {
             let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -200,7 +205,7 @@ pub fn put(
             )?;
         }
     }
-    Ok(digest)
+    Ok((digest, Vec::new()))
 }
 
 fn store_image(

@@ -2,8 +2,8 @@
 //! and push, with an optional pull-through upstream.
 //!
 //! The server holds one lease for its whole life: it names the blobs
-//! clients uploaded (kept from gc until a manifest uses them) and prefixes
-//! the upload files under `ingest/`. Metadata is read in short sessions per
+//! clients uploaded and no stored manifest names yet (`holds`), and
+//! prefixes the upload files under `ingest/`. Metadata is read in short sessions per
 //! request (never held while idle or while a blob streams), so CLI commands
 //! run beside it; a blob being sent is an open file, which gc's unlink does
 //! not disturb.
@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod blobs;
 mod catalog;
+mod holds;
 mod manifests;
 mod route;
 mod tls;
@@ -113,6 +114,8 @@ impl ServeOptions {
 struct State {
     store: Arc<Store>,
     lease: Arc<Lease>,
+    /// Uploaded blobs waiting for a manifest, named in `lease`.
+    holds: holds::Holds,
     /// `host:port` as bound: pushed images are named under it.
     own: String,
     opts: ServeOptions,
@@ -185,6 +188,7 @@ async fn run(
             .map(|u| upstream::Upstream::new(u, opts.pull.clone())),
         opts,
         uploads: Uploads::default(),
+        holds: holds::Holds::new(holds::BLOB_HOLD),
         auth,
     });
     on_listening(bound);
@@ -223,6 +227,23 @@ async fn run(
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod testing {
+    use crate::lock::{Lease, LeaseContent};
+    use crate::store::Store;
+    use crate::StoreOptions;
+
+    /// A fresh store and a lease in it, as serve holds one.
+    pub fn store() -> (tempfile::TempDir, Store, Lease) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let lease = store
+            .read_session(|_| store.lease(&LeaseContent::default()))
+            .unwrap();
+        (dir, store, lease)
+    }
 }
 
 /// The distribution API version header every response carries.
@@ -501,10 +522,17 @@ async fn put_manifest(
     };
     let store_name =
         Reference::parse(&word).map_err(|e| ApiError::name_invalid(&format!("{word}: {e}")))?;
-    let store = state.store.clone();
-    let digest =
-        blocking(move || manifests::put(&store, &store_name, bytes, content_type.as_deref()))
-            .await?;
+    let st = state.clone();
+    let digest = blocking(move || {
+        let (digest, named) =
+            manifests::put(&st.store, &store_name, bytes, content_type.as_deref())?;
+        // Stored: the image keeps its blobs from gc now, not serve.
+        st.holds
+            .release(&st.store, &st.lease, &named)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(digest)
+    })
+    .await?;
     let mut resp = empty(StatusCode::CREATED);
     set(
         &mut resp,
@@ -527,14 +555,29 @@ async fn start_upload(
     if let Some(mount) = query_param(query, "mount") {
         let digest = parse_digest(&mount)?;
         if state.store.content().contains(&digest) {
-            let (store, lease) = (state.store.clone(), state.lease.clone());
-            blocking(move || uploads::hold(&store, &lease, &digest)).await?;
+            // Held for the manifest that will name it, as if uploaded.
+            let st = state.clone();
+            blocking(move || {
+                st.holds
+                    .hold(&st.store, &st.lease, digest)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .await?;
             return Ok(blob_created(&name, &digest));
         }
     }
     let digest = query_param(query, "digest")
         .map(|d| parse_digest(&d))
         .transpose()?;
+    {
+        let st = state.clone();
+        blocking(move || {
+            st.holds
+                .expire(&st.store, &st.lease)
+                .map_err(|e| ApiError::internal(e.to_string()))
+        })
+        .await?;
+    }
     let id = state.uploads.start(&state.store, &state.lease, &name)?;
     match digest {
         // Monolithic: the whole blob in this request.
@@ -566,10 +609,12 @@ async fn finish_upload(
     body: Incoming,
     digest: crate::Digest,
 ) -> ApiResult<Response<Body>> {
-    state
-        .uploads
-        .complete(id, name, body, digest, &state.store, &state.lease)
-        .await?;
+    let keep = uploads::Keep {
+        store: &state.store,
+        lease: &state.lease,
+        holds: &state.holds,
+    };
+    state.uploads.complete(id, name, body, digest, keep).await?;
     Ok(blob_created(name, &digest))
 }
 

@@ -4,9 +4,9 @@
 //!
 //! An upload's file is named `<serve's lease id>.upload-<n>`: while serve
 //! runs, gc leaves it alone; once serve is gone (killed), gc removes it as
-//! the leftover of a dead command. A finished blob is added to serve's
-//! lease before it appears under `blobs/`, so gc keeps it until a manifest
-//! uses it (or serve ends).
+//! the leftover of a dead command. A finished blob is held in serve's
+//! lease (`holds`) before it appears under `blobs/`, so gc keeps it until a
+//! manifest uses it (or its hold ends).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,9 +20,10 @@ use hyper::body::{Body, Incoming};
 use hyper::StatusCode;
 
 use super::api::{ApiError, ApiResult};
+use super::holds::Holds;
 use crate::content::BlobWriter;
 use crate::digest::Digest;
-use crate::lock::{Lease, RootLock};
+use crate::lock::Lease;
 use crate::store::Store;
 
 /// One upload in progress.
@@ -312,22 +313,20 @@ impl Uploads {
         repo: &str,
         body: Incoming,
         digest: Digest,
-        store: &Store,
-        lease: &Lease,
+        keep: Keep<'_>,
     ) -> ApiResult<()> {
         self.append(id, repo, body, None).await?;
-        self.finish(id, repo, digest, store, lease).await
+        self.finish(id, repo, digest, keep).await
     }
 
     /// Ends an upload: the file must hash to `digest`; then it becomes the
-    /// blob (named in serve's lease first). A wrong digest drops the upload.
+    /// blob (held in serve's lease first). A wrong digest drops the upload.
     pub async fn finish(
         &self,
         id: &str,
         repo: &str,
         digest: Digest,
-        store: &Store,
-        lease: &Lease,
+        keep: Keep<'_>,
     ) -> ApiResult<()> {
         let slot = self.slot(id)?;
         let mut guard = slot.lock().await;
@@ -338,7 +337,7 @@ impl Uploads {
         let upload = guard.take().ok_or_else(ApiError::upload_unknown)?;
         drop(guard);
         self.remove(id);
-        commit(upload.writer, &digest, store, lease).await
+        commit(upload.writer, &digest, keep).await
     }
 }
 
@@ -375,51 +374,33 @@ where
     }
 }
 
+/// Where a finished upload goes: the store, and serve's lease with the
+/// blobs it holds for the manifests to come.
+#[derive(Clone, Copy)]
+pub struct Keep<'a> {
+    pub store: &'a Store,
+    pub lease: &'a Lease,
+    pub holds: &'a Holds,
+}
+
 /// Verifies a finished upload against `digest` and stores it as a blob.
-pub async fn commit(
-    writer: BlobWriter,
-    digest: &Digest,
-    store: &Store,
-    lease: &Lease,
-) -> ApiResult<()> {
+pub async fn commit(writer: BlobWriter, digest: &Digest, keep: Keep<'_>) -> ApiResult<()> {
     blocking(|| {
         writer.commit_with(Some(digest), None, |d| {
-            // Under the root lock: gc reads the lease before or after.
-            let _lock = RootLock::acquire(store.root(), &|_| {})?;
-            lease.add_blob(*d)
+            keep.holds.hold(keep.store, keep.lease, *d)
         })
     })
     .map(|_| ())
     .map_err(|e| ApiError::from_store(&e))
 }
 
-/// Puts a blob the store already has into serve's lease (a cross-repository
-/// mount), so gc keeps it for the manifest that will name it.
-pub fn hold(store: &Store, lease: &Lease, digest: &Digest) -> ApiResult<()> {
-    blocking(|| {
-        let _lock = RootLock::acquire(store.root(), &|_| {})?;
-        lease.add_blob(*digest)
-    })
-    .map_err(|e| ApiError::internal(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::LeaseContent;
-    use crate::StoreOptions;
+    use crate::serve::testing::store;
 
     use std::pin::Pin;
     use std::task::{Context, Poll};
-
-    fn store() -> (tempfile::TempDir, Store, Lease) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let lease = store
-            .read_session(|_| store.lease(&LeaseContent::default()))
-            .unwrap();
-        (dir, store, lease)
-    }
 
     fn ingest_files(dir: &tempfile::TempDir) -> usize {
         std::fs::read_dir(dir.path().join("ingest"))
