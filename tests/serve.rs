@@ -943,3 +943,34 @@ fn ns_and_namespace_choose_among_hosts_sharing_a_name() {
         second.manifest_digest
     );
 }
+
+#[test]
+fn deletes_through_the_api_reach_only_pushed_and_delegated_images() {
+    let image = small_image();
+    let store = store_with(&image, "a.example/lib/x:1");
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    // Served, but a copy of another registry's image: not the API's to
+    // remove (distribution's pull-through cache answers the same).
+    let r = http_call(a, "GET", "/v2/lib/x/manifests/1", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let by_digest = format!("/v2/lib/x/manifests/{}", image.manifest_digest);
+    for path in ["/v2/lib/x/manifests/1", by_digest.as_str()] {
+        http_call(a, "DELETE", path, &[], b"").assert_error(405, "UNSUPPORTED");
+    }
+    assert_eq!(store.listed_references(), vec!["a.example/lib/x:1"]);
+    // A push under the same name wins the tag and is the client's to
+    // delete; the other registry's image stays.
+    push_blobs(a, "lib/x", &image);
+    let r = put_manifest(a, "lib/x", "1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http_call(a, "DELETE", &by_digest, &[], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(store.listed_references(), vec!["a.example/lib/x:1"]);
+    drop(serve);
+    // A host the operator delegates with --namespace is the API's.
+    let serve = Serve::start(&store, &["--namespace", "a.example"]);
+    let r = http_call(serve.addr(), "DELETE", "/v2/lib/x/manifests/1", &[], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(store.images().is_empty());
+}

@@ -203,7 +203,7 @@ impl Catalog {
 
     /// Store names in repository `path` that name the image or index
     /// `digest` (what a manifest DELETE by digest removes).
-    pub fn names_of(&self, path: &str, digest: &Digest) -> Vec<String> {
+    pub fn names_of(&self, path: &str, digest: &Digest) -> Vec<&Reference> {
         self.tags
             .iter()
             .filter(|(r, t)| {
@@ -212,13 +212,13 @@ impl Catalog {
                         || t.repo_digest == Some(*digest)
                         || r.digest() == Some(digest))
             })
-            .map(|(r, _)| r.to_string())
+            .map(|(r, _)| r)
             .collect()
     }
 
     /// The store name served as `path:tag`, for a DELETE of that tag.
-    pub fn tag_name(&self, path: &str, tag: &str, order: &HostOrder) -> Option<String> {
-        self.best_tag(path, tag, order).map(|(r, _)| r.to_string())
+    pub fn tag_name(&self, path: &str, tag: &str, order: &HostOrder) -> Option<&Reference> {
+        self.best_tag(path, tag, order).map(|(r, _)| r)
     }
 
     /// Manifest digests of every image, for the referrers scan.

@@ -11,7 +11,7 @@ use crate::reference::Reference;
 use crate::store::Store;
 
 use super::api::{ApiError, ApiResult};
-use super::catalog::{Catalog, Document, HostOrder};
+use super::catalog::{normalise_host, Catalog, Document, HostOrder};
 use super::route::ManifestRef;
 
 /// Largest manifest accepted or sent (what the distribution spec asks
@@ -265,12 +265,18 @@ fn store_image(
 }
 
 /// Removes what a manifest DELETE names: by digest, every name of that
-/// manifest in the repository; by tag, that tag.
+/// manifest in the repository; by tag, the tag that `path:tag` serves.
+/// Only names under `deletable` hosts (the server's own address, the
+/// `--namespace` hosts) are the API's to remove: clients pushed them, or
+/// the operator delegated them. Images another registry's name holds are
+/// a mirror's copies, which distribution's pull-through cache also refuses
+/// to delete (`405 UNSUPPORTED`); they go with `lstore rmi`.
 pub fn delete(
     store: &Store,
     path: &str,
     reference: &ManifestRef,
     order: &HostOrder,
+    deletable: &[String],
 ) -> ApiResult<()> {
     let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
     let names = match reference {
@@ -280,8 +286,20 @@ pub fn delete(
     if names.is_empty() {
         return Err(ApiError::manifest_unknown(&format!("{path}:{reference}")));
     }
+    let ours: Vec<String> = names
+        .iter()
+        .filter(|r| deletable.iter().any(|h| *h == normalise_host(r.domain())))
+        .map(|r| r.to_string())
+        .collect();
+    if ours.is_empty() {
+        return Err(ApiError::unsupported(format!(
+            "{path}:{reference} is {}, a copy of another registry's image: \
+             it is removed with lstore rmi, not through the API",
+            names[0]
+        )));
+    }
     store
-        .rmi(&names)
+        .rmi(&ours)
         .map(|_| ())
         .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -355,8 +355,15 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
         }
         (Route::Manifest { name, reference }, Method::DELETE) => {
             let order = host_order(&state, query);
-            let store = state.store.clone();
-            blocking(move || manifests::delete(&store, &name, &reference, &order)).await?;
+            let st = state.clone();
+            blocking(move || {
+                let deletable: Vec<String> = std::iter::once(&st.own)
+                    .chain(&st.opts.namespaces)
+                    .map(|h| catalog::normalise_host(h))
+                    .collect();
+                manifests::delete(&st.store, &name, &reference, &order, &deletable)
+            })
+            .await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
         (Route::Blob { digest, .. }, Method::GET | Method::HEAD) => {
