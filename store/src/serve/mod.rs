@@ -120,7 +120,7 @@ struct State {
     own: String,
     opts: ServeOptions,
     uploads: Uploads,
-    auth: Option<auth::Htpasswd>,
+    auth: Option<Arc<auth::Htpasswd>>,
     upstream: Option<upstream::Upstream>,
 }
 
@@ -136,7 +136,8 @@ pub fn serve(
         .htpasswd
         .as_deref()
         .map(auth::Htpasswd::load)
-        .transpose()?;
+        .transpose()?
+        .map(Arc::new);
     let tls = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
         _ => None,
@@ -165,7 +166,7 @@ async fn run(
     store: Arc<Store>,
     lease: Arc<Lease>,
     opts: ServeOptions,
-    auth: Option<auth::Htpasswd>,
+    auth: Option<Arc<auth::Htpasswd>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     on_listening: &mut dyn FnMut(SocketAddr),
 ) -> Result<()> {
@@ -277,18 +278,7 @@ async fn authorise(
     let Some(htpasswd) = &state.auth else {
         return Ok(());
     };
-    let ok = htpasswd.known(header.as_deref()) || {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            state
-                .auth
-                .as_ref()
-                .is_some_and(|a| a.check(header.as_deref()))
-        })
-        .await
-        .unwrap_or(false)
-    };
-    if ok {
+    if htpasswd.check(header.as_deref()).await {
         return Ok(());
     }
     let mut resp = ApiError::new(
