@@ -974,3 +974,28 @@ fn deletes_through_the_api_reach_only_pushed_and_delegated_images() {
     assert_eq!(r.status, 202, "{r:?}");
     assert!(store.images().is_empty());
 }
+
+#[test]
+fn tags_and_removals_by_the_cli_are_served_on_the_next_request() {
+    let image = small_image();
+    let store = store_with(&image, "a.example/lib/x:1");
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    let status = |path: &str| http_call(a, "GET", path, &[], b"").status;
+    assert_eq!(status("/v2/lib/x/manifests/1"), 200);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 404);
+    store.ok(&["tag", "a.example/lib/x:1", "a.example/lib/x:2"]);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 200);
+    let r = http_call(a, "GET", "/v2/lib/x/tags/list", &[], b"");
+    assert_eq!(r.json()["tags"], serde_json::json!(["1", "2"]));
+    store.ok(&["rmi", "a.example/lib/x:1"]);
+    assert_eq!(status("/v2/lib/x/manifests/1"), 404);
+    store.ok(&["rmi", "a.example/lib/x:2"]);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 404);
+    assert_eq!(
+        status(&format!("/v2/lib/x/manifests/{}", image.manifest_digest)),
+        404
+    );
+    let r = http_call(a, "GET", "/v2/_catalog", &[], b"");
+    assert_eq!(r.json()["repositories"], serde_json::json!([]));
+}

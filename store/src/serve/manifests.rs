@@ -11,7 +11,7 @@ use crate::reference::Reference;
 use crate::store::Store;
 
 use super::api::{ApiError, ApiResult};
-use super::catalog::{normalise_host, Catalog, Document, HostOrder};
+use super::catalog::{normalise_host, CatalogCache, Document, HostOrder};
 use super::route::ManifestRef;
 
 /// Largest manifest accepted or sent (what the distribution spec asks
@@ -53,12 +53,15 @@ fn index_media_type(bytes: &[u8]) -> String {
 /// store has nothing under that name.
 pub fn find(
     store: &Store,
+    catalogs: &CatalogCache,
     name: &str,
     reference: &ManifestRef,
     order: &HostOrder,
     accept: Option<&str>,
 ) -> ApiResult<Option<Found>> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let doc = match reference {
         ManifestRef::Tag(tag) => catalog.resolve_tag(name, tag, order),
         ManifestRef::Digest(d) => catalog.by_digest(d),
@@ -121,6 +124,7 @@ fn blob_unknown(what: &str, d: &Digest) -> ApiError {
 /// its image now keeps; an index names stored manifests only).
 pub fn put(
     store: &Store,
+    catalogs: &CatalogCache,
     name: &Reference,
     bytes: Vec<u8>,
     content_type: Option<&str>,
@@ -149,7 +153,9 @@ pub fn put(
             return Ok((digest, named));
         }
         Doc::Index(ix) => {
-            let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+            let catalog = catalogs
+                .get(store)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             for child in &ix.manifests {
                 let Some(stored) = catalog.by_digest(&child.digest) else {
                     return Err(blob_unknown("platform manifest", &child.digest));
@@ -273,12 +279,15 @@ fn store_image(
 /// to delete (`405 UNSUPPORTED`); they go with `lstore rmi`.
 pub fn delete(
     store: &Store,
+    catalogs: &CatalogCache,
     path: &str,
     reference: &ManifestRef,
     order: &HostOrder,
     deletable: &[String],
 ) -> ApiResult<()> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let names = match reference {
         ManifestRef::Digest(d) => catalog.names_of(path, d),
         ManifestRef::Tag(t) => catalog.tag_name(path, t, order).into_iter().collect(),
@@ -308,10 +317,13 @@ pub fn delete(
 /// whose `subject` is `digest`, optionally of one artifact type.
 pub fn referrers(
     store: &Store,
+    catalogs: &CatalogCache,
     digest: &Digest,
     artifact_type: Option<&str>,
 ) -> ApiResult<serde_json::Value> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut found = Vec::new();
     for img in catalog.manifests() {
         let Ok(bytes) = store.content().read(&img.manifest, MANIFEST_MAX) else {

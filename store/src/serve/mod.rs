@@ -36,7 +36,7 @@ use crate::reference::{is_domain, Reference};
 use crate::store::Store;
 
 use api::{empty, full, json, set, ApiError, ApiResult, Body};
-use catalog::{page, Catalog, HostOrder};
+use catalog::{page, CatalogCache, HostOrder};
 use route::{parse_digest, query_param, ManifestRef, Route};
 use uploads::Uploads;
 
@@ -116,6 +116,8 @@ struct State {
     lease: Arc<Lease>,
     /// Uploaded blobs waiting for a manifest, named in `lease`.
     holds: holds::Holds,
+    /// Tags and images, read again when the store changed.
+    catalogs: CatalogCache,
     /// `host:port` as bound: pushed images are named under it.
     own: String,
     opts: ServeOptions,
@@ -190,6 +192,7 @@ async fn run(
         opts,
         uploads: Uploads::default(),
         holds: holds::Holds::new(holds::BLOB_HOLD),
+        catalogs: CatalogCache::default(),
         auth,
     });
     on_listening(bound);
@@ -351,7 +354,14 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
                     .chain(&st.opts.namespaces)
                     .map(|h| catalog::normalise_host(h))
                     .collect();
-                manifests::delete(&st.store, &name, &reference, &order, &deletable)
+                manifests::delete(
+                    &st.store,
+                    &st.catalogs,
+                    &name,
+                    &reference,
+                    &order,
+                    &deletable,
+                )
             })
             .await?;
             Ok(empty(StatusCode::ACCEPTED))
@@ -398,11 +408,13 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Referrers { digest, .. }, Method::GET) => {
-            let store = state.store.clone();
+            let st = state.clone();
             let wanted = query_param(query, "artifactType");
             let filtered = wanted.is_some();
-            let index =
-                blocking(move || manifests::referrers(&store, &digest, wanted.as_deref())).await?;
+            let index = blocking(move || {
+                manifests::referrers(&st.store, &st.catalogs, &digest, wanted.as_deref())
+            })
+            .await?;
             let mut resp = json(StatusCode::OK, crate::oci::OCI_INDEX, &index);
             if filtered {
                 set(&mut resp, "oci-filters-applied", "artifactType");
@@ -433,14 +445,23 @@ async fn get_manifest(
 ) -> ApiResult<Response<Body>> {
     let order = host_order(state, query);
     let lookup = {
-        let (store, name, reference, order, accept) = (
-            state.store.clone(),
+        let (st, name, reference, order, accept) = (
+            state.clone(),
             name.clone(),
             reference.clone(),
             order.clone(),
             accept.clone(),
         );
-        move || manifests::find(&store, &name, &reference, &order, accept.as_deref())
+        move || {
+            manifests::find(
+                &st.store,
+                &st.catalogs,
+                &name,
+                &reference,
+                &order,
+                accept.as_deref(),
+            )
+        }
     };
     let mut found = blocking(lookup.clone()).await?;
     if found.is_none() {
@@ -521,8 +542,13 @@ async fn put_manifest(
         Reference::parse(&word).map_err(|e| ApiError::name_invalid(&format!("{word}: {e}")))?;
     let st = state.clone();
     let digest = blocking(move || {
-        let (digest, named) =
-            manifests::put(&st.store, &store_name, bytes, content_type.as_deref())?;
+        let (digest, named) = manifests::put(
+            &st.store,
+            &st.catalogs,
+            &store_name,
+            bytes,
+            content_type.as_deref(),
+        )?;
         // Stored: the image keeps its blobs from gc now, not serve.
         st.holds
             .release(&st.store, &st.lease, &named)
@@ -657,10 +683,13 @@ async fn list(
         })?),
     };
     let last = query_param(query, "last");
-    let store = state.store.clone();
+    let st = state.clone();
     let for_name = name.clone();
     let items = blocking(move || {
-        let catalog = Catalog::load(&store).map_err(|e| ApiError::internal(e.to_string()))?;
+        let catalog = st
+            .catalogs
+            .get(&st.store)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         match &for_name {
             None => Ok(catalog.repositories()),
             Some(path) => {
