@@ -999,3 +999,52 @@ fn tags_and_removals_by_the_cli_are_served_on_the_next_request() {
     let r = http_call(a, "GET", "/v2/_catalog", &[], b"");
     assert_eq!(r.json()["repositories"], serde_json::json!([]));
 }
+
+#[test]
+fn abandoned_uploads_are_swept_without_waiting_for_another_upload() {
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &["--upload-timeout", "1"]);
+    let a = serve.addr();
+    let loc = start_upload(a, "s");
+    let r = http_call(a, "PATCH", &loc, &[], &noise(10_000, 3));
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(!store.unfinished().is_empty(), "the upload is in ingest/");
+    // No request comes: the sweep alone drops the upload and its file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !store.unfinished().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        store.unfinished().is_empty(),
+        "left: {:?}",
+        store.unfinished()
+    );
+    http_call(a, "GET", &loc, &[], b"").assert_error(404, "BLOB_UPLOAD_UNKNOWN");
+}
+
+#[test]
+fn a_body_that_stalls_is_cut_after_body_timeout() {
+    use std::io::{Read, Write};
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &["--body-timeout", "1"]);
+    let a = serve.addr();
+    let loc = start_upload(a, "b");
+    let mut stream = std::net::TcpStream::connect(a).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this"
+    )
+    .unwrap();
+    // The connection stays open, the rest never comes: serve answers.
+    let mut answer = vec![0u8; 512];
+    let n = stream.read(&mut answer).expect("an answer before 30 s");
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("BLOB_UPLOAD_INVALID"), "{head}");
+    http_call(a, "GET", &loc, &[], b"").assert_error(404, "BLOB_UPLOAD_UNKNOWN");
+    let bad = store.fails(&["serve", "--upload-timeout", "0"]);
+    assert!(bad.contains("upload-timeout"), "{bad}");
+}

@@ -64,6 +64,10 @@ pub struct ServeOptions {
     pub htpasswd: Option<PathBuf>,
     /// Listen beyond loopback without TLS.
     pub insecure: bool,
+    /// An upload no request used for this long is abandoned.
+    pub upload_timeout: Duration,
+    /// A request body that sends nothing for this long is cut.
+    pub body_timeout: Duration,
     /// How pull-through reaches the upstream.
     pub pull: crate::pull::PullOptions,
 }
@@ -79,6 +83,8 @@ impl Default for ServeOptions {
             tls_key: None,
             htpasswd: None,
             insecure: false,
+            upload_timeout: uploads::UPLOAD_IDLE,
+            body_timeout: uploads::BODY_IDLE,
             pull: crate::pull::PullOptions::default(),
         }
     }
@@ -98,6 +104,11 @@ impl ServeOptions {
                  (give --tls-cert and --tls-key, or --insecure)",
                 self.addr
             )));
+        }
+        if self.upload_timeout.is_zero() || self.body_timeout.is_zero() {
+            return Err(Error::Invalid(
+                "--upload-timeout and --body-timeout must be longer than 0 s".into(),
+            ));
         }
         for host in self.namespaces.iter().chain(&self.upstream) {
             if !is_domain(host) {
@@ -189,16 +200,28 @@ async fn run(
             .upstream
             .clone()
             .map(|u| upstream::Upstream::new(u, opts.pull.clone())),
+        uploads: Uploads::with_limits(uploads::MAX_UPLOADS, opts.upload_timeout, opts.body_timeout),
         opts,
-        uploads: Uploads::default(),
         holds: holds::Holds::new(holds::BLOB_HOLD),
         catalogs: CatalogCache::default(),
         auth,
     });
     on_listening(bound);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut sweep = tokio::time::interval(sweep_period(state.opts.upload_timeout));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = sweep.tick() => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    state.uploads.sweep();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        state.holds.expire(&state.store, &state.lease)
+                    })
+                    .await;
+                });
+            }
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let _ = tcp.set_nodelay(true);
@@ -248,6 +271,12 @@ mod testing {
             .unwrap();
         (dir, store, lease)
     }
+}
+
+/// How often abandoned uploads and unclaimed blobs are looked for: often
+/// enough that one outlives its limit by at most a quarter of it.
+fn sweep_period(upload_timeout: Duration) -> Duration {
+    (upload_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
 /// The distribution API version header every response carries.
@@ -592,15 +621,6 @@ async fn start_upload(
     let digest = query_param(query, "digest")
         .map(|d| parse_digest(&d))
         .transpose()?;
-    {
-        let st = state.clone();
-        blocking(move || {
-            st.holds
-                .expire(&st.store, &st.lease)
-                .map_err(|e| ApiError::internal(e.to_string()))
-        })
-        .await?;
-    }
     let id = state.uploads.start(&state.store, &state.lease, &name)?;
     match digest {
         // Monolithic: the whole blob in this request.

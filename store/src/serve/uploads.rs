@@ -42,14 +42,17 @@ type Slot = Arc<tokio::sync::Mutex<Option<Upload>>>;
 
 /// Uploads open at once: each holds a file and a write buffer (1 MiB), so
 /// their number bounds the server's memory.
-const MAX_UPLOADS: usize = 256;
+pub const MAX_UPLOADS: usize = 256;
 
-/// An upload no request used for this long is abandoned: it is dropped
-/// when a new upload starts, so forgotten uploads cannot fill the table.
+/// An upload no request used for this long is abandoned: the server's
+/// sweep drops it (or a new upload starts and finds it), so forgotten
+/// uploads neither fill the table nor keep their files. The default of
+/// `--upload-timeout`.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(5 * 60);
 
 /// A request body that sends nothing for this long is cut, as a broken
-/// connection would be: it would hold its upload (and a task) forever.
+/// connection would be: it would hold its upload (and a task) forever. The
+/// default of `--body-timeout`.
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// An upload in the table: its slot, locked while a request works on it,
@@ -68,12 +71,6 @@ pub struct Uploads {
     limit: usize,
     upload_idle: Duration,
     body_idle: Duration,
-}
-
-impl Default for Uploads {
-    fn default() -> Self {
-        Uploads::with_limits(MAX_UPLOADS, UPLOAD_IDLE, BODY_IDLE)
-    }
 }
 
 /// Runs blocking file work on an async worker without stalling the
@@ -176,6 +173,16 @@ impl Uploads {
         drop(map);
         drop(expired);
         Ok(id)
+    }
+
+    /// Drops the uploads idle longer than the limit, with their files.
+    pub fn sweep(&self) {
+        let expired = match self.map.lock() {
+            Ok(mut map) => self.expire(&mut map),
+            Err(_) => return,
+        };
+        // Files go after the table's lock is released.
+        drop(expired);
     }
 
     /// Takes out of the table the uploads idle longer than the limit. One
