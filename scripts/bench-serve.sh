@@ -59,7 +59,7 @@ lstore_bin=$(bench_lstore_bin)
 
 work=$(mktemp -d /tmp/lstore-bench-serve.XXXXXX)
 S="$work/fs" O="$work/out" R="$work/results" C="$work/fs/corpus"
-registry_pid="" serve_pid="" serve_b_pid=""
+registry_pid="" serve_pid="" serve_b_pid="" lst_b=""
 stop() { [ -n "$1" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null; return 0; }
 cleanup() {
   set +e
@@ -114,28 +114,30 @@ skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$C/layout:latest"
 "$lstore_bin" --root "$S/lstore" pull -q "$reg/bench/image:latest" >/dev/null
 rm -rf "$C"
 
-"$lstore_bin" --root "$S/lstore" serve --addr 127.0.0.1:0 --read-only --namespace "$reg" \
-  > "$R/serve.out" 2> "$R/serve.log" &
-serve_pid=$!
-for _ in $(seq 100); do grep -q '^listening on ' "$R/serve.out" && break; sleep 0.1; done
-lst=$(sed -n 's/^listening on //p' "$R/serve.out")
-[ -n "$lst" ] || bench_die "lstore serve did not start (see $R/serve.log)"
-for server in "$reg" "$lst"; do
+# start_serve BIN NAME: BIN serves the store read-only; sets serve_pid_new
+# and serve_addr_new (the address it printed).
+start_serve() {
+  "$1" --root "$S/lstore" serve --addr 127.0.0.1:0 --read-only --namespace "$reg" \
+    > "$R/$2.out" 2> "$R/$2.log" &
+  serve_pid_new=$!
+  for _ in $(seq 100); do grep -q '^listening on ' "$R/$2.out" && break; sleep 0.1; done
+  serve_addr_new=$(sed -n 's/^listening on //p' "$R/$2.out")
+  [ -n "$serve_addr_new" ] || bench_die "$1 serve did not start (see $R/$2.log)"
+}
+start_serve "$lstore_bin" serve
+serve_pid=$serve_pid_new lst=$serve_addr_new
+sides="registry lstore"
+if [ -n "$compare" ]; then
+  start_serve "$compare" serve-b
+  serve_b_pid=$serve_pid_new lst_b=$serve_addr_new
+  sides="registry lstore lstore_b"
+  bench_log "lstore B ($compare) at $lst_b (pid $serve_b_pid)"
+fi
+for server in "$reg" "$lst" ${lst_b:-}; do
   got=$(skopeo inspect --tls-verify=false --raw "docker://$server/bench/image:latest" | sha256sum | cut -d' ' -f1)
   [ "$got" = "$manifest_hex" ] || bench_die "$server serves manifest $got, not $manifest_hex"
 done
 bench_log "docker-registry at $reg, lstore serve at $lst (pid $serve_pid)"
-sides="registry lstore"
-if [ -n "$compare" ]; then
-  "$compare" --root "$S/lstore" serve --addr 127.0.0.1:0 --read-only --namespace "$reg" \
-    > "$R/serve-b.out" 2> "$R/serve-b.log" &
-  serve_b_pid=$!
-  for _ in $(seq 100); do grep -q '^listening on ' "$R/serve-b.out" && break; sleep 0.1; done
-  lst_b=$(sed -n 's/^listening on //p' "$R/serve-b.out")
-  [ -n "$lst_b" ] || bench_die "$compare serve did not start (see $R/serve-b.log)"
-  sides="registry lstore lstore_b"
-  bench_log "lstore B ($compare) at $lst_b (pid $serve_b_pid)"
-fi
 
 # ---- runs ---------------------------------------------------------------
 # The servers take turns run by run (which goes first rotates), so that a
