@@ -247,6 +247,14 @@ struct ServeArgs {
     /// Listen on a non-loopback address without TLS.
     #[arg(long)]
     insecure: bool,
+    /// Drop an upload no request used for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    upload_timeout: u64,
+    /// Cut a request body that sends nothing for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
     /// How the upstream is reached.
     #[command(flatten)]
     registry: RegistryArgs,
@@ -609,6 +617,8 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 tls_key: a.tls_key,
                 htpasswd: a.htpasswd,
                 insecure: a.insecure,
+                upload_timeout: std::time::Duration::from_secs(a.upload_timeout),
+                body_timeout: std::time::Duration::from_secs(a.body_timeout),
                 pull: lstore::PullOptions {
                     client: client_options(&a.registry),
                     ..Default::default()

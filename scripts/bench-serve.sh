@@ -10,12 +10,16 @@
 #
 #   scripts/bench-serve.sh [--quick] [--runs N] [--clients N] [--fs ext4|tmpfs]
 #                          [--size SIZE] [--layout DIR] [--out FILE]
+#                          [--compare BIN]
 #
 # Image: the realistic image of scripts/bench-compare.sh in its gzip form
 # (debootstrap minbase bookworm, python3.11, an app layer; needs the Debian
 # mirror apt uses). --quick makes a synthetic image instead (5,000 small
 # files and one 64 MiB file, no network) and runs everything once.
 # --layout DIR serves an OCI layout already made (its "latest" image).
+# --compare BIN also serves the same store with another lstore binary (an
+# A/B of two builds): a third server taking its turn in every round, its
+# column headed "lstore B".
 #
 # Both servers read the same blobs from the same filesystem: a loop-mounted
 # ext4 image by default (--fs tmpfs for memory), made for the run. The
@@ -32,7 +36,7 @@ BENCH_NAME=bench-serve
 top="$(cd "$(dirname "$0")/.." && pwd)"
 . "$top/scripts/bench-lib.sh"
 
-quick=0 runs="" clients=16 fs=ext4 size=16G layout="" out=""
+quick=0 runs="" clients=16 fs=ext4 size=16G layout="" out="" compare=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -42,6 +46,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift 2 ;;
     --layout) layout=$(cd "$2" && pwd); shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --compare) compare=$(realpath "$2"); shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) bench_die "unknown argument $1 (see --help)" ;;
   esac
@@ -54,10 +59,11 @@ lstore_bin=$(bench_lstore_bin)
 
 work=$(mktemp -d /tmp/lstore-bench-serve.XXXXXX)
 S="$work/fs" O="$work/out" R="$work/results" C="$work/fs/corpus"
-registry_pid="" serve_pid=""
+registry_pid="" serve_pid="" serve_b_pid="" lst_b=""
 stop() { [ -n "$1" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null; return 0; }
 cleanup() {
   set +e
+  stop "$serve_b_pid"
   stop "$serve_pid"
   stop "$registry_pid"
   bench_scratch_cleanup
@@ -108,21 +114,35 @@ skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$C/layout:latest"
 "$lstore_bin" --root "$S/lstore" pull -q "$reg/bench/image:latest" >/dev/null
 rm -rf "$C"
 
-"$lstore_bin" --root "$S/lstore" serve --addr 127.0.0.1:0 --read-only --namespace "$reg" \
-  > "$R/serve.out" 2> "$R/serve.log" &
-serve_pid=$!
-for _ in $(seq 100); do grep -q '^listening on ' "$R/serve.out" && break; sleep 0.1; done
-lst=$(sed -n 's/^listening on //p' "$R/serve.out")
-[ -n "$lst" ] || bench_die "lstore serve did not start (see $R/serve.log)"
-for server in "$reg" "$lst"; do
+# start_serve BIN NAME: BIN serves the store read-only; sets serve_pid_new
+# and serve_addr_new (the address it printed).
+start_serve() {
+  "$1" --root "$S/lstore" serve --addr 127.0.0.1:0 --read-only --namespace "$reg" \
+    > "$R/$2.out" 2> "$R/$2.log" &
+  serve_pid_new=$!
+  for _ in $(seq 100); do grep -q '^listening on ' "$R/$2.out" && break; sleep 0.1; done
+  serve_addr_new=$(sed -n 's/^listening on //p' "$R/$2.out")
+  [ -n "$serve_addr_new" ] || bench_die "$1 serve did not start (see $R/$2.log)"
+}
+start_serve "$lstore_bin" serve
+serve_pid=$serve_pid_new lst=$serve_addr_new
+sides="registry lstore"
+if [ -n "$compare" ]; then
+  start_serve "$compare" serve-b
+  serve_b_pid=$serve_pid_new lst_b=$serve_addr_new
+  sides="registry lstore lstore_b"
+  bench_log "lstore B ($compare) at $lst_b (pid $serve_b_pid)"
+fi
+for server in "$reg" "$lst" ${lst_b:-}; do
   got=$(skopeo inspect --tls-verify=false --raw "docker://$server/bench/image:latest" | sha256sum | cut -d' ' -f1)
   [ "$got" = "$manifest_hex" ] || bench_die "$server serves manifest $got, not $manifest_hex"
 done
 bench_log "docker-registry at $reg, lstore serve at $lst (pid $serve_pid)"
 
 # ---- runs ---------------------------------------------------------------
-# The two servers take turns run by run (the first to go alternates), so
-# that a change in the machine's load falls on both alike.
+# The servers take turns run by run (which goes first rotates), so that a
+# change in the machine's load falls on all alike. The load average is
+# recorded before each round.
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 reset_out() { rm -rf "$O"/c*; }
@@ -154,6 +174,7 @@ images_per_run() { case "$1" in warm|cold) echo 1 ;; *) echo "$clients" ;; esac;
 run_case() {
   local side=$1 case=$2 server=$reg pid=$registry_pid t0 t1 c0 c1
   [ "$side" = lstore ] && server=$lst pid=$serve_pid
+  [ "$side" = lstore_b ] && server=$lst_b pid=$serve_b_pid
   case "$case" in
     cold) reset_out; drop_caches ;;
     *) reset_out ;;
@@ -173,18 +194,20 @@ for case in warm cold copies fetch; do
   bench_log "$case: $runs runs per server"
   if [ "$case" != cold ]; then
     # A warm-up run each, not counted.
-    run_case registry "$case"; run_case lstore "$case"
+    for side in $sides; do run_case "$side" "$case"; done
     rm -f "$R"/*."$case".times "$R"/*."$case".ticks
   fi
   for ((r = 0; r < runs; r++)); do
-    order="registry lstore"
-    ((r % 2)) && order="lstore registry"
-    for side in $order; do run_case "$side" "$case"; done
+    set -- $sides
+    for ((k = 0; k < r % $#; k++)); do set -- "${@:2}" "$1"; done
+    cut -d' ' -f1 /proc/loadavg >> "$R/load.$case"
+    for side in "$@"; do run_case "$side" "$case"; done
   done
 done
 reset_out
 hwm() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 rss_registry=$(hwm "$registry_pid") rss_lstore=$(hwm "$serve_pid")
+rss_b=""; [ -n "$compare" ] && rss_b=$(hwm "$serve_b_pid")
 
 # ---- report -------------------------------------------------------------
 
@@ -226,6 +249,20 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0)
     r=$(cpu_per_gb "registry.$c") l=$(cpu_per_gb "lstore.$c")
     echo "| $c | $r | $l | $(ratio "${r/n\/a/NA}" "${l/n\/a/NA}") |"
   done
+  if [ -n "$compare" ]; then
+    echo
+    echo "lstore B = \`$compare\`, serving the same store, taking its turn in every round (median of $runs runs each):"
+    echo
+    echo "| case | docker-registry | lstore | lstore B | registry / lstore | registry / lstore B | CPU ms/GB lstore, B |"
+    echo "|---|---|---|---|---|---|---|"
+    for c in warm cold copies fetch; do
+      r=$(median "registry.$c") l=$(median "lstore.$c") b=$(median "lstore_b.$c")
+      echo "| $c | $(fmt_s "$r") | $(fmt_s "$l") | $(fmt_s "$b") | $(ratio "$r" "$l")x | $(ratio "$r" "$b")x | $(cpu_per_gb "lstore.$c"), $(cpu_per_gb "lstore_b.$c") |"
+    done
+    echo "| peak RSS | $((rss_registry / 1024)) MiB | $((rss_lstore / 1024)) MiB | $((rss_b / 1024)) MiB | | | |"
+  fi
+  echo
+  echo "Load average (1 min) before each round: $(for c in warm cold copies fetch; do [ -f "$R/load.$c" ] && printf '%s %s; ' "$c" "$(sort -g "$R/load.$c" | sed -n '1p;$p' | paste -sd- -)"; done)"
   echo
   echo "Image: $(bench_si "$image_bytes")B compressed ($image_note). Servers' data on $fs_desc, clients writing to tmpfs; MB/s counts the image's bytes (config and layers) delivered to all clients."
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r). Versions: $("$lstore_bin" --version), docker-registry $(docker-registry --version 2>/dev/null | awk '{ print $3 }'), $(skopeo --version), $(curl --version | head -1 | cut -d' ' -f1-2)."
@@ -233,6 +270,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b <= 0)
 cat "$R/report.md"
 if [ -n "$out" ]; then
   cp "$R/report.md" "$out"
-  mkdir -p "$out.d" && cp "$R"/*.times "$R"/*.ticks "$R"/*.log "$out.d/" 2>/dev/null || true
+  mkdir -p "$out.d" && cp "$R"/*.times "$R"/*.ticks "$R"/*.log "$R"/load.* "$out.d/" 2>/dev/null || true
   bench_log "report written to $out (raw results in $out.d/)"
 fi

@@ -574,7 +574,9 @@ fn uploaded_blobs_outlive_gc_while_serve_runs_and_deletes_remove_images() {
     assert!(store.images().is_empty());
     let r = http_call(a, "GET", "/v2/g/manifests/v1", &[], b"");
     assert_eq!(r.status, 404);
-    // Pushed again by digest (untagged), then deleted by digest.
+    // Pushed again by digest (untagged), then deleted by digest. The
+    // delete freed the blobs no upload waits for: they come again.
+    push_blobs(a, "g", &image);
     let r = put_manifest(
         a,
         "g",
@@ -608,6 +610,43 @@ fn uploaded_blobs_outlive_gc_while_serve_runs_and_deletes_remove_images() {
         store.blobs()
     );
     fsck_clean(&store);
+}
+
+#[test]
+fn gc_beside_serve_frees_the_blobs_of_a_manifest_deleted_through_the_api() {
+    let image = small_image();
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    push_blobs(a, "d", &image);
+    let r = put_manifest(a, "d", "v1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    // A mount for a manifest that arrives: held until it does.
+    let layer = &image.layers[0].digest;
+    let r = http_call(
+        a,
+        "POST",
+        &format!("/v2/e/blobs/uploads/?mount={layer}&from=d"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = put_manifest(a, "e", "v1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    for path in ["/v2/d/manifests/v1", "/v2/e/manifests/v1"] {
+        let r = http_call(a, "DELETE", path, &[], b"");
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    assert!(store.images().is_empty());
+    // serve still runs: its lease holds nothing a stored manifest named.
+    store.ok(&["gc"]);
+    assert!(
+        store.blobs().is_empty(),
+        "serve kept deleted blobs from gc: {:?}",
+        store.blobs()
+    );
+    fsck_clean(&store);
+    drop(serve);
 }
 
 #[test]
@@ -903,4 +942,109 @@ fn ns_and_namespace_choose_among_hosts_sharing_a_name() {
         digest_of("/v2/lib/x/manifests/1?ns=c.example"),
         second.manifest_digest
     );
+}
+
+#[test]
+fn deletes_through_the_api_reach_only_pushed_and_delegated_images() {
+    let image = small_image();
+    let store = store_with(&image, "a.example/lib/x:1");
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    // Served, but a copy of another registry's image: not the API's to
+    // remove (distribution's pull-through cache answers the same).
+    let r = http_call(a, "GET", "/v2/lib/x/manifests/1", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let by_digest = format!("/v2/lib/x/manifests/{}", image.manifest_digest);
+    for path in ["/v2/lib/x/manifests/1", by_digest.as_str()] {
+        http_call(a, "DELETE", path, &[], b"").assert_error(405, "UNSUPPORTED");
+    }
+    assert_eq!(store.listed_references(), vec!["a.example/lib/x:1"]);
+    // A push under the same name wins the tag and is the client's to
+    // delete; the other registry's image stays.
+    push_blobs(a, "lib/x", &image);
+    let r = put_manifest(a, "lib/x", "1", OCI_MANIFEST, &image.manifest);
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http_call(a, "DELETE", &by_digest, &[], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(store.listed_references(), vec!["a.example/lib/x:1"]);
+    drop(serve);
+    // A host the operator delegates with --namespace is the API's.
+    let serve = Serve::start(&store, &["--namespace", "a.example"]);
+    let r = http_call(serve.addr(), "DELETE", "/v2/lib/x/manifests/1", &[], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(store.images().is_empty());
+}
+
+#[test]
+fn tags_and_removals_by_the_cli_are_served_on_the_next_request() {
+    let image = small_image();
+    let store = store_with(&image, "a.example/lib/x:1");
+    let serve = Serve::start(&store, &[]);
+    let a = serve.addr();
+    let status = |path: &str| http_call(a, "GET", path, &[], b"").status;
+    assert_eq!(status("/v2/lib/x/manifests/1"), 200);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 404);
+    store.ok(&["tag", "a.example/lib/x:1", "a.example/lib/x:2"]);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 200);
+    let r = http_call(a, "GET", "/v2/lib/x/tags/list", &[], b"");
+    assert_eq!(r.json()["tags"], serde_json::json!(["1", "2"]));
+    store.ok(&["rmi", "a.example/lib/x:1"]);
+    assert_eq!(status("/v2/lib/x/manifests/1"), 404);
+    store.ok(&["rmi", "a.example/lib/x:2"]);
+    assert_eq!(status("/v2/lib/x/manifests/2"), 404);
+    assert_eq!(
+        status(&format!("/v2/lib/x/manifests/{}", image.manifest_digest)),
+        404
+    );
+    let r = http_call(a, "GET", "/v2/_catalog", &[], b"");
+    assert_eq!(r.json()["repositories"], serde_json::json!([]));
+}
+
+#[test]
+fn abandoned_uploads_are_swept_without_waiting_for_another_upload() {
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &["--upload-timeout", "1"]);
+    let a = serve.addr();
+    let loc = start_upload(a, "s");
+    let r = http_call(a, "PATCH", &loc, &[], &noise(10_000, 3));
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(!store.unfinished().is_empty(), "the upload is in ingest/");
+    // No request comes: the sweep alone drops the upload and its file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !store.unfinished().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        store.unfinished().is_empty(),
+        "left: {:?}",
+        store.unfinished()
+    );
+    http_call(a, "GET", &loc, &[], b"").assert_error(404, "BLOB_UPLOAD_UNKNOWN");
+}
+
+#[test]
+fn a_body_that_stalls_is_cut_after_body_timeout() {
+    use std::io::{Read, Write};
+    let store = Lstore::new();
+    let serve = Serve::start(&store, &["--body-timeout", "1"]);
+    let a = serve.addr();
+    let loc = start_upload(a, "b");
+    let mut stream = std::net::TcpStream::connect(a).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this"
+    )
+    .unwrap();
+    // The connection stays open, the rest never comes: serve answers.
+    let mut answer = vec![0u8; 512];
+    let n = stream.read(&mut answer).expect("an answer before 30 s");
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("BLOB_UPLOAD_INVALID"), "{head}");
+    http_call(a, "GET", &loc, &[], b"").assert_error(404, "BLOB_UPLOAD_UNKNOWN");
+    let bad = store.fails(&["serve", "--upload-timeout", "0"]);
+    assert!(bad.contains("upload-timeout"), "{bad}");
 }

@@ -223,6 +223,33 @@ impl Lease {
         self.write()
     }
 
+    /// Takes blobs out of the lease (a server whose uploads are now named
+    /// by a stored image, or were abandoned). The caller holds the root
+    /// lock, as for `add_blob`.
+    pub fn remove_blobs(&self, digests: &[Digest]) -> Result<()> {
+        {
+            let mut c = self
+                .content
+                .lock()
+                .map_err(|_| Error::Invalid("lease lock poisoned".into()))?;
+            let before = c.blobs.len();
+            c.blobs.retain(|d| !digests.contains(d));
+            if c.blobs.len() == before {
+                return Ok(());
+            }
+        }
+        self.write()
+    }
+
+    /// The blobs the lease names now.
+    #[cfg(test)]
+    pub fn blobs(&self) -> Vec<Digest> {
+        self.content
+            .lock()
+            .map(|c| c.blobs.clone())
+            .unwrap_or_default()
+    }
+
     fn write(&self) -> Result<()> {
         let content = self
             .content
@@ -353,6 +380,19 @@ mod tests {
         assert_eq!(found[0].id, lease.id());
         drop(lease);
         assert!(live_leases(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn blobs_leave_a_lease_as_they_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let lease = Lease::create(dir.path(), &LeaseContent::default()).unwrap();
+        lease.add_blob(a).unwrap();
+        lease.add_blob(b).unwrap();
+        lease.remove_blobs(&[a]).unwrap();
+        let found = live_leases(dir.path()).unwrap();
+        assert_eq!(found[0].content.as_ref().unwrap().blobs, vec![b]);
+        assert_eq!(lease.blobs(), vec![b]);
     }
 
     #[test]

@@ -147,6 +147,35 @@ pub struct Meta {
     /// Set when a committed batch wrote an image or tag record: what the
     /// containers/storage view is made from.
     images_changed: std::sync::atomic::AtomicBool,
+    /// The generation marker, for a database opened to write.
+    generation: Option<std::path::PathBuf>,
+}
+
+/// A file in the database's folder that every batch rewrites (with a new
+/// random value) before it lands: a process that keeps what it read (serve)
+/// knows the metadata changed, whichever process changed it, from one small
+/// read. Written before the batch, under the root lock, so a reader that
+/// sees the old value reads the old records too, and a writer that dies
+/// between the two only costs a needless reload.
+const GENERATION_FILE: &str = "lstore-generation";
+
+/// The generation marker of the database at `path`: None until a batch
+/// wrote one.
+pub fn generation(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path.join(GENERATION_FILE)).ok()
+}
+
+fn bump_generation(marker: &Path) -> Result<()> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| Error::Db(format!("generation marker: {e}")))?;
+    let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Renamed into place: a reader sees the old value or the new, whole.
+    let tmp = marker.with_extension("tmp");
+    std::fs::write(&tmp, value)
+        .and_then(|()| std::fs::rename(&tmp, marker))
+        .map_err(|e| Error::Db(format!("generation marker {}: {e}", marker.display())))
 }
 
 /// Tables a family may gather before a write session merges them. Every
@@ -201,6 +230,7 @@ impl Meta {
         Ok(Meta {
             db,
             images_changed: Default::default(),
+            generation: Some(path.join(GENERATION_FILE)),
         })
     }
 
@@ -212,6 +242,7 @@ impl Meta {
         Ok(Meta {
             db,
             images_changed: Default::default(),
+            generation: None,
         })
     }
 
@@ -341,6 +372,9 @@ impl Batch<'_> {
         self.batch.is_empty()
     }
     pub fn commit(self) -> Result<()> {
+        if let Some(marker) = self.meta.generation.as_ref().filter(|_| !self.is_empty()) {
+            bump_generation(marker)?;
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.meta.db.write_opt(self.batch, &opts)?;
@@ -356,6 +390,25 @@ impl Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_batch_changes_the_generation_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        assert_eq!(generation(dir.path()), None);
+        let write = |n: u8| {
+            let mut b = meta.batch();
+            b.put(CF_TAGS, &[n], &Digest::of(&[n])).unwrap();
+            b.commit().unwrap();
+            generation(dir.path()).expect("a marker")
+        };
+        let first = write(1);
+        assert_ne!(write(2), first);
+        // A batch with nothing in it changes nothing.
+        let before = generation(dir.path());
+        meta.batch().commit().unwrap();
+        assert_eq!(generation(dir.path()), before);
+    }
 
     #[test]
     fn records_round_trip_through_the_database() {

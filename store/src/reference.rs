@@ -101,7 +101,7 @@ impl Reference {
             return Err(ReferenceError::Empty);
         }
         if let Some(tag) = tag {
-            if !is_valid_tag(tag) {
+            if !is_tag(tag) {
                 return Err(ReferenceError::InvalidTag(tag.to_string()));
             }
         }
@@ -110,7 +110,7 @@ impl Reference {
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(ReferenceError::Uppercase(path));
         }
-        if !is_valid_domain(&domain) {
+        if !is_domain(&domain) {
             return Err(ReferenceError::InvalidDomain(domain));
         }
         for component in path.split('/') {
@@ -193,7 +193,7 @@ impl Reference {
 
     /// The same repository with `tag` and no digest.
     pub fn with_tag(&self, tag: &str) -> Result<Reference, ReferenceError> {
-        if !is_valid_tag(tag) {
+        if !is_tag(tag) {
             return Err(ReferenceError::InvalidTag(tag.to_string()));
         }
         Ok(Reference {
@@ -276,16 +276,6 @@ pub fn is_valid_repository_path(path: &str) -> bool {
         && path.split('/').all(is_valid_path_component)
 }
 
-/// Whether `tag` is a tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
-pub fn is_tag(tag: &str) -> bool {
-    is_valid_tag(tag)
-}
-
-/// Whether `domain` is a registry domain (`host[:port]`).
-pub fn is_domain(domain: &str) -> bool {
-    is_valid_domain(domain)
-}
-
 /// Whether a registry domain (`host[:port]`) names this machine.
 pub fn is_loopback_domain(domain: &str) -> bool {
     let host = host_of(domain);
@@ -340,7 +330,8 @@ fn is_hex_identifier(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn is_valid_tag(tag: &str) -> bool {
+/// Whether `tag` is a tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
+pub fn is_tag(tag: &str) -> bool {
     let mut bytes = tag.bytes();
     match bytes.next() {
         Some(first) if first.is_ascii_alphanumeric() || first == b'_' => {}
@@ -379,9 +370,10 @@ fn is_valid_path_component(component: &str) -> bool {
     true
 }
 
-/// `host[:port]` where host is a DNS name (components of letters, digits and
-/// inner hyphens, joined by dots) or `[IPv6]`.
-fn is_valid_domain(domain: &str) -> bool {
+/// Whether `domain` is a registry domain: `host[:port]` where host is a DNS
+/// name (components of letters, digits and inner hyphens, joined by dots)
+/// or `[IPv6]`.
+pub fn is_domain(domain: &str) -> bool {
     let (host, port) = if domain.starts_with('[') {
         let Some(end) = domain.find(']') else {
             return false;

@@ -171,6 +171,14 @@ impl Store {
         f(&meta)
     }
 
+    /// A value that changes whenever any process changes the metadata (None
+    /// before the first change): what a reader that keeps what it read
+    /// compares. Read it inside the session that reads the records, so the
+    /// two agree.
+    pub(crate) fn generation(&self) -> Option<String> {
+        crate::meta::generation(&self.root.join("db"))
+    }
+
     /// The root lock alone, for work that must not run beside a session
     /// (mount records, push records) but needs no database.
     pub(crate) fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {

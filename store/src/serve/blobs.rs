@@ -1,7 +1,13 @@
-//! Sending blobs: straight from the blob files, as windows of a read-only
-//! mapping (no copy through user space), with `Range` support.
+//! Sending blobs: straight from the blob files, with `Range` support. The
+//! bytes are read in chunks on the blocking pool, one chunk ahead of the
+//! socket, so the async workers that run every connection never wait for
+//! the disk or take page faults; memory per response stays two chunks, in
+//! buffers used again and again (a fresh buffer costs more in page faults
+//! and zeroing than the read itself).
 
 use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,14 +17,58 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
+use tokio::task::JoinHandle;
 
 use super::api::{empty, set, ApiError, ApiResult, Body};
 use crate::digest::Digest;
 
-/// Bytes mapped per body chunk: large enough that a chunk costs few
-/// syscalls, small enough that many clients at once stay cheap in memory
-/// (each window is unmapped once the socket took it).
-const WINDOW: u64 = 2 << 20;
+/// Bytes read per body chunk: large enough that a chunk costs few
+/// syscalls and hand-offs, small enough that many clients at once stay
+/// cheap in memory (a response holds the chunk being written and the one
+/// read ahead).
+const CHUNK: u64 = 512 << 10;
+
+/// Chunk buffers kept for reuse at most (the rest are freed): what the
+/// server keeps while idle.
+const POOL_MAX: usize = 32;
+
+/// Chunk buffers no response uses now.
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// A chunk read into a pooled buffer; the buffer goes back when the
+/// connection is done with the chunk.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Chunk {
+    /// Reads `len` bytes of `file` at `pos`.
+    fn read(file: &File, pos: u64, len: usize) -> std::io::Result<Chunk> {
+        let pooled = POOL.lock().ok().and_then(|mut p| p.pop());
+        let mut buf = pooled.unwrap_or_else(|| vec![0u8; CHUNK as usize]);
+        // A blob shorter than when it was opened (never rewritten in
+        // place, so only a damaged store) ends the response early.
+        file.read_exact_at(&mut buf[..len], pos)?;
+        Ok(Chunk { buf, len })
+    }
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
 
 /// The byte range a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,48 +127,43 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-/// A read-only mapping of part of a blob; the body chunk owns it.
-struct Window {
-    map: memmap2::Mmap,
-    skip: usize,
-}
-
-impl AsRef<[u8]> for Window {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.skip..]
-    }
-}
-
-/// A blob file's bytes `pos..end`, one mapped window per frame.
+/// A blob file's bytes `pos..end`, read a chunk ahead of the socket.
 pub struct BlobBody {
     file: Arc<File>,
+    /// Where the next read starts.
     pos: u64,
     end: u64,
-}
-
-fn page_size() -> u64 {
-    rustix::param::page_size() as u64
+    /// Bytes not yet handed to the connection.
+    left: u64,
+    /// The read in flight: the next chunk.
+    reading: Option<JoinHandle<std::io::Result<Bytes>>>,
 }
 
 impl BlobBody {
-    fn next_window(&mut self) -> std::io::Result<Bytes> {
-        let aligned = self.pos - self.pos % page_size();
-        let len = (self.end - aligned).min(WINDOW + (self.pos - aligned));
-        // SAFETY: blob files are never written after they are renamed into
-        // place (removal unlinks them; the mapping keeps the inode alive),
-        // so the mapped bytes cannot change under the slice.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(aligned)
-                .len(len as usize)
-                .map(&*self.file)?
-        };
-        // Start reading ahead: the socket write that touches these pages
-        // then rarely waits for the disk.
-        let _ = map.advise(memmap2::Advice::WillNeed);
-        let skip = (self.pos - aligned) as usize;
-        self.pos = aligned + len;
-        Ok(Bytes::from_owner(Window { map, skip }))
+    fn new(file: File, first: u64, end: u64) -> BlobBody {
+        // The whole response reads forward: the kernel may read ahead
+        // further than its default.
+        let _ = rustix::fs::fadvise(&file, first, None, rustix::fs::Advice::Sequential);
+        BlobBody {
+            file: Arc::new(file),
+            pos: first,
+            end,
+            left: end - first,
+            reading: None,
+        }
+    }
+
+    /// Starts reading the next chunk on the blocking pool, if any is left.
+    fn read_ahead(&mut self) {
+        if self.pos >= self.end || self.reading.is_some() {
+            return;
+        }
+        let (file, pos) = (self.file.clone(), self.pos);
+        let len = (self.end - pos).min(CHUNK) as usize;
+        self.pos += len as u64;
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            Chunk::read(&file, pos, len).map(Bytes::from_owner)
+        }));
     }
 }
 
@@ -128,20 +173,32 @@ impl hyper::body::Body for BlobBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.pos >= self.end {
+        self.read_ahead();
+        let Some(reading) = self.reading.as_mut() else {
             return Poll::Ready(None);
+        };
+        let read = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(read) => read,
+        };
+        self.reading = None;
+        let chunk = read.map_err(std::io::Error::other).and_then(|r| r);
+        if let Ok(data) = &chunk {
+            self.left -= data.len() as u64;
+            // The next chunk is read while the connection writes this one.
+            self.read_ahead();
         }
-        Poll::Ready(Some(self.next_window().map(Frame::data)))
+        Poll::Ready(Some(chunk.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pos >= self.end
+        self.left == 0
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.end - self.pos)
+        SizeHint::with_exact(self.left)
     }
 }
 
@@ -182,12 +239,7 @@ pub fn respond(
     let mut resp = if head || first == end {
         empty(status)
     } else {
-        let body = BlobBody {
-            file: Arc::new(file),
-            pos: first,
-            end,
-        };
-        let mut r = Response::new(body.boxed());
+        let mut r = Response::new(BlobBody::new(file, first, end).boxed());
         *r.status_mut() = status;
         r
     };
@@ -247,7 +299,7 @@ mod tests {
     #[test]
     fn a_blob_is_sent_whole_or_in_part_across_windows() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..(WINDOW * 2 + 12345))
+        let data: Vec<u8> = (0..(CHUNK * 2 + 12345))
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         let path = dir.path().join("blob");
@@ -258,7 +310,7 @@ mod tests {
         assert_eq!(body_of(whole), data);
         // A range starting off a page boundary and spanning windows.
         let first = 4097u64;
-        let last = WINDOW * 2 + 100;
+        let last = CHUNK * 2 + 100;
         let part = respond(
             path.clone(),
             &d,

@@ -3,10 +3,12 @@
 //! PATH:TAG the naming preferences decide which one is meant.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::meta::{ImageRecord, TagRecord};
+use crate::meta::{ImageRecord, Meta, TagRecord};
 use crate::reference::{Reference, DOCKER_HUB_DOMAIN};
 use crate::store::Store;
 
@@ -80,21 +82,59 @@ pub struct Catalog {
     images: HashMap<Digest, ImageRecord>,
 }
 
+/// The catalog kept between requests: read again only when the store's
+/// generation marker changed (a push or delete of this server, or any CLI
+/// command that changed tags or images), so a manifest request costs one
+/// small file read instead of opening the database.
+#[derive(Default)]
+pub struct CatalogCache {
+    kept: Mutex<Option<(String, Arc<Catalog>)>>,
+    /// Catalogs read from the database so far.
+    loads: AtomicU64,
+}
+
+impl CatalogCache {
+    /// The store's catalog as it is now. Blocking.
+    pub fn get(&self, store: &Store) -> Result<Arc<Catalog>> {
+        if let Some(now) = store.generation() {
+            if let Ok(kept) = self.kept.lock() {
+                if let Some((_, catalog)) = kept.as_ref().filter(|(g, _)| *g == now) {
+                    return Ok(catalog.clone());
+                }
+            }
+        }
+        // The marker read in the session that reads the records: the two
+        // agree, whatever another process writes meanwhile.
+        let (generation, catalog) =
+            store.read_session(|meta| Ok((store.generation(), Catalog::read(meta)?)))?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let catalog = Arc::new(catalog);
+        // A store no batch has marked yet is read every time.
+        if let (Some(g), Ok(mut kept)) = (generation, self.kept.lock()) {
+            *kept = Some((g, catalog.clone()));
+        }
+        Ok(catalog)
+    }
+
+    #[cfg(test)]
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+}
+
 impl Catalog {
-    pub fn load(store: &Store) -> Result<Catalog> {
-        store.read_session(|meta| {
-            let tags = meta
-                .tags()?
-                .into_iter()
-                .filter_map(|(name, t)| Reference::parse(&name).ok().map(|r| (r, t)))
-                .collect();
-            let images = meta
-                .images()?
-                .into_iter()
-                .map(|i| (i.manifest, i))
-                .collect();
-            Ok(Catalog { tags, images })
-        })
+    fn read(meta: &Meta) -> Result<Catalog> {
+        let tags = meta
+            .tags()?
+            .into_iter()
+            .filter_map(|(name, t)| Reference::parse(&name).ok().map(|r| (r, t)))
+            .collect();
+        let images = meta
+            .images()?
+            .into_iter()
+            .map(|i| (i.manifest, i))
+            .collect();
+        Ok(Catalog { tags, images })
     }
 
     #[cfg(test)]
@@ -203,7 +243,7 @@ impl Catalog {
 
     /// Store names in repository `path` that name the image or index
     /// `digest` (what a manifest DELETE by digest removes).
-    pub fn names_of(&self, path: &str, digest: &Digest) -> Vec<String> {
+    pub fn names_of(&self, path: &str, digest: &Digest) -> Vec<&Reference> {
         self.tags
             .iter()
             .filter(|(r, t)| {
@@ -212,13 +252,13 @@ impl Catalog {
                         || t.repo_digest == Some(*digest)
                         || r.digest() == Some(digest))
             })
-            .map(|(r, _)| r.to_string())
+            .map(|(r, _)| r)
             .collect()
     }
 
     /// The store name served as `path:tag`, for a DELETE of that tag.
-    pub fn tag_name(&self, path: &str, tag: &str, order: &HostOrder) -> Option<String> {
-        self.best_tag(path, tag, order).map(|(r, _)| r.to_string())
+    pub fn tag_name(&self, path: &str, tag: &str, order: &HostOrder) -> Option<&Reference> {
+        self.best_tag(path, tag, order).map(|(r, _)| r)
     }
 
     /// Manifest digests of every image, for the referrers scan.
@@ -329,6 +369,34 @@ mod tests {
             img.manifest
         );
         assert!(catalog.by_digest(&Digest::of(b"none")).is_none());
+    }
+
+    #[test]
+    fn the_cached_catalog_is_read_again_after_any_change() {
+        let (_dir, store, _lease) = crate::serve::testing::store();
+        let cache = CatalogCache::default();
+        let add_tag = |name: &str| {
+            store
+                .session(|meta| {
+                    let mut b = meta.batch();
+                    let img = image(name.as_bytes(), None);
+                    b.put(
+                        crate::meta::CF_TAGS,
+                        name.as_bytes(),
+                        &tag(name, &img, None).1,
+                    )?;
+                    b.commit()
+                })
+                .unwrap()
+        };
+        add_tag("x.io/a:1");
+        assert!(cache.get(&store).unwrap().has_repository("a"));
+        assert!(cache.get(&store).unwrap().has_repository("a"));
+        assert_eq!(cache.loads(), 1, "unchanged: read once");
+        // Another writer (a CLI command) changes the tags.
+        add_tag("x.io/b:1");
+        assert!(cache.get(&store).unwrap().has_repository("b"));
+        assert_eq!(cache.loads(), 2);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::reference::Reference;
 use crate::store::Store;
 
 use super::api::{ApiError, ApiResult};
-use super::catalog::{Catalog, Document, HostOrder};
+use super::catalog::{normalise_host, CatalogCache, Document, HostOrder};
 use super::route::ManifestRef;
 
 /// Largest manifest accepted or sent (what the distribution spec asks
@@ -53,12 +53,15 @@ fn index_media_type(bytes: &[u8]) -> String {
 /// store has nothing under that name.
 pub fn find(
     store: &Store,
+    catalogs: &CatalogCache,
     name: &str,
     reference: &ManifestRef,
     order: &HostOrder,
     accept: Option<&str>,
 ) -> ApiResult<Option<Found>> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let doc = match reference {
         ManifestRef::Tag(tag) => catalog.resolve_tag(name, tag, order),
         ManifestRef::Digest(d) => catalog.by_digest(d),
@@ -117,12 +120,15 @@ fn blob_unknown(what: &str, d: &Digest) -> ApiError {
 /// through the import pipeline (blobs verified, layers extracted and
 /// shared, counts kept, name recorded); an index is accepted when its
 /// platform manifests were pushed first, and is then what the name serves.
+/// Returns the manifest's digest and the uploaded blobs it names (what
+/// its image now keeps; an index names stored manifests only).
 pub fn put(
     store: &Store,
+    catalogs: &CatalogCache,
     name: &Reference,
     bytes: Vec<u8>,
     content_type: Option<&str>,
-) -> ApiResult<Digest> {
+) -> ApiResult<(Digest, Vec<Digest>)> {
     let digest = Digest::of(&bytes);
     if let Some(d) = name.digest() {
         if *d != digest {
@@ -142,9 +148,14 @@ pub fn put(
                 .or(content_type.map(str::to_string))
                 .unwrap_or_else(|| oci::OCI_MANIFEST.to_string());
             store_image(store, name, (bytes, digest, media_type), &m, None)?;
+            let mut named: Vec<Digest> = m.layers.iter().map(|l| l.digest).collect();
+            named.push(m.config.digest);
+            return Ok((digest, named));
         }
         Doc::Index(ix) => {
-            let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+            let catalog = catalogs
+                .get(store)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             for child in &ix.manifests {
                 let Some(stored) = catalog.by_digest(&child.digest) else {
                     return Err(blob_unknown("platform manifest", &child.digest));
@@ -200,7 +211,7 @@ pub fn put(
             )?;
         }
     }
-    Ok(digest)
+    Ok((digest, Vec::new()))
 }
 
 fn store_image(
@@ -260,14 +271,23 @@ fn store_image(
 }
 
 /// Removes what a manifest DELETE names: by digest, every name of that
-/// manifest in the repository; by tag, that tag.
+/// manifest in the repository; by tag, the tag that `path:tag` serves.
+/// Only names under `deletable` hosts (the server's own address, the
+/// `--namespace` hosts) are the API's to remove: clients pushed them, or
+/// the operator delegated them. Images another registry's name holds are
+/// a mirror's copies, which distribution's pull-through cache also refuses
+/// to delete (`405 UNSUPPORTED`); they go with `lstore rmi`.
 pub fn delete(
     store: &Store,
+    catalogs: &CatalogCache,
     path: &str,
     reference: &ManifestRef,
     order: &HostOrder,
+    deletable: &[String],
 ) -> ApiResult<()> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let names = match reference {
         ManifestRef::Digest(d) => catalog.names_of(path, d),
         ManifestRef::Tag(t) => catalog.tag_name(path, t, order).into_iter().collect(),
@@ -275,8 +295,20 @@ pub fn delete(
     if names.is_empty() {
         return Err(ApiError::manifest_unknown(&format!("{path}:{reference}")));
     }
+    let ours: Vec<String> = names
+        .iter()
+        .filter(|r| deletable.iter().any(|h| *h == normalise_host(r.domain())))
+        .map(|r| r.to_string())
+        .collect();
+    if ours.is_empty() {
+        return Err(ApiError::unsupported(format!(
+            "{path}:{reference} is {}, a copy of another registry's image: \
+             it is removed with lstore rmi, not through the API",
+            names[0]
+        )));
+    }
     store
-        .rmi(&names)
+        .rmi(&ours)
         .map(|_| ())
         .map_err(|e| ApiError::internal(e.to_string()))
 }
@@ -285,10 +317,13 @@ pub fn delete(
 /// whose `subject` is `digest`, optionally of one artifact type.
 pub fn referrers(
     store: &Store,
+    catalogs: &CatalogCache,
     digest: &Digest,
     artifact_type: Option<&str>,
 ) -> ApiResult<serde_json::Value> {
-    let catalog = Catalog::load(store).map_err(|e| ApiError::internal(e.to_string()))?;
+    let catalog = catalogs
+        .get(store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut found = Vec::new();
     for img in catalog.manifests() {
         let Ok(bytes) = store.content().read(&img.manifest, MANIFEST_MAX) else {

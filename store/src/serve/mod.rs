@@ -2,8 +2,8 @@
 //! and push, with an optional pull-through upstream.
 //!
 //! The server holds one lease for its whole life: it names the blobs
-//! clients uploaded (kept from gc until a manifest uses them) and prefixes
-//! the upload files under `ingest/`. Metadata is read in short sessions per
+//! clients uploaded and no stored manifest names yet (`holds`), and
+//! prefixes the upload files under `ingest/`. Metadata is read in short sessions per
 //! request (never held while idle or while a blob streams), so CLI commands
 //! run beside it; a blob being sent is an open file, which gc's unlink does
 //! not disturb.
@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod blobs;
 mod catalog;
+mod holds;
 mod manifests;
 mod route;
 mod tls;
@@ -35,7 +36,7 @@ use crate::reference::{is_domain, Reference};
 use crate::store::Store;
 
 use api::{empty, full, json, set, ApiError, ApiResult, Body};
-use catalog::{page, Catalog, HostOrder};
+use catalog::{page, CatalogCache, HostOrder};
 use route::{parse_digest, query_param, ManifestRef, Route};
 use uploads::Uploads;
 
@@ -63,6 +64,10 @@ pub struct ServeOptions {
     pub htpasswd: Option<PathBuf>,
     /// Listen beyond loopback without TLS.
     pub insecure: bool,
+    /// An upload no request used for this long is abandoned.
+    pub upload_timeout: Duration,
+    /// A request body that sends nothing for this long is cut.
+    pub body_timeout: Duration,
     /// How pull-through reaches the upstream.
     pub pull: crate::pull::PullOptions,
 }
@@ -78,6 +83,8 @@ impl Default for ServeOptions {
             tls_key: None,
             htpasswd: None,
             insecure: false,
+            upload_timeout: uploads::UPLOAD_IDLE,
+            body_timeout: uploads::BODY_IDLE,
             pull: crate::pull::PullOptions::default(),
         }
     }
@@ -98,6 +105,11 @@ impl ServeOptions {
                 self.addr
             )));
         }
+        if self.upload_timeout.is_zero() || self.body_timeout.is_zero() {
+            return Err(Error::Invalid(
+                "--upload-timeout and --body-timeout must be longer than 0 s".into(),
+            ));
+        }
         for host in self.namespaces.iter().chain(&self.upstream) {
             if !is_domain(host) {
                 return Err(Error::Invalid(format!(
@@ -113,11 +125,15 @@ impl ServeOptions {
 struct State {
     store: Arc<Store>,
     lease: Arc<Lease>,
+    /// Uploaded blobs waiting for a manifest, named in `lease`.
+    holds: holds::Holds,
+    /// Tags and images, read again when the store changed.
+    catalogs: CatalogCache,
     /// `host:port` as bound: pushed images are named under it.
     own: String,
     opts: ServeOptions,
     uploads: Uploads,
-    auth: Option<auth::Htpasswd>,
+    auth: Option<Arc<auth::Htpasswd>>,
     upstream: Option<upstream::Upstream>,
 }
 
@@ -133,7 +149,8 @@ pub fn serve(
         .htpasswd
         .as_deref()
         .map(auth::Htpasswd::load)
-        .transpose()?;
+        .transpose()?
+        .map(Arc::new);
     let tls = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
         _ => None,
@@ -162,7 +179,7 @@ async fn run(
     store: Arc<Store>,
     lease: Arc<Lease>,
     opts: ServeOptions,
-    auth: Option<auth::Htpasswd>,
+    auth: Option<Arc<auth::Htpasswd>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     on_listening: &mut dyn FnMut(SocketAddr),
 ) -> Result<()> {
@@ -183,14 +200,28 @@ async fn run(
             .upstream
             .clone()
             .map(|u| upstream::Upstream::new(u, opts.pull.clone())),
+        uploads: Uploads::with_limits(uploads::MAX_UPLOADS, opts.upload_timeout, opts.body_timeout),
         opts,
-        uploads: Uploads::default(),
+        holds: holds::Holds::new(holds::BLOB_HOLD),
+        catalogs: CatalogCache::default(),
         auth,
     });
     on_listening(bound);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut sweep = tokio::time::interval(sweep_period(state.opts.upload_timeout));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = sweep.tick() => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    state.uploads.sweep();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        state.holds.expire(&state.store, &state.lease)
+                    })
+                    .await;
+                });
+            }
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let _ = tcp.set_nodelay(true);
@@ -225,6 +256,29 @@ async fn run(
     Ok(())
 }
 
+#[cfg(test)]
+mod testing {
+    use crate::lock::{Lease, LeaseContent};
+    use crate::store::Store;
+    use crate::StoreOptions;
+
+    /// A fresh store and a lease in it, as serve holds one.
+    pub fn store() -> (tempfile::TempDir, Store, Lease) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let lease = store
+            .read_session(|_| store.lease(&LeaseContent::default()))
+            .unwrap();
+        (dir, store, lease)
+    }
+}
+
+/// How often abandoned uploads and unclaimed blobs are looked for: often
+/// enough that one outlives its limit by at most a quarter of it.
+fn sweep_period(upload_timeout: Duration) -> Duration {
+    (upload_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
 /// The distribution API version header every response carries.
 fn with_api_version(mut resp: Response<Body>) -> Response<Body> {
     set(&mut resp, "docker-distribution-api-version", "registry/2.0");
@@ -256,18 +310,7 @@ async fn authorise(
     let Some(htpasswd) = &state.auth else {
         return Ok(());
     };
-    let ok = htpasswd.known(header.as_deref()) || {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            state
-                .auth
-                .as_ref()
-                .is_some_and(|a| a.check(header.as_deref()))
-        })
-        .await
-        .unwrap_or(false)
-    };
-    if ok {
+    if htpasswd.check(header.as_deref()).await {
         return Ok(());
     }
     let mut resp = ApiError::new(
@@ -334,8 +377,22 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
         }
         (Route::Manifest { name, reference }, Method::DELETE) => {
             let order = host_order(&state, query);
-            let store = state.store.clone();
-            blocking(move || manifests::delete(&store, &name, &reference, &order)).await?;
+            let st = state.clone();
+            blocking(move || {
+                let deletable: Vec<String> = std::iter::once(&st.own)
+                    .chain(&st.opts.namespaces)
+                    .map(|h| catalog::normalise_host(h))
+                    .collect();
+                manifests::delete(
+                    &st.store,
+                    &st.catalogs,
+                    &name,
+                    &reference,
+                    &order,
+                    &deletable,
+                )
+            })
+            .await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
         (Route::Blob { digest, .. }, Method::GET | Method::HEAD) => {
@@ -380,11 +437,13 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> ApiResult<Respon
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Referrers { digest, .. }, Method::GET) => {
-            let store = state.store.clone();
+            let st = state.clone();
             let wanted = query_param(query, "artifactType");
             let filtered = wanted.is_some();
-            let index =
-                blocking(move || manifests::referrers(&store, &digest, wanted.as_deref())).await?;
+            let index = blocking(move || {
+                manifests::referrers(&st.store, &st.catalogs, &digest, wanted.as_deref())
+            })
+            .await?;
             let mut resp = json(StatusCode::OK, crate::oci::OCI_INDEX, &index);
             if filtered {
                 set(&mut resp, "oci-filters-applied", "artifactType");
@@ -415,14 +474,23 @@ async fn get_manifest(
 ) -> ApiResult<Response<Body>> {
     let order = host_order(state, query);
     let lookup = {
-        let (store, name, reference, order, accept) = (
-            state.store.clone(),
+        let (st, name, reference, order, accept) = (
+            state.clone(),
             name.clone(),
             reference.clone(),
             order.clone(),
             accept.clone(),
         );
-        move || manifests::find(&store, &name, &reference, &order, accept.as_deref())
+        move || {
+            manifests::find(
+                &st.store,
+                &st.catalogs,
+                &name,
+                &reference,
+                &order,
+                accept.as_deref(),
+            )
+        }
     };
     let mut found = blocking(lookup.clone()).await?;
     if found.is_none() {
@@ -501,10 +569,22 @@ async fn put_manifest(
     };
     let store_name =
         Reference::parse(&word).map_err(|e| ApiError::name_invalid(&format!("{word}: {e}")))?;
-    let store = state.store.clone();
-    let digest =
-        blocking(move || manifests::put(&store, &store_name, bytes, content_type.as_deref()))
-            .await?;
+    let st = state.clone();
+    let digest = blocking(move || {
+        let (digest, named) = manifests::put(
+            &st.store,
+            &st.catalogs,
+            &store_name,
+            bytes,
+            content_type.as_deref(),
+        )?;
+        // Stored: the image keeps its blobs from gc now, not serve.
+        st.holds
+            .release(&st.store, &st.lease, &named)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(digest)
+    })
+    .await?;
     let mut resp = empty(StatusCode::CREATED);
     set(
         &mut resp,
@@ -527,8 +607,14 @@ async fn start_upload(
     if let Some(mount) = query_param(query, "mount") {
         let digest = parse_digest(&mount)?;
         if state.store.content().contains(&digest) {
-            let (store, lease) = (state.store.clone(), state.lease.clone());
-            blocking(move || uploads::hold(&store, &lease, &digest)).await?;
+            // Held for the manifest that will name it, as if uploaded.
+            let st = state.clone();
+            blocking(move || {
+                st.holds
+                    .hold(&st.store, &st.lease, digest)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .await?;
             return Ok(blob_created(&name, &digest));
         }
     }
@@ -566,10 +652,12 @@ async fn finish_upload(
     body: Incoming,
     digest: crate::Digest,
 ) -> ApiResult<Response<Body>> {
-    state
-        .uploads
-        .complete(id, name, body, digest, &state.store, &state.lease)
-        .await?;
+    let keep = uploads::Keep {
+        store: &state.store,
+        lease: &state.lease,
+        holds: &state.holds,
+    };
+    state.uploads.complete(id, name, body, digest, keep).await?;
     Ok(blob_created(name, &digest))
 }
 
@@ -615,10 +703,13 @@ async fn list(
         })?),
     };
     let last = query_param(query, "last");
-    let store = state.store.clone();
+    let st = state.clone();
     let for_name = name.clone();
     let items = blocking(move || {
-        let catalog = Catalog::load(&store).map_err(|e| ApiError::internal(e.to_string()))?;
+        let catalog = st
+            .catalogs
+            .get(&st.store)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         match &for_name {
             None => Ok(catalog.repositories()),
             Some(path) => {

@@ -4,9 +4,9 @@
 //!
 //! An upload's file is named `<serve's lease id>.upload-<n>`: while serve
 //! runs, gc leaves it alone; once serve is gone (killed), gc removes it as
-//! the leftover of a dead command. A finished blob is added to serve's
-//! lease before it appears under `blobs/`, so gc keeps it until a manifest
-//! uses it (or serve ends).
+//! the leftover of a dead command. A finished blob is held in serve's
+//! lease (`holds`) before it appears under `blobs/`, so gc keeps it until a
+//! manifest uses it (or its hold ends).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,9 +20,10 @@ use hyper::body::{Body, Incoming};
 use hyper::StatusCode;
 
 use super::api::{ApiError, ApiResult};
+use super::holds::Holds;
 use crate::content::BlobWriter;
 use crate::digest::Digest;
-use crate::lock::{Lease, RootLock};
+use crate::lock::Lease;
 use crate::store::Store;
 
 /// One upload in progress.
@@ -41,14 +42,17 @@ type Slot = Arc<tokio::sync::Mutex<Option<Upload>>>;
 
 /// Uploads open at once: each holds a file and a write buffer (1 MiB), so
 /// their number bounds the server's memory.
-const MAX_UPLOADS: usize = 256;
+pub const MAX_UPLOADS: usize = 256;
 
-/// An upload no request used for this long is abandoned: it is dropped
-/// when a new upload starts, so forgotten uploads cannot fill the table.
+/// An upload no request used for this long is abandoned: the server's
+/// sweep drops it (or a new upload starts and finds it), so forgotten
+/// uploads neither fill the table nor keep their files. The default of
+/// `--upload-timeout`.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(5 * 60);
 
 /// A request body that sends nothing for this long is cut, as a broken
-/// connection would be: it would hold its upload (and a task) forever.
+/// connection would be: it would hold its upload (and a task) forever. The
+/// default of `--body-timeout`.
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// An upload in the table: its slot, locked while a request works on it,
@@ -67,12 +71,6 @@ pub struct Uploads {
     limit: usize,
     upload_idle: Duration,
     body_idle: Duration,
-}
-
-impl Default for Uploads {
-    fn default() -> Self {
-        Uploads::with_limits(MAX_UPLOADS, UPLOAD_IDLE, BODY_IDLE)
-    }
 }
 
 /// Runs blocking file work on an async worker without stalling the
@@ -175,6 +173,16 @@ impl Uploads {
         drop(map);
         drop(expired);
         Ok(id)
+    }
+
+    /// Drops the uploads idle longer than the limit, with their files.
+    pub fn sweep(&self) {
+        let expired = match self.map.lock() {
+            Ok(mut map) => self.expire(&mut map),
+            Err(_) => return,
+        };
+        // Files go after the table's lock is released.
+        drop(expired);
     }
 
     /// Takes out of the table the uploads idle longer than the limit. One
@@ -312,22 +320,20 @@ impl Uploads {
         repo: &str,
         body: Incoming,
         digest: Digest,
-        store: &Store,
-        lease: &Lease,
+        keep: Keep<'_>,
     ) -> ApiResult<()> {
         self.append(id, repo, body, None).await?;
-        self.finish(id, repo, digest, store, lease).await
+        self.finish(id, repo, digest, keep).await
     }
 
     /// Ends an upload: the file must hash to `digest`; then it becomes the
-    /// blob (named in serve's lease first). A wrong digest drops the upload.
+    /// blob (held in serve's lease first). A wrong digest drops the upload.
     pub async fn finish(
         &self,
         id: &str,
         repo: &str,
         digest: Digest,
-        store: &Store,
-        lease: &Lease,
+        keep: Keep<'_>,
     ) -> ApiResult<()> {
         let slot = self.slot(id)?;
         let mut guard = slot.lock().await;
@@ -338,7 +344,7 @@ impl Uploads {
         let upload = guard.take().ok_or_else(ApiError::upload_unknown)?;
         drop(guard);
         self.remove(id);
-        commit(upload.writer, &digest, store, lease).await
+        commit(upload.writer, &digest, keep).await
     }
 }
 
@@ -375,51 +381,33 @@ where
     }
 }
 
+/// Where a finished upload goes: the store, and serve's lease with the
+/// blobs it holds for the manifests to come.
+#[derive(Clone, Copy)]
+pub struct Keep<'a> {
+    pub store: &'a Store,
+    pub lease: &'a Lease,
+    pub holds: &'a Holds,
+}
+
 /// Verifies a finished upload against `digest` and stores it as a blob.
-pub async fn commit(
-    writer: BlobWriter,
-    digest: &Digest,
-    store: &Store,
-    lease: &Lease,
-) -> ApiResult<()> {
+pub async fn commit(writer: BlobWriter, digest: &Digest, keep: Keep<'_>) -> ApiResult<()> {
     blocking(|| {
         writer.commit_with(Some(digest), None, |d| {
-            // Under the root lock: gc reads the lease before or after.
-            let _lock = RootLock::acquire(store.root(), &|_| {})?;
-            lease.add_blob(*d)
+            keep.holds.hold(keep.store, keep.lease, *d)
         })
     })
     .map(|_| ())
     .map_err(|e| ApiError::from_store(&e))
 }
 
-/// Puts a blob the store already has into serve's lease (a cross-repository
-/// mount), so gc keeps it for the manifest that will name it.
-pub fn hold(store: &Store, lease: &Lease, digest: &Digest) -> ApiResult<()> {
-    blocking(|| {
-        let _lock = RootLock::acquire(store.root(), &|_| {})?;
-        lease.add_blob(*digest)
-    })
-    .map_err(|e| ApiError::internal(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::LeaseContent;
-    use crate::StoreOptions;
+    use crate::serve::testing::store;
 
     use std::pin::Pin;
     use std::task::{Context, Poll};
-
-    fn store() -> (tempfile::TempDir, Store, Lease) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let lease = store
-            .read_session(|_| store.lease(&LeaseContent::default()))
-            .unwrap();
-        (dir, store, lease)
-    }
 
     fn ingest_files(dir: &tempfile::TempDir) -> usize {
         std::fs::read_dir(dir.path().join("ingest"))
