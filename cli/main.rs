@@ -219,6 +219,15 @@ enum Command {
     /// a pull-through cache). Prints `listening on IP:PORT` once it accepts
     /// connections; runs until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Serve containerd's snapshots API on a unix socket, for containerd's
+    /// `[proxy_plugins.lstore] type = "snapshot"`: containerd keeps its
+    /// layers in lstore. Prints `listening on PATH` once it accepts
+    /// requests; runs until SIGTERM or SIGINT.
+    Snapshotter {
+        /// The unix socket to listen on.
+        #[arg(long, value_name = "PATH", default_value = lstore::snapshotter::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -627,6 +636,14 @@ fn run(cli: Cli) -> lstore::Result<()> {
             lstore::serve::serve(store, opts, &mut |bound| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "listening on {bound}");
+                let _ = out.flush();
+            })?;
+        }
+        Command::Snapshotter { socket } => {
+            let opts = lstore::snapshotter::SnapshotterOptions { socket };
+            lstore::snapshotter::serve(store, opts, &mut |path| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "listening on {}", path.display());
                 let _ = out.flush();
             })?;
         }

@@ -11,13 +11,13 @@ use common::image::Image;
 use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, skopeo_inspect};
 use common::registry::{free_port, make_htpasswd, make_tls, Fault, Proxy, Registry};
-use common::scenes::{noise, small_app, small_base};
+use common::scenes::{noise, runnable_image, small_app, small_base};
 use common::serve::Serve;
 use common::tree::{assert_same_tree, snapshot};
 use common::{scratch, Compression, ImageBuilder, Lstore, TarBuilder};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,57 +47,6 @@ fn own_image(name: &str) -> Image {
         .tar(&base, Compression::Gzip)
         .tar(&top, Compression::Gzip)
         .build()
-}
-
-/// One layer holding the host's `/bin/cat` with the libraries it loads and
-/// `/greeting`; its command prints the greeting.
-fn runnable_image(greeting: &str) -> Image {
-    let mut tar = TarBuilder::new();
-    let mut files = vec![PathBuf::from("/bin/cat")];
-    files.extend(shared_libraries(Path::new("/bin/cat")));
-    let mut dirs = std::collections::BTreeSet::new();
-    for file in &files {
-        for dir in file.ancestors().skip(1) {
-            if dir != Path::new("/") {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-    }
-    for dir in &dirs {
-        tar.dir(relative(dir));
-    }
-    for file in &files {
-        let bytes = fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-        tar.file(relative(file), bytes).mode(0o755);
-    }
-    tar.file("greeting", format!("{greeting}\n"));
-    ImageBuilder::new()
-        .tar(&tar, Compression::Gzip)
-        .cmd(&["/bin/cat", "/greeting"])
-        .build()
-}
-
-fn relative(path: &Path) -> String {
-    path.strip_prefix("/")
-        .expect("absolute")
-        .to_str()
-        .expect("utf-8")
-        .to_string()
-}
-
-/// The libraries `ldd` names for `binary` (dynamic loader included), with
-/// symlinks resolved: the files to copy, at the paths the binary asks for.
-fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
-    let output = Command::new("ldd").arg(binary).output().expect("run ldd");
-    assert!(output.status.success(), "ldd {}", binary.display());
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.starts_with('/'))
-                .map(PathBuf::from)
-        })
-        .collect()
 }
 
 /// What `lstore mount REF` shows.

@@ -151,7 +151,9 @@ pub(crate) fn plan_sweep(
     let everyone: Vec<&ImageRecord> = all.iter().collect();
     let (blob_count, layer_count) = mark(&kept);
     let (blob_before, layer_before) = mark(&everyone);
-    let (leased_blobs, leased_layers, _) = leased(store)?;
+    let (leased_blobs, mut leased_layers, _) = leased(store)?;
+    // Layers containerd holds snapshots of (`lstore snapshotter`) stay.
+    leased_layers.extend(crate::snapshotter::held_layers(meta)?);
     let in_use = mounted_layers(store);
 
     let mut plan = SweepPlan {
@@ -257,7 +259,8 @@ pub(crate) fn plan_removal(
             doomed_images.push(img);
         }
     }
-    let (leased_blobs, leased_layers, _) = leased(store)?;
+    let (leased_blobs, mut leased_layers, _) = leased(store)?;
+    leased_layers.extend(crate::snapshotter::held_layers(meta)?);
     let in_use = mounted_layers(store);
     let mut plan = SweepPlan {
         drop_tags: drop_tags.iter().cloned().collect(),

@@ -91,6 +91,7 @@ mod unpack;
 // benchmark, the distribution API server).
 pub mod bench;
 pub mod serve;
+pub mod snapshotter;
 
 // ---- the public surface -----------------------------------------------
 

@@ -7,6 +7,7 @@
 //! | layers  | chain id (32 bytes)         | `LayerRecord`  |
 //! | images  | manifest digest (32 bytes)  | `ImageRecord`  |
 //! | tags    | normalised reference (utf8) | `TagRecord`    |
+//! | snapshots | containerd's snapshot key (utf8) | `snapshotter::SnapshotRecord` |
 //!
 //! `refs` counts the images that use a blob or layer. A database is only
 //! opened while the process holds the root lock (`lock::RootLock`).
@@ -30,7 +31,9 @@ pub const CF_BLOBS: &str = "blobs";
 pub const CF_LAYERS: &str = "layers";
 pub const CF_IMAGES: &str = "images";
 pub const CF_TAGS: &str = "tags";
-const FAMILIES: [&str; 4] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS];
+/// Column family of containerd's snapshots (`lstore snapshotter`), by key.
+pub const CF_SNAPSHOTS: &str = "snapshots";
+const FAMILIES: [&str; 5] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS, CF_SNAPSHOTS];
 
 /// A stored blob.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -279,11 +279,27 @@ pub struct Containerd {
     child: Child,
 }
 
+/// The proxy snapshotter name `with_lstore_snapshotter` configures.
+pub const LSTORE_SNAPSHOTTER: &str = "lstore";
+
 /// The containerd namespace the tests use.
 pub const CTR_NAMESPACE: &str = "lstore-test";
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with("")
+    }
+
+    /// A containerd with `lstore snapshotter` on `socket` as its proxy
+    /// snapshotter `lstore`.
+    pub fn with_lstore_snapshotter(socket: &Path) -> Containerd {
+        Containerd::start_with(&format!(
+            "[proxy_plugins.{LSTORE_SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+            socket.display()
+        ))
+    }
+
+    fn start_with(extra: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("lstore-containerd-")
             .tempdir()
@@ -297,7 +313,7 @@ impl Containerd {
              \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \
              \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\"]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{hosts}\"\n",
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{hosts}\"\n{extra}",
             root = path("root").display(),
             state = path("state").display(),
             sock = path("containerd.sock").display(),
@@ -305,18 +321,35 @@ impl Containerd {
         );
         fs::write(path("config.toml"), config).expect("containerd config");
         fs::create_dir_all(path("hosts")).expect("hosts dir");
-        let log = fs::File::create(path("containerd.log")).expect("containerd log");
-        let child = Command::new("containerd")
+        let child = Containerd::spawn(dir.path());
+        let mut containerd = Containerd { dir, child };
+        containerd.wait_ready();
+        containerd
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))
+            .expect("containerd log");
+        Command::new("containerd")
             .arg("--config")
-            .arg(path("config.toml"))
+            .arg(dir.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("start containerd");
-        let mut containerd = Containerd { dir, child };
-        containerd.wait_ready();
-        containerd
+            .expect("start containerd")
+    }
+
+    /// Stops containerd (SIGKILL) and starts it again on the same root,
+    /// state and config.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Containerd::spawn(self.dir.path());
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

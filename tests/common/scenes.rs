@@ -2,6 +2,9 @@
 
 use super::image::{Image, ImageBuilder, ManifestKind};
 use super::tarball::{Compression, Layer, TarBuilder, DEFAULT_MTIME};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 pub const T1: u64 = DEFAULT_MTIME;
 pub const T2: u64 = DEFAULT_MTIME + 86_400;
@@ -282,4 +285,67 @@ pub fn small_app(name: &str) -> Layer {
     t.dir("bin");
     t.whiteout("bin/alias");
     t.layer(Compression::Gzip)
+}
+
+/// One layer holding the host's `/bin/cat` with the libraries it loads and
+/// `/greeting`; its command prints the greeting.
+pub fn runnable_image(greeting: &str) -> Image {
+    let mut tar = host_binaries(&["/bin/cat"]);
+    tar.file("greeting", format!("{greeting}\n"));
+    ImageBuilder::new()
+        .tar(&tar, Compression::Gzip)
+        .cmd(&["/bin/cat", "/greeting"])
+        .build()
+}
+
+/// A layer of the host's `binaries` with the libraries they load (dynamic
+/// loader included), at the paths they ask for.
+pub fn host_binaries(binaries: &[&str]) -> TarBuilder {
+    let mut tar = TarBuilder::new();
+    let mut files = Vec::new();
+    for b in binaries {
+        files.push(PathBuf::from(b));
+        files.extend(shared_libraries(Path::new(b)));
+    }
+    files.sort();
+    files.dedup();
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in &files {
+        for dir in file.ancestors().skip(1) {
+            if dir != Path::new("/") {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+    }
+    for dir in &dirs {
+        tar.dir(relative(dir));
+    }
+    for file in &files {
+        let bytes = fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        tar.file(relative(file), bytes).mode(0o755);
+    }
+    tar
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix("/")
+        .expect("absolute")
+        .to_str()
+        .expect("utf-8")
+        .to_string()
+}
+
+/// The libraries `ldd` names for `binary` (dynamic loader included), with
+/// symlinks resolved: the files to copy, at the paths the binary asks for.
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let output = Command::new("ldd").arg(binary).output().expect("run ldd");
+    assert!(output.status.success(), "ldd {}", binary.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect()
 }
