@@ -298,8 +298,15 @@ fn layers_under_a_podman_mount_outlive_rmi_and_gc_until_unmounted() {
 
     store.ok(&["rmi", "example.com/view/held:v1"]);
     store.ok(&["gc"]);
-    assert!(podman_images(&podman).is_empty(), "the image record is gone");
-    assert_eq!(store.layer_dirs(), layers_before, "layers under podman's mount");
+    assert!(
+        podman_images(&podman).is_empty(),
+        "the image record is gone"
+    );
+    assert_eq!(
+        store.layer_dirs(),
+        layers_before,
+        "layers under podman's mount"
+    );
     assert_eq!(
         fs::read_to_string(mount.path().join("app/name")).expect("read through the mount"),
         "held\n"

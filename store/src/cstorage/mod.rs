@@ -54,8 +54,9 @@ fn current(store: &Store, meta: &Meta) -> Result<model::View> {
 struct Facts<'a> {
     store: &'a Store,
     meta: &'a Meta,
-    /// uid/gid sets the current layers.json already lists, by diff digest
-    /// (reading a layer's tar-split again each time would cost a pass over it).
+    /// uid/gid sets the current layers.json already lists, by diff digest,
+    /// for layers without a summary file (parsing their tar-split record
+    /// each time would cost a pass over it).
     known: HashMap<String, (Vec<u32>, Vec<u32>)>,
 }
 
@@ -73,6 +74,12 @@ impl model::StoreFacts for Facts<'_> {
     }
 
     fn id_sets(&self, chain_id: &Digest) -> Option<(Vec<u32>, Vec<u32>)> {
+        // The summary the extraction pass wrote; else what layers.json had
+        // (a layer extracted before records were kept).
+        let dir = self.store.layer_store().dir(chain_id);
+        if let Some(summary) = crate::tarsplit::stored_summary(&dir) {
+            return Some((summary.uids, summary.gids));
+        }
         let record = self.meta.layer(chain_id).ok().flatten()?;
         self.known.get(&record.diff_id.to_string()).cloned()
     }

@@ -164,6 +164,13 @@ pub(crate) fn summary(record: &Path) -> Result<LayerSummary, TarSplitError> {
     }
 }
 
+/// The summary kept in layer folder `layer_dir`, if one is there and
+/// readable: a small read, where [`summary`] may parse the whole record.
+pub(crate) fn stored_summary(layer_dir: &Path) -> Option<LayerSummary> {
+    let bytes = fs::read(layer_dir.join(SUMMARY_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Writes `summary` as the summary file at `path`.
 pub(crate) fn write_summary(
     path: &Path,
