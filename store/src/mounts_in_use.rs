@@ -17,20 +17,19 @@
 //! made inside a different root (a chroot, a container's pivot_root) is
 //! seen only where its paths name the same directories here. A relative
 //! lower dir (overlay resolves it against the mounting process's working
-//! dir, which the mount table does not keep) cannot be resolved; the one
-//! relative form recognised is `l/<short>`, the overlay2 convention of
-//! lstore's own mounts and Docker's, matched by name against this store's
-//! short links (at worst a layer is kept until the next `gc`).
+//! dir, which the mount table does not keep) cannot be resolved, and names
+//! no layer: not even `l/<short>`, for short ids follow from chain ids, so
+//! another store's mount would name the same link. (lstore's own mounts,
+//! which use such paths, are kept through their records in `mounts/`.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::layers::linked_chain;
 
 /// Symlinks followed while resolving one path, as the kernel's limit.
 const MAX_SYMLINKS: usize = 40;
@@ -212,26 +211,9 @@ pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
 /// The layer whose folder `dir` lies in, if any; `root` is the canonical
 /// path of `overlay2/`.
 fn layer_of(dir: &Path, root: &Path, seen: &mut Lookups) -> Option<Digest> {
-    if dir.is_relative() {
-        return relative_short_link(dir, root);
-    }
     let resolved = resolve(dir, seen)?;
     let first = resolved.strip_prefix(root).ok()?.components().next()?;
     Digest::from_hex(first.as_os_str().to_str()?)
-}
-
-/// The layer a relative `l/<short>` names in this store, by its link.
-fn relative_short_link(dir: &Path, root: &Path) -> Option<Digest> {
-    let mut parts = dir.components();
-    let (Some(Component::Normal(l)), Some(Component::Normal(short)), None) =
-        (parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    if l != OsStr::new("l") {
-        return None;
-    }
-    linked_chain(&fs::read_link(root.join("l").join(short)).ok()?)
 }
 
 /// `path` with every symlink followed, as the kernel would resolve it; from
@@ -426,8 +408,7 @@ mod tests {
             named(root.join(chain.hex()).join("diff/../work")),
             Some(chain)
         );
-        assert_eq!(named(p("l").join(&short)), Some(chain), "l/<short>");
-        assert_eq!(named(p("elsewhere/l").join(&short)), None);
+        assert_eq!(named(p("l").join(&short)), None, "relative: unknown");
         assert_eq!(named(root.join("l")), None);
         assert_eq!(named(root.join("not-a-digest/diff")), None);
         assert_eq!(named(dir.path().join("other")), None);
