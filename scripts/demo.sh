@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a sample made here (no internet): serve two images that
 # share a base layer from a local docker-registry this script starts, pull
-# them, list and inspect them, mount one with overlayfs, save and load it,
-# remove them and collect garbage. Needs root (overlay mounts).
+# them, list and inspect them, mount one with overlayfs, commit and push;
+# then other tools on the store: `lstore serve` (skopeo, podman), podman
+# reading containers-storage/, containerd through `lstore snapshotter`;
+# save and load, remove and collect garbage. Needs root (overlay mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -15,12 +17,16 @@ ROOT="$demo/store"
 mnt="$demo/mnt"
 reg_pid=""
 serve_pid=""
+snap_pid=""
+ctrd_pid=""
 podman_demo() { CONTAINERS_STORAGE_CONF="$demo/podman/storage.conf" CONTAINERS_REGISTRIES_CONF="$demo/podman/registries.conf" podman "$@"; }
 podman_view() { CONTAINERS_STORAGE_CONF="$demo/podman-view/storage.conf" podman "$@"; }
 cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
   [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
+  [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
+  [ -n "$snap_pid" ] && kill "$snap_pid" 2>/dev/null
   if [ -d "$demo/podman" ]; then
     podman_demo unmount --all >/dev/null 2>&1 || true
     podman_demo system reset -f >/dev/null 2>&1 || true
@@ -136,7 +142,46 @@ CONF
   echo "$view_mnt: $(cat "$view_mnt/opt/app/FEATURE")"
   echo "lower dirs: $(grep -F "$view_mnt" /proc/self/mountinfo | grep -o 'lowerdir=[^,]*')"
   echo "(each a link to a layer folder under $ROOT/overlay2: nothing copied)"
+  printf '\n\033[1m$ podman save -o podman-saved.tar %s/sample/app:edge\033[0m\n' "$reg"
+  podman_view save -q -o "$demo/podman-saved.tar" "$reg/sample/app:edge"
+  echo "(each layer's exact tar rebuilt from lstore's folder and its tar-split record)"
   podman_view umount "$ctr_id" >/dev/null; podman_view rm "$ctr_id" >/dev/null
+fi
+
+# containerd keeps its layers in lstore: `lstore snapshotter` is its proxy
+# snapshotter. A private containerd pulls an image lstore holds: every
+# layer keeps lstore's folder.
+if command -v containerd >/dev/null; then
+  mkdir -p "$demo/containerd"
+  printf '\n\033[1m$ lstore snapshotter --socket snapshotter.sock &\033[0m\n'
+  coproc SNAP { exec "$CARGO_TARGET_DIR/debug/lstore" --root "$ROOT" snapshotter --socket "$demo/snapshotter.sock" 2>"$demo/snapshotter.log"; }
+  snap_pid=$SNAP_PID
+  read -r -t 30 listening <&"${SNAP[0]}"
+  echo "$listening"
+  cat > "$demo/containerd/config.toml" <<CONF
+version = 2
+root = "$demo/containerd/root"
+state = "$demo/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$demo/containerd/containerd.sock"
+[proxy_plugins.lstore]
+  type = "snapshot"
+  address = "$demo/snapshotter.sock"
+CONF
+  containerd --config "$demo/containerd/config.toml" >"$demo/containerd/log" 2>&1 & ctrd_pid=$!
+  ctr_demo() { ctr --address "$demo/containerd/containerd.sock" -n demo "$@"; }
+  for _ in $(seq 100); do ctr_demo version >/dev/null 2>&1 && break; sleep 0.1; done
+  folders_before=$(ls "$ROOT/overlay2" | grep -vc '^l$')
+  printf '\n\033[1m$ ctr images pull --plain-http --snapshotter lstore %s/sample/tool:1.0\033[0m\n' "$reg"
+  ctr_demo images pull --plain-http --snapshotter lstore "$reg/sample/tool:1.0" >/dev/null
+  ctr_demo snapshots --snapshotter lstore ls
+  echo "layer folders in lstore: $folders_before before, $(ls "$ROOT/overlay2" | grep -vc '^l$') after (containerd's copies dropped)"
+  printf '\n\033[1m$ ctr images rm --sync %s/sample/tool:1.0\033[0m\n' "$reg"
+  ctr_demo images rm --sync "$reg/sample/tool:1.0" >/dev/null
+  kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null || true; ctrd_pid=""
+  kill -TERM "$snap_pid"; wait "$snap_pid" 2>/dev/null || true; snap_pid=""
+  echo "containerd and the snapshotter stopped; more: docs/snapshotter.md"
 fi
 step rmi $srv/pushed/tool:1.0;            lstore rmi "$srv/pushed/tool:1.0"
 
