@@ -142,8 +142,8 @@ CONF
   echo "$view_mnt: $(cat "$view_mnt/opt/app/FEATURE")"
   echo "lower dirs: $(grep -F "$view_mnt" /proc/self/mountinfo | grep -o 'lowerdir=[^,]*')"
   echo "(each a link to a layer folder under $ROOT/overlay2: nothing copied)"
-  printf '\n\033[1m$ podman save -o podman-saved.tar %s/sample/app:edge\033[0m\n' "$reg"
-  podman_view save -q -o "$demo/podman-saved.tar" "$reg/sample/app:edge"
+  printf '\n\033[1m$ podman save --format oci-archive -o podman-saved.tar %s/sample/app:edge\033[0m\n' "$reg"
+  podman_view save -q --format oci-archive -o "$demo/podman-saved.tar" "$reg/sample/app:edge"
   echo "(each layer's exact tar rebuilt from lstore's folder and its tar-split record)"
   podman_view umount "$ctr_id" >/dev/null; podman_view rm "$ctr_id" >/dev/null
 fi
