@@ -77,6 +77,22 @@ impl Setup {
         ]);
     }
 
+    /// `ctr snapshots --snapshotter lstore ARGS…`, which must succeed.
+    fn snapshots(&self, args: &[&str]) -> String {
+        let mut all = vec!["snapshots", "--snapshotter", LSTORE_SNAPSHOTTER];
+        all.extend_from_slice(args);
+        self.containerd.ctr_ok(&all).stdout
+    }
+
+    /// Runs containerd's garbage collection now (the end of a lease with
+    /// `--sync` does), which removes from the snapshotter what containerd
+    /// no longer knows.
+    fn containerd_gc(&self) {
+        let id = "lstore-test-gc";
+        self.containerd.ctr_ok(&["leases", "create", "--id", id]);
+        self.containerd.ctr_ok(&["leases", "delete", "--sync", id]);
+    }
+
     fn run(&self, reference: &str, id: &str, cmd: &[&str]) -> String {
         let mut args = vec![
             "run",
@@ -228,4 +244,241 @@ fn a_layer_lstore_holds_keeps_its_folder_when_containerd_commits_it() {
         "containerd still holds them"
     );
     assert_fsck_clean(&setup.store);
+}
+
+/// The chain id of an image's top layer, in hex.
+fn top_hex(image: &Image) -> String {
+    image
+        .chain_ids()
+        .last()
+        .expect("a layer")
+        .trim_start_matches("sha256:")
+        .to_string()
+}
+
+/// `lstore fsck --format json`, which must find nothing wrong and nothing
+/// left over.
+fn fsck_report(store: &Lstore) -> serde_json::Value {
+    let report = store.json(&["fsck", "--format", "json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "fsck: {report}");
+    assert_eq!(report["leftovers"], serde_json::json!([]), "fsck: {report}");
+    report
+}
+
+/// What `ctr snapshots ls` lists for lstore: (key, kind) rows.
+fn ctr_snapshots(setup: &Setup) -> Vec<(String, String)> {
+    let out = setup
+        .containerd
+        .ctr_ok(&["snapshots", "--snapshotter", LSTORE_SNAPSHOTTER, "ls"]);
+    out.stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), f.last()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_layer_lstore_lacks_is_unpacked_into_lstore_and_freed_once_containerd_drops_it() {
+    let registry = Registry::start();
+    let greeting = "unpacked by containerd";
+    let image = shell_image(greeting);
+    registry.upload("snap/lacks", "v1", &image);
+    let reference = format!("{}/snap/lacks:v1", registry.host());
+    let setup = Setup::new();
+    assert!(layer_folders(&setup.store).is_empty());
+
+    setup.pull(&reference);
+    // One complete lstore layer folder per layer, with its short link.
+    let folders = layer_folders(&setup.store);
+    let names: BTreeSet<String> = folders.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, chain_hexes(&image));
+    for hex in &names {
+        let dir = setup.store.root().join("overlay2").join(hex);
+        assert!(dir.join("link").is_file(), "{hex}: link");
+        assert!(dir.join("work").is_dir(), "{hex}: work/");
+        let short = fs::read_to_string(dir.join("link")).expect("link");
+        let target = fs::read_link(setup.store.root().join("overlay2/l").join(short.trim()))
+            .expect("short link");
+        assert_eq!(target, Path::new("..").join(hex).join("diff"));
+    }
+    let top = top_hex(&image);
+    let kept = fs::read_to_string(
+        setup
+            .store
+            .root()
+            .join("overlay2")
+            .join(&top)
+            .join("diff/greeting"),
+    )
+    .expect("the top layer's greeting");
+    assert_eq!(kept.trim(), greeting);
+    assert!(
+        setup.store.blobs().is_empty(),
+        "containerd keeps the blobs; lstore has none: {:?}",
+        setup.store.blobs()
+    );
+    assert!(setup.store.images().is_empty(), "no lstore image was made");
+
+    // df and fsck know the layers: held by containerd, not unused.
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["layers"], 2, "df: {df}");
+    assert_eq!(df["containerd_layers"], 2, "df: {df}");
+    assert_eq!(df["unused_bytes"], 0, "df: {df}");
+    assert!(df["containerd_bytes"].as_u64().unwrap() > 0, "df: {df}");
+    assert_eq!(df["containerd_bytes"], df["layer_bytes"], "df: {df}");
+    let text = setup.store.ok(&["df"]).stdout;
+    assert!(text.contains("Held by containerd"), "df:\n{text}");
+    let report = fsck_report(&setup.store);
+    assert_eq!(report["layers_checked"], 2, "fsck: {report}");
+    assert_fsck_clean(&setup.store);
+
+    // gc keeps what containerd holds.
+    let gc = setup.store.json(&["gc", "--format", "json"]);
+    assert_eq!(gc["deleted_layers"], 0, "gc: {gc}");
+    assert_eq!(layer_folders(&setup.store), folders, "gc kept the layers");
+
+    // `ctr snapshots rm` of the top layer drops containerd's claim on it
+    // alone (the base is kept as a gc root of containerd's): lstore's gc
+    // then frees that layer and keeps the one below.
+    let base = chain_hexes(&image)
+        .into_iter()
+        .find(|h| *h != top)
+        .expect("the base layer");
+    let (top_key, base_key) = (format!("sha256:{top}"), format!("sha256:{base}"));
+    let listed = ctr_snapshots(&setup);
+    for key in [&top_key, &base_key] {
+        assert!(
+            listed
+                .iter()
+                .any(|(k, kind)| k == key && kind == "Committed"),
+            "{key} in {listed:?}"
+        );
+    }
+    setup.snapshots(&["label", &base_key, "containerd.io/gc.root=lstore-test"]);
+    setup.snapshots(&["rm", &top_key]);
+    assert_eq!(
+        layer_folders(&setup.store),
+        folders,
+        "removing a snapshot frees nothing by itself"
+    );
+    // containerd removes it from its snapshotter in its own gc.
+    setup.containerd_gc();
+    let left = |setup: &Setup| -> Vec<String> {
+        layer_folders(&setup.store)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(
+        left(&setup),
+        folders.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    );
+    setup.store.ok(&["gc"]);
+    assert_eq!(left(&setup), vec![base.clone()], "the base is still held");
+    fsck_report(&setup.store);
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["containerd_layers"], 1, "df: {df}");
+
+    // Removing the image (containerd's gc runs with --sync) keeps what
+    // containerd still holds.
+    setup
+        .containerd
+        .ctr_ok(&["images", "rm", "--sync", &reference]);
+    assert_eq!(
+        ctr_snapshots(&setup),
+        vec![(base_key.clone(), "Committed".to_string())]
+    );
+    setup.store.ok(&["gc"]);
+    assert_eq!(left(&setup), vec![base.clone()]);
+
+    // Once containerd holds nothing, lstore's gc frees the rest.
+    setup.snapshots(&["rm", &base_key]);
+    setup.containerd_gc();
+    assert!(
+        ctr_snapshots(&setup).is_empty(),
+        "{:?}",
+        ctr_snapshots(&setup)
+    );
+    setup.store.ok(&["gc"]);
+    assert!(layer_folders(&setup.store).is_empty());
+    assert!(
+        setup.store.short_links().is_empty(),
+        "{:?}",
+        setup.store.short_links()
+    );
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["layers"], 0, "df: {df}");
+    assert_eq!(df["containerd_layers"], 0, "df: {df}");
+    fsck_report(&setup.store);
+}
+
+#[test]
+fn an_image_lstore_pulls_over_layers_containerd_unpacked_is_whole() {
+    let registry = Registry::start();
+    let image = shell_image("containerd first, then lstore");
+    registry.upload("snap/both", "v1", &image);
+    let reference = format!("{}/snap/both:v1", registry.host());
+    let setup = Setup::new();
+    setup.pull(&reference);
+    let folders = layer_folders(&setup.store);
+    assert_eq!(folders.len(), 2);
+
+    // lstore's pull reuses the folders containerd's unpack made, fetches
+    // the blobs, and the image is whole: fsck clean, save and push work.
+    setup.store.ok(&["pull", &reference]);
+    assert_eq!(layer_folders(&setup.store), folders, "the same folders");
+    let report = fsck_report(&setup.store);
+    assert_eq!(report["images_checked"], 1, "fsck: {report}");
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["containerd_layers"], 0, "an image uses them: {df}");
+    let scratch = common::scratch();
+    let archive = scratch.path().join("both.tar");
+    setup
+        .store
+        .ok(&["save", "-o", archive.to_str().unwrap(), &reference]);
+    let copy = format!("{}/snap/copy:v1", registry.host());
+    setup.store.ok(&["tag", &reference, &copy]);
+    setup.store.ok(&["push", &copy]);
+    let inspect = setup.store.inspect(&reference);
+    assert_eq!(
+        inspect["lowerdir"].as_str().unwrap().split(':').count(),
+        2,
+        "{inspect}"
+    );
+
+    // A layer blob gone from the store (a disk fault, fsck --repair of a
+    // corrupt blob): the layer still mounts, but save and push say plainly
+    // what is missing instead of failing on a file.
+    let layer_blob = inspect["layers"][1]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("inspect has no layer digests: {inspect}"))
+        .to_string();
+    fs::remove_file(
+        setup
+            .store
+            .root()
+            .join("blobs/sha256")
+            .join(layer_blob.trim_start_matches("sha256:")),
+    )
+    .expect("remove the blob");
+    for args in [
+        vec!["save", "-o", archive.to_str().unwrap(), &reference],
+        vec!["push", &copy],
+    ] {
+        let error = setup.store.fails(&args);
+        assert!(
+            error.contains(&layer_blob) && error.contains("not in the store"),
+            "{args:?}: {error}"
+        );
+        assert!(error.contains("pull"), "says how to get it back: {error}");
+    }
+
+    // rmi of lstore's image keeps the layers containerd holds.
+    setup.store.ok(&["rmi", &reference, &copy]);
+    setup.store.ok(&["gc"]);
+    assert_eq!(layer_folders(&setup.store), folders);
+    fsck_report(&setup.store);
 }
