@@ -66,6 +66,31 @@ impl Setup {
         self.snapshotter = Some(start_snapshotter(&self.store, &self.socket()));
     }
 
+    /// SIGKILL of the snapshotter (a crash); `restart_snapshotter` starts
+    /// it again.
+    fn kill_snapshotter(&mut self) {
+        if let Some(mut s) = self.snapshotter.take() {
+            s.kill();
+        }
+    }
+
+    /// Waits (bounded) until containerd reaches the snapshotter again: its
+    /// client backs off for up to a few seconds after a restart.
+    fn wait_snapshotter_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self
+            .containerd
+            .ctr(&["snapshots", "--snapshotter", LSTORE_SNAPSHOTTER, "ls"])
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd does not reach the restarted snapshotter"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn pull(&self, reference: &str) {
         self.containerd.ctr_ok(&[
             "images",
@@ -481,4 +506,296 @@ fn an_image_lstore_pulls_over_layers_containerd_unpacked_is_whole() {
     setup.store.ok(&["gc"]);
     assert_eq!(layer_folders(&setup.store), folders);
     fsck_report(&setup.store);
+}
+
+/// A small PRNG (xorshift64*), seeded from the clock or from
+/// `LSTORE_TEST_SEED`; the seed is printed so that a failure can be run
+/// again with it.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("LSTORE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("LSTORE_TEST_SEED={seed}");
+        Rng::seeded(seed)
+    }
+
+    fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len.div_ceil(8))
+            .flat_map(|_| self.next().to_le_bytes())
+            .take(len)
+            .collect()
+    }
+}
+
+/// Three layers: the host's sh and cat (the same in every such image), two
+/// files of incompressible data of the image's own, then `/greeting`.
+fn data_image(n: u64) -> Image {
+    let base = host_binaries(&["/bin/sh", "/bin/cat"]);
+    let mut rng = Rng::seeded(n + 1);
+    let mut data = TarBuilder::new();
+    data.dir("data");
+    data.file("data/a", rng.bytes(256 << 10));
+    data.file("data/b", rng.bytes(256 << 10));
+    let mut top = TarBuilder::new();
+    top.file("greeting", format!("image {n}\n"));
+    ImageBuilder::new()
+        .tar(&base, Compression::Gzip)
+        .tar(&data, Compression::Gzip)
+        .tar(&top, Compression::Gzip)
+        .cmd(&["/bin/cat", "/greeting"])
+        .build()
+}
+
+/// Folders under `overlay2/` that are not complete layer folders (no
+/// `link`, `diff/` or `work/`): what must never be seen under a layer's
+/// name.
+fn incomplete_folders(store: &Lstore) -> Vec<String> {
+    store
+        .layer_dirs()
+        .into_iter()
+        .filter(|n| {
+            let dir = store.root().join("overlay2").join(n);
+            !(dir.join("link").is_file() && dir.join("diff").is_dir() && dir.join("work").is_dir())
+        })
+        .collect()
+}
+
+/// `lstore fsck --format json`, whatever it finds.
+fn fsck_any(store: &Lstore, repair: bool) -> serde_json::Value {
+    let mut args = vec!["fsck", "--format", "json"];
+    if repair {
+        args.push("--repair");
+    }
+    let out = store.run(&args);
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck JSON ({e}):\n{}\n{}", out.stdout, out.stderr))
+}
+
+/// Waits (up to `limit_ms`) until a layer is being committed: a staging
+/// folder (`tmp/<lease>.layer-N`) not in `before` is there. Returns when
+/// it was seen.
+fn wait_for_staging(store: &Lstore, before: &[String], limit_ms: u64) -> Option<u64> {
+    let started = std::time::Instant::now();
+    while (started.elapsed().as_millis() as u64) < limit_ms {
+        let staging = store
+            .unfinished()
+            .iter()
+            .any(|e| e.contains(".layer-") && !before.contains(e));
+        if staging {
+            return Some(started.elapsed().as_millis() as u64);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    None
+}
+
+/// Waits for a child with a bound; kills it (and fails) past it.
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_9_of_the_snapshotter_during_pulls_loses_nothing_committed() {
+    const ROUNDS: u64 = 10;
+    let registry = Registry::start();
+    let images: Vec<Image> = (0..ROUNDS).map(data_image).collect();
+    let warm_up = data_image(ROUNDS);
+    registry.upload("snap/warm-up", "v1", &warm_up);
+    let refs: Vec<String> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            registry.upload(&format!("snap/kill{i}"), "v1", image);
+            format!("{}/snap/kill{i}:v1", registry.host())
+        })
+        .collect();
+    let mut setup = Setup::new();
+    let logs = common::scratch();
+    let mut rng = Rng::new();
+    // How long a pull takes here: the kills land within that.
+    let started = std::time::Instant::now();
+    setup.pull(&format!("{}/snap/warm-up:v1", registry.host()));
+    let span = (started.elapsed().as_millis() as u64).max(50);
+    eprintln!("an undisturbed pull takes {span} ms");
+    let mut finished = Vec::new();
+    for (i, reference) in refs.iter().enumerate() {
+        let log = logs.path().join(format!("pull{i}.log"));
+        let before = setup.store.unfinished();
+        let mut pull = setup.containerd.ctr_spawn(
+            &[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                LSTORE_SNAPSHOTTER,
+                reference,
+            ],
+            &log,
+        );
+        // Every other round the kill waits for a commit under way (its
+        // staging folder under tmp/); the others land anywhere.
+        let when = if i % 2 == 1 {
+            match wait_for_staging(&setup.store, &before, 3 * span) {
+                Some(at) => format!("during a commit ({at} ms in)"),
+                None => "without seeing a commit".to_string(),
+            }
+        } else {
+            let delay = span / 5 + rng.below(span);
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            format!("after {delay} ms")
+        };
+        setup.kill_snapshotter();
+        let status = wait_bounded(&mut pull, "ctr images pull");
+        eprintln!("round {i}: killed {when}, pull {status}");
+        if status.success() {
+            finished.push(i);
+        }
+        setup.restart_snapshotter();
+
+        // Nothing half made is ever seen under a layer's name.
+        assert_eq!(incomplete_folders(&setup.store), Vec::<String>::new());
+        let report = fsck_any(&setup.store, false);
+        for p in report["problems"].as_array().expect("problems") {
+            assert!(
+                !p["what"].as_str().unwrap_or("").contains("incomplete"),
+                "round {i}: {report}"
+            );
+        }
+        // Every snapshot containerd has committed is there: its record
+        // (containerd's Stat reaches lstore's) and its complete folder.
+        setup.wait_snapshotter_ready();
+        for (key, kind) in ctr_snapshots(&setup) {
+            if kind != "Committed" {
+                continue;
+            }
+            setup.snapshots(&["info", &key]);
+            let hex = key.trim_start_matches("sha256:");
+            assert!(
+                setup
+                    .store
+                    .root()
+                    .join("overlay2")
+                    .join(hex)
+                    .join("link")
+                    .is_file(),
+                "round {i}: committed {key} has no layer folder"
+            );
+        }
+        // Images whose pull finished keep all their layers.
+        for &f in &finished {
+            for hex in chain_hexes(&images[f]) {
+                assert!(
+                    setup
+                        .store
+                        .root()
+                        .join("overlay2")
+                        .join(&hex)
+                        .join("link")
+                        .is_file(),
+                    "round {i}: layer {hex} of finished pull {f} is gone"
+                );
+            }
+        }
+    }
+    eprintln!("pulls finished before their kill: {finished:?}");
+    assert!(
+        finished.len() < refs.len(),
+        "the kills landed within the pulls"
+    );
+
+    // The pulls done again succeed, and the images run.
+    for reference in &refs {
+        setup.pull(reference);
+    }
+    let names: BTreeSet<String> = layer_folders(&setup.store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let want: BTreeSet<String> = images
+        .iter()
+        .chain([&warm_up])
+        .flat_map(chain_hexes)
+        .collect();
+    assert!(want.is_subset(&names), "every layer has its folder");
+    for i in [0, ROUNDS as usize - 1] {
+        let out = setup.run(&refs[i], &format!("snap-kill-{i}"), &[]);
+        assert_eq!(out.trim(), format!("image {i}"));
+    }
+
+    // fsck: clean, or made clean by --repair (what a kill leaves is
+    // leftovers: staging folders, folders no record names).
+    let report = fsck_any(&setup.store, false);
+    eprintln!("fsck after the kills: {report}");
+    if !(report["problems"].as_array().unwrap().is_empty()
+        && report["leftovers"].as_array().unwrap().is_empty())
+    {
+        let repaired = fsck_any(&setup.store, true);
+        eprintln!("fsck --repair: {repaired}");
+        for p in repaired["problems"].as_array().unwrap() {
+            assert_eq!(p["repaired"], true, "{repaired}");
+        }
+    }
+    fsck_report(&setup.store);
+    // What containerd dropped (the snapshots of interrupted pulls) goes
+    // with its gc; lstore's gc then keeps exactly what containerd holds.
+    setup.containerd_gc();
+    setup.store.ok(&["gc"]);
+    let names: BTreeSet<String> = layer_folders(&setup.store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, want);
+    fsck_report(&setup.store);
+    // Nothing else is left: no staging or trash of the killed processes
+    // (gc sweeps tmp/), no folder of an active snapshot containerd
+    // dropped.
+    assert_eq!(setup.store.unfinished(), Vec::<String>::new());
+    let active = ctr_snapshots(&setup)
+        .into_iter()
+        .filter(|(_, kind)| kind != "Committed")
+        .count();
+    assert_eq!(
+        common::lstore::list(&setup.store.path("containers/snapshotter")).len(),
+        active,
+        "one folder per active snapshot containerd holds"
+    );
+    for (i, reference) in refs.iter().enumerate() {
+        let out = setup.run(reference, &format!("snap-kill-again-{i}"), &[]);
+        assert_eq!(out.trim(), format!("image {i}"));
+    }
 }
