@@ -799,3 +799,205 @@ fn kill_9_of_the_snapshotter_during_pulls_loses_nothing_committed() {
         assert_eq!(out.trim(), format!("image {i}"));
     }
 }
+
+/// Every entry under `root` (symlinks not followed) with what a change to
+/// it would alter: kind, mode, owner, size, mtime, ctime, inode, link
+/// target, xattrs and a digest of a file's content. Access times are left
+/// out (reading sets them).
+fn tree_state(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest as _, Sha256};
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let ft = m.file_type();
+        let what = if ft.is_dir() {
+            let mut entries: Vec<PathBuf> = fs::read_dir(&p)
+                .expect("read dir")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            entries.sort();
+            stack.extend(entries);
+            "dir".to_string()
+        } else if ft.is_symlink() {
+            format!("symlink {}", fs::read_link(&p).expect("link").display())
+        } else if ft.is_file() {
+            let data = fs::read(&p).expect("read file");
+            format!("file {:x}", Sha256::digest(&data))
+        } else {
+            format!("special rdev {}", m.rdev())
+        };
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .display()
+            .to_string();
+        out.insert(
+            rel,
+            format!(
+                "{what} mode {:o} owner {}:{} size {} mtime {}.{} ctime {}.{} ino {} nlink {} xattrs {:?}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.ino(),
+                m.nlink(),
+                xattrs(&p)
+            ),
+        );
+    }
+    out
+}
+
+/// A file's extended attributes (names and values), symlinks not followed.
+fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+    let mut names = vec![0u8; 64 << 10];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let cname = CString::new(name).expect("name");
+            let mut value = vec![0u8; 64 << 10];
+            let len = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            value.truncate(len.max(0) as usize);
+            (String::from_utf8_lossy(name).into_owned(), value)
+        })
+        .collect()
+}
+
+/// What changed between two `tree_state`s.
+fn tree_changes(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", before.get(k), after.get(k)))
+        .collect()
+}
+
+/// Three layers: the host's sh, cat, rm, chmod, mkdir and ls; `/data`
+/// with files and a folder; then `/greeting`.
+fn tools_image(greeting: &str) -> Image {
+    let base = host_binaries(&[
+        "/bin/sh",
+        "/bin/cat",
+        "/bin/rm",
+        "/bin/chmod",
+        "/bin/mkdir",
+        "/bin/ls",
+    ]);
+    let mut data = TarBuilder::new();
+    data.dir("data");
+    data.file("data/a", "a\n");
+    data.file("data/b", "b\n").mode(0o644);
+    data.dir("data/dir");
+    data.file("data/dir/c", "c\n");
+    let mut top = TarBuilder::new();
+    top.file("greeting", format!("{greeting}\n"));
+    ImageBuilder::new()
+        .tar(&base, Compression::Gzip)
+        .tar(&data, Compression::Gzip)
+        .tar(&top, Compression::Gzip)
+        .cmd(&["/bin/cat", "/greeting"])
+        .build()
+}
+
+#[test]
+fn writes_in_a_container_leave_lstore_layer_folders_unchanged() {
+    let registry = Registry::start();
+    // One image lstore lacks (containerd unpacks it into lstore), one lstore
+    // pulled first (containerd's commits keep lstore's folders).
+    let unpacked = tools_image("unpacked by containerd");
+    let held = tools_image("pulled by lstore");
+    registry.upload("snap/unpacked", "v1", &unpacked);
+    registry.upload("snap/held", "v1", &held);
+    let refs = [
+        (
+            format!("{}/snap/unpacked:v1", registry.host()),
+            "unpacked by containerd",
+        ),
+        (
+            format!("{}/snap/held:v1", registry.host()),
+            "pulled by lstore",
+        ),
+    ];
+    let setup = Setup::new();
+    setup.store.ok(&["pull", &refs[1].0]);
+    for (reference, _) in &refs {
+        setup.pull(reference);
+    }
+    let overlay = setup.store.root().join("overlay2");
+    let before = tree_state(&overlay);
+    assert_eq!(layer_folders(&setup.store).len(), 4, "a base both share");
+    assert!(
+        before.values().filter(|v| v.starts_with("file ")).count() > 10,
+        "the state covers the layers' files: {before:?}"
+    );
+
+    // New files, appends to and truncation of files of lower layers, a
+    // removal (a whiteout), a folder removed whole (opaque), a chmod, a
+    // mkdir in a lower folder.
+    let script = "echo new > /newfile; echo more >> /greeting; : > /data/a; \
+                  chmod 600 /data/b; mkdir /data/sub; rm /data/dir/c; rm -r /data/dir; \
+                  echo x > /data/new; cat /greeting /newfile; ls -A /data";
+    for (i, (reference, greeting)) in refs.iter().enumerate() {
+        let out = setup.run(
+            reference,
+            &format!("snap-writes-{i}"),
+            &["/bin/sh", "-c", script],
+        );
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            vec![*greeting, "more", "new", "a", "b", "new", "sub"],
+            "the container sees its writes"
+        );
+        let changes = tree_changes(&before, &tree_state(&overlay));
+        assert!(
+            changes.is_empty(),
+            "a container's writes changed lstore's layer folders:\n{}",
+            changes.join("\n")
+        );
+    }
+
+    // A new container sees the images as they were.
+    for (i, (reference, greeting)) in refs.iter().enumerate() {
+        let out = setup.run(
+            reference,
+            &format!("snap-fresh-{i}"),
+            &[
+                "/bin/sh",
+                "-c",
+                "cat /greeting /data/a; ls -A / /data /data/dir",
+            ],
+        );
+        assert!(
+            out.starts_with(&format!("{greeting}\na\n")),
+            "unchanged: {out}"
+        );
+        assert!(!out.contains("newfile"), "{out}");
+        assert!(out.contains("/data/dir:\nc"), "{out}");
+    }
+    assert!(tree_changes(&before, &tree_state(&overlay)).is_empty());
+    fsck_report(&setup.store);
+}
