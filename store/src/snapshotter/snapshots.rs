@@ -663,3 +663,103 @@ fn usage_of(path: &Path) -> (u64, u64) {
     }
     (bytes, inodes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LeaseContent;
+    use crate::store::StoreOptions;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        (dir, store)
+    }
+
+    fn lease(store: &Store) -> Lease {
+        store
+            .lease(&LeaseContent {
+                pid: std::process::id(),
+                ..LeaseContent::default()
+            })
+            .unwrap()
+    }
+
+    /// Prepares `key` with no parent and writes a file into it, as
+    /// containerd's applier does.
+    fn applied(s: &Snapshots<'_>, key: &str) {
+        let mounts = s.prepare(Kind::Active, key, "", BTreeMap::new()).unwrap();
+        fs::write(Path::new(&mounts[0].source).join("file"), "content").unwrap();
+    }
+
+    #[test]
+    fn a_commit_over_the_folder_a_killed_commit_left_records_it() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let chain = Digest::of(b"a layer containerd applied");
+        let name = format!("ns/1/{chain}");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&name, "ns/1/extract-1", BTreeMap::new()).unwrap();
+        let folder = store.layer_store().dir(&chain);
+        let inode = fs::metadata(folder.join("diff")).unwrap().ino();
+
+        // What a kill after the folder's rename and before its records
+        // leaves: a complete folder no record names, and containerd's
+        // active snapshot still there.
+        store
+            .session(|meta| {
+                let mut b = meta.batch();
+                b.delete(CF_LAYERS, chain.as_bytes())?;
+                b.delete(CF_SNAPSHOTS, name.as_bytes())?;
+                b.commit()
+            })
+            .unwrap();
+        applied(&s, "ns/2/extract-2");
+        let report = store.fsck(false).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "a leftover, not damage: {report:?}"
+        );
+        assert_eq!(report.leftovers.len(), 1, "{report:?}");
+
+        // containerd's next pull applies the layer again and commits it:
+        // the folder there is kept and recorded, the new copy dropped.
+        s.commit(&format!("ns/3/{chain}"), "ns/2/extract-2", BTreeMap::new())
+            .unwrap();
+        assert_eq!(fs::metadata(folder.join("diff")).unwrap().ino(), inode);
+        let report = store.fsck(false).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(
+            s.stat(&format!("ns/3/{chain}")).unwrap().record.layer,
+            Some(chain)
+        );
+        let staged = fs::read_dir(store.root().join("tmp")).unwrap().count();
+        assert_eq!(staged, 0, "no staging or trash folder stays");
+        let gc = store.gc(false).unwrap();
+        assert_eq!(gc.deleted_layers, 0, "containerd holds it: {gc:?}");
+        assert!(store.layer_store().is_present(&chain));
+    }
+
+    #[test]
+    fn an_active_snapshot_whose_folder_a_killed_commit_moved_is_removed() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        applied(&s, "ns/1/extract-1");
+        // A kill after `fs` moved into the staging folder: the active
+        // snapshot's folder has no fs/ any more.
+        let rec = s.stat("ns/1/extract-1").unwrap().record;
+        let dir = s.dir(rec.dir.as_deref().unwrap());
+        fs::rename(dir.join("fs"), store.root().join("tmp/moved")).unwrap();
+        let err = s
+            .commit("ns/1/sha256:00", "ns/1/extract-1", BTreeMap::new())
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::Store(_)), "{err}");
+        // containerd removes it (its gc, or the unpacker's clean-up).
+        s.remove("ns/1/extract-1").unwrap();
+        assert!(!dir.exists());
+        assert!(s.walk(&[]).unwrap().is_empty());
+    }
+}
