@@ -743,6 +743,38 @@ mod tests {
     }
 
     #[test]
+    fn fsck_repair_leaves_a_damaged_layer_containerd_holds_and_says_what_to_do() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let chain = Digest::of(b"a layer a disk fault damaged");
+        let name = format!("ns/1/{chain}");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&name, "ns/1/extract-1", BTreeMap::new()).unwrap();
+        let folder = store.layer_store().dir(&chain);
+        fs::remove_dir(folder.join("work")).unwrap();
+
+        let report = store.fsck(true).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        let p = &report.problems[0];
+        assert!(!p.repaired, "{report:?}");
+        assert!(
+            p.what.contains("incomplete") && p.what.contains("containerd holds it"),
+            "{report:?}"
+        );
+        assert!(folder.join("diff/file").is_file(), "left as it is");
+        assert!(store.read_session(|m| m.layer(&chain)).unwrap().is_some());
+
+        // Once containerd lets go of it, repair removes it as any layer no
+        // image uses.
+        s.remove(&name).unwrap();
+        let report = store.fsck(true).unwrap();
+        assert!(report.problems.iter().all(|p| p.repaired), "{report:?}");
+        assert!(!folder.exists());
+        assert!(store.fsck(false).unwrap().clean());
+    }
+
+    #[test]
     fn an_active_snapshot_whose_folder_a_killed_commit_moved_is_removed() {
         let (_dir, store) = store();
         let lease = lease(&store);
