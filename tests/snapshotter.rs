@@ -474,6 +474,28 @@ fn an_image_lstore_pulls_over_layers_containerd_unpacked_is_whole() {
         "{inspect}"
     );
 
+    // containerd's removal of its image (its gc removes the snapshots
+    // from the snapshotter) drops its claim only: lstore's image keeps its
+    // layers. Pulled again, containerd finds lstore's folders.
+    setup
+        .containerd
+        .ctr_ok(&["images", "rm", "--sync", &reference]);
+    assert!(
+        ctr_snapshots(&setup).is_empty(),
+        "{:?}",
+        ctr_snapshots(&setup)
+    );
+    setup.store.ok(&["gc"]);
+    assert_eq!(
+        layer_folders(&setup.store),
+        folders,
+        "lstore's image holds them"
+    );
+    fsck_report(&setup.store);
+    setup.pull(&reference);
+    assert_eq!(layer_folders(&setup.store), folders);
+    assert_eq!(ctr_snapshots(&setup).len(), 2);
+
     // A layer blob gone from the store (a disk fault, fsck --repair of a
     // corrupt blob): the layer still mounts, but save and push say plainly
     // what is missing instead of failing on a file.
