@@ -1023,3 +1023,70 @@ fn writes_in_a_container_leave_lstore_layer_folders_unchanged() {
     assert!(tree_changes(&before, &tree_state(&overlay)).is_empty());
     fsck_report(&setup.store);
 }
+
+#[test]
+fn a_layer_lstore_lacks_over_a_base_it_holds_stands_on_lstores_folder() {
+    let registry = Registry::start();
+    // Two images on the same base: lstore pulls one, containerd the other.
+    let held = shell_image("lstore's image");
+    let other = shell_image("containerd's image");
+    assert_eq!(held.chain_ids()[0], other.chain_ids()[0], "one base");
+    registry.upload("snap/held", "v1", &held);
+    registry.upload("snap/other", "v1", &other);
+    let held_ref = format!("{}/snap/held:v1", registry.host());
+    let other_ref = format!("{}/snap/other:v1", registry.host());
+    let setup = Setup::new();
+    setup.store.ok(&["pull", &held_ref]);
+    let before = layer_folders(&setup.store);
+    assert_eq!(before.len(), 2);
+
+    setup.pull(&other_ref);
+    let after = layer_folders(&setup.store);
+    assert_eq!(after.len(), 3, "one new folder: the top containerd applied");
+    for folder in &before {
+        assert!(after.contains(folder), "lstore's folders kept: {folder:?}");
+    }
+    // The new layer's lower is lstore's base, by its short link.
+    let top = top_hex(&other);
+    let lower = fs::read_to_string(setup.store.root().join("overlay2").join(&top).join("lower"))
+        .expect("lower");
+    let base_short = fs::read_to_string(
+        setup
+            .store
+            .root()
+            .join("overlay2")
+            .join(other.chain_ids()[0].trim_start_matches("sha256:"))
+            .join("link"),
+    )
+    .expect("base link");
+    assert_eq!(lower.trim(), format!("l/{}", base_short.trim()));
+    let out = setup.run(&other_ref, "snap-mixed", &[]);
+    assert_eq!(out.trim(), "containerd's image");
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["layers"], 3, "df: {df}");
+    assert_eq!(
+        df["containerd_layers"], 1,
+        "only the top no image uses: {df}"
+    );
+    fsck_report(&setup.store);
+
+    // lstore's rmi and gc keep the base containerd's layer stands on.
+    setup.store.ok(&["rmi", &held_ref]);
+    setup.store.ok(&["gc"]);
+    let names: BTreeSet<String> = layer_folders(&setup.store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, chain_hexes(&other));
+    fsck_report(&setup.store);
+    let out = setup.run(&other_ref, "snap-mixed-again", &[]);
+    assert_eq!(out.trim(), "containerd's image");
+
+    // containerd's removal frees the rest.
+    setup
+        .containerd
+        .ctr_ok(&["images", "rm", "--sync", &other_ref]);
+    setup.store.ok(&["gc"]);
+    assert!(layer_folders(&setup.store).is_empty());
+    fsck_report(&setup.store);
+}
