@@ -1090,3 +1090,103 @@ fn a_layer_lstore_lacks_over_a_base_it_holds_stands_on_lstores_folder() {
     assert!(layer_folders(&setup.store).is_empty());
     fsck_report(&setup.store);
 }
+
+#[test]
+fn kill_9_of_the_snapshotter_during_removals_frees_nothing_held() {
+    let registry = Registry::start();
+    let images: Vec<Image> = (20..23).map(data_image).collect();
+    let refs: Vec<String> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            registry.upload(&format!("snap/rm{i}"), "v1", image);
+            format!("{}/snap/rm{i}:v1", registry.host())
+        })
+        .collect();
+    let mut setup = Setup::new();
+    // lstore's own image, which no removal by containerd may touch.
+    setup.store.ok(&["pull", &refs[0]]);
+    for reference in &refs {
+        setup.pull(reference);
+    }
+    let lstores = chain_hexes(&images[0]);
+    let logs = common::scratch();
+    let mut rng = Rng::new();
+    for round in 0..6 {
+        let reference = &refs[round % refs.len()];
+        let log = logs.path().join(format!("rm{round}.log"));
+        let mut rm = setup
+            .containerd
+            .ctr_spawn(&["images", "rm", "--sync", reference], &log);
+        let delay = rng.below(120);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        setup.kill_snapshotter();
+        let status = wait_bounded(&mut rm, "ctr images rm");
+        eprintln!("round {round}: killed after {delay} ms, rm {status}");
+        setup.restart_snapshotter();
+        setup.wait_snapshotter_ready();
+
+        assert_eq!(incomplete_folders(&setup.store), Vec::<String>::new());
+        for hex in &lstores {
+            assert!(
+                setup
+                    .store
+                    .root()
+                    .join("overlay2")
+                    .join(hex)
+                    .join("link")
+                    .is_file(),
+                "round {round}: lstore's layer {hex} is gone"
+            );
+        }
+        for (key, kind) in ctr_snapshots(&setup) {
+            if kind == "Committed" {
+                setup.snapshots(&["info", &key]);
+                let hex = key.trim_start_matches("sha256:");
+                assert!(
+                    setup.store.root().join("overlay2").join(hex).is_dir(),
+                    "round {round}: committed {key} has no layer folder"
+                );
+            }
+        }
+        setup.store.ok(&["gc"]);
+        setup.pull(reference);
+    }
+
+    eprintln!(
+        "containerd's clean-ups that failed: {}",
+        setup
+            .containerd
+            .log()
+            .matches("snapshot garbage collection failed")
+            .count()
+    );
+    // containerd's next removal through the snapshotter drops what it
+    // forgot while the snapshotter was down; lstore's gc then keeps
+    // exactly what containerd and lstore's image hold.
+    for reference in &refs[1..] {
+        setup
+            .containerd
+            .ctr_ok(&["images", "rm", "--sync", reference]);
+    }
+    setup.store.ok(&["gc"]);
+    let names: BTreeSet<String> = layer_folders(&setup.store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, lstores);
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["containerd_layers"], 0, "df: {df}");
+    fsck_report(&setup.store);
+    assert_eq!(setup.store.unfinished(), Vec::<String>::new());
+    let out = setup.run(&refs[0], "snap-rm-kill", &[]);
+    assert_eq!(out.trim(), "image 20");
+
+    setup
+        .containerd
+        .ctr_ok(&["images", "rm", "--sync", &refs[0]]);
+    setup.store.ok(&["rmi", &refs[0]]);
+    setup.store.ok(&["gc"]);
+    assert!(layer_folders(&setup.store).is_empty());
+    fsck_report(&setup.store);
+}
