@@ -859,7 +859,7 @@ fn print_df(du: &DiskUsage) {
     println!("Unused:   {}", human(du.unused_bytes));
     if du.containerd_layers > 0 {
         println!(
-            "Held by containerd: {} ({} layers no image uses)",
+            "Held:     {} (layers containerd holds that no image uses: {})",
             human(du.containerd_bytes),
             du.containerd_layers
         );

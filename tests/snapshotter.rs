@@ -359,7 +359,10 @@ fn a_layer_lstore_lacks_is_unpacked_into_lstore_and_freed_once_containerd_drops_
     assert!(df["containerd_bytes"].as_u64().unwrap() > 0, "df: {df}");
     assert_eq!(df["containerd_bytes"], df["layer_bytes"], "df: {df}");
     let text = setup.store.ok(&["df"]).stdout;
-    assert!(text.contains("Held by containerd"), "df:\n{text}");
+    assert!(
+        text.contains("Held:") && text.contains("layers containerd holds that no image uses: 2"),
+        "df:\n{text}"
+    );
     let report = fsck_report(&setup.store);
     assert_eq!(report["layers_checked"], 2, "fsck: {report}");
     assert_fsck_clean(&setup.store);
