@@ -775,6 +775,56 @@ mod tests {
     }
 
     #[test]
+    fn a_prepare_naming_a_held_layer_is_answered_already_exists_and_claims_it() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let base = Digest::of(b"a base lstore holds");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&format!("ns/1/{base}"), "ns/1/extract-1", BTreeMap::new())
+            .unwrap();
+        s.remove(&format!("ns/1/{base}")).unwrap();
+        assert!(s.walk(&[]).unwrap().is_empty());
+
+        // The unpacker of a client that fetches as it goes names the layer
+        // it is about to apply: lstore has it, so it says so, and records
+        // containerd's claim under the chain id.
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), base.to_string())]);
+        let err = s
+            .prepare(Kind::Active, "ns/2/extract-2", "", labels.clone())
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::AlreadyExists(_)), "{err}");
+        let info = s.stat(&base.to_string()).unwrap();
+        assert_eq!(info.record.kind, Kind::Committed);
+        assert_eq!(info.record.layer, Some(base));
+        let names: Vec<String> = s.walk(&[]).unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, vec![base.to_string()], "the claim, nothing active");
+        assert!(s.stat("ns/2/extract-2").is_err(), "no active snapshot made");
+        let gc = store.gc(false).unwrap();
+        assert_eq!(gc.deleted_layers, 0, "the claim holds it: {gc:?}");
+
+        // A layer lstore lacks is prepared as usual, to be applied.
+        let lacked = Digest::of(b"a layer lstore lacks");
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), lacked.to_string())]);
+        let mounts = s
+            .prepare(Kind::Active, "ns/3/extract-3", &base.to_string(), labels)
+            .unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+
+        // The held layer asked for over another parent is not it.
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), base.to_string())]);
+        s.prepare(Kind::Active, "ns/4/extract-4", &base.to_string(), labels)
+            .unwrap();
+
+        // Dropping the claim leaves the layer to gc.
+        s.remove("ns/3/extract-3").unwrap();
+        s.remove("ns/4/extract-4").unwrap();
+        s.remove(&base.to_string()).unwrap();
+        assert_eq!(store.gc(false).unwrap().deleted_layers, 1);
+        assert!(!store.layer_store().is_present(&base));
+    }
+
+    #[test]
     fn an_active_snapshot_whose_folder_a_killed_commit_moved_is_removed() {
         let (_dir, store) = store();
         let lease = lease(&store);
