@@ -51,11 +51,17 @@ lstore_bin=$(bench_lstore_bin)
 S=$(mktemp -d /tmp/lstore-bench-snapshotter.XXXXXX)
 reg_pid="" ctd_pid="" snap_pid=""
 cleanup() {
-  [ -n "$snap_pid" ] && kill "$snap_pid" 2>/dev/null && wait "$snap_pid" 2>/dev/null
-  [ -n "$ctd_pid" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  # No errexit here: a killed process's `wait` status must not end the
+  # clean-up before the scratch filesystem is unmounted.
+  set +e
+  local pid
+  for pid in "$ctd_pid" "$snap_pid" "$reg_pid"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   bench_scratch_cleanup
-  rm -rf "$S"
+  rmdir "$S" 2>/dev/null || bench_log "left $S (something is still mounted there)"
 }
 trap cleanup EXIT
 bench_scratch_mount "$fs" 6G "$S/fs"
