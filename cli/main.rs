@@ -857,6 +857,13 @@ fn print_df(du: &DiskUsage) {
     println!("Shared:   {}", human(du.shared_bytes));
     println!("Unique:   {}", human(du.unique_bytes));
     println!("Unused:   {}", human(du.unused_bytes));
+    if du.containerd_layers > 0 {
+        println!(
+            "Held:     {} (layers containerd holds that no image uses: {})",
+            human(du.containerd_bytes),
+            du.containerd_layers
+        );
+    }
     let _ = std::io::stderr().is_terminal();
 }
 

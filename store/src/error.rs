@@ -116,6 +116,24 @@ pub enum Error {
     /// Something lstore does not do (a media type, a schema, a file kind).
     #[error("{0}")]
     Unsupported(String),
+    /// A blob an image needs is not in the store: a layer blob can be gone
+    /// while its layer is extracted (the image still mounts, and a layer
+    /// containerd unpacked has none of its own), but push and save copy
+    /// blobs.
+    #[error(
+        "image {image}: its {kind} blob {blob} is not in the store, and {action} copies \
+         blobs: pull or load the image again"
+    )]
+    BlobMissing {
+        /// The image, as the user named it.
+        image: String,
+        /// `layer`, `config` or `manifest`.
+        kind: &'static str,
+        /// The blob's digest.
+        blob: Digest,
+        /// `push` or `save`.
+        action: &'static str,
+    },
     /// The store root cannot be used.
     #[error("store root {path}: {reason}")]
     Root {

@@ -271,6 +271,8 @@ struct Check<'a> {
     report: FsckReport,
     leased_blobs: HashSet<Digest>,
     leased_layers: HashSet<Digest>,
+    /// Layers containerd holds snapshots of (`lstore snapshotter`).
+    containerd_layers: HashSet<Digest>,
     /// Live mounts: image (manifest digest) and layer -> mount target.
     mounted_images: BTreeMap<Digest, String>,
     mounted_layers: BTreeMap<Digest, String>,
@@ -479,6 +481,21 @@ impl Check<'_> {
                     format!(
                         "{what}; the mount at {target} uses it: unmount it, then run \
                          lstore fsck --repair"
+                    ),
+                    false,
+                );
+                fates.insert(c, Fate::Left);
+                continue;
+            }
+            if layer.is_none() && self.containerd_layers.contains(&c) {
+                // Removing it would leave containerd's snapshots naming a
+                // layer that is gone, and containerd would not apply it
+                // again; lstore has no blob to restore it from.
+                self.problem(
+                    format!(
+                        "{what}; containerd holds it (lstore snapshotter) and lstore has no \
+                         blob of it: remove the images that use it from containerd (ctr \
+                         images rm, ctr snapshots rm), then pull them again"
                     ),
                     false,
                 );
@@ -1110,6 +1127,7 @@ impl Store {
                 report: FsckReport::default(),
                 leased_blobs,
                 leased_layers,
+                containerd_layers: crate::snapshotter::held_layers(meta)?,
                 mounted_images,
                 mounted_layers,
                 good_blobs: BTreeMap::new(),
@@ -1515,6 +1533,7 @@ mod tests {
                     report: FsckReport::default(),
                     leased_blobs: HashSet::new(),
                     leased_layers: HashSet::new(),
+                    containerd_layers: HashSet::new(),
                     mounted_images: BTreeMap::new(),
                     mounted_layers: BTreeMap::new(),
                     good_blobs: BTreeMap::new(),

@@ -105,6 +105,11 @@ pub struct DiskUsage {
     pub unique_bytes: u64,
     /// Bytes of blobs and layers no image uses (gc frees them).
     pub unused_bytes: u64,
+    /// Layers no image uses that containerd holds snapshots of
+    /// (`lstore snapshotter`): gc keeps them while it does.
+    pub containerd_layers: u64,
+    /// Bytes of those layers (not counted as unused).
+    pub containerd_bytes: u64,
 }
 
 /// What a load or pull stored.

@@ -737,6 +737,23 @@ fn commit(
             )));
         }
     }
+    // A layer extracted without its tar-split record (one containerd
+    // unpacked through `lstore snapshotter`) gets it from its blob, now
+    // stored, before the containers-storage view is written from it. The
+    // image is stored either way: a failure here is what fsck reports and
+    // `fsck --repair` mends.
+    for (i, c) in chains.iter().enumerate() {
+        if !store.layers.tar_split_path(c).is_file() {
+            let d = &done[i].desc;
+            let _ = crate::tarsplit::regenerate(
+                store,
+                c,
+                &config.rootfs.diff_ids[i],
+                &d.digest,
+                &d.media_type,
+            );
+        }
+    }
     let existing = meta.image(&manifest_digest)?;
     let index = index_to_record(req.index.as_ref(), existing.as_ref());
     // Small blobs: written here, under the lock, so gc cannot miss them,
@@ -847,6 +864,13 @@ fn commit(
             });
             if rec.file_bytes == 0 && done[i].file_bytes > 0 {
                 rec.file_bytes = done[i].file_bytes;
+            }
+            // A layer containerd unpacked (`lstore snapshotter`) is recorded
+            // without its diff id and tar size, which the image gives (a
+            // chain id fixes the diff id of its layer).
+            rec.diff_id = config.rootfs.diff_ids[i];
+            if rec.size == 0 {
+                rec.size = done[i].size;
             }
             rec.refs += 1;
             batch.put(CF_LAYERS, c.as_bytes(), &rec)?;

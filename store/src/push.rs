@@ -166,6 +166,7 @@ impl Store {
             })?;
             Ok((image, dest, known, lease))
         })?;
+        self.check_blobs_present(&image, word, "push")?;
         let manifest_bytes = self.content().read(&image.manifest, MAX_MANIFEST_SIZE)?;
         let manifest = match oci::parse_document(&manifest_bytes, Some(&image.manifest_media_type))
         {
@@ -205,10 +206,16 @@ impl Store {
                     })
                 }
                 None => {
-                    return Err(Error::Invalid(format!(
-                        "blob {} of {word} is missing from the store; run lstore fsck",
-                        b.digest
-                    )))
+                    return Err(Error::BlobMissing {
+                        image: word.to_string(),
+                        kind: if b.digest == manifest.config.digest {
+                            "config"
+                        } else {
+                            "layer"
+                        },
+                        blob: b.digest,
+                        action: "push",
+                    })
                 }
             }
         }

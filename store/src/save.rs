@@ -45,6 +45,31 @@ fn current_umask() -> u32 {
 }
 
 impl Store {
+    /// Fails with [`Error::BlobMissing`] when a blob of `image` (named
+    /// `word` by the user) is not in the store: `action` (push or save)
+    /// copies them all.
+    pub(crate) fn check_blobs_present(
+        &self,
+        image: &crate::meta::ImageRecord,
+        word: &str,
+        action: &'static str,
+    ) -> Result<()> {
+        let blobs = [("manifest", image.manifest), ("config", image.config)]
+            .into_iter()
+            .chain(image.layers.iter().map(|l| ("layer", l.digest)));
+        for (kind, blob) in blobs {
+            if !self.content().contains(&blob) {
+                return Err(Error::BlobMissing {
+                    image: word.to_string(),
+                    kind,
+                    blob,
+                    action,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the images `words` name into an OCI layout tar at `out`;
     /// returns how many entries its index has (one per word).
     pub fn save(&self, words: &[String], out: &Path) -> Result<usize> {
@@ -69,6 +94,9 @@ impl Store {
             })?;
             Ok((entries, lease))
         })?;
+        for (e, w) in entries.iter().zip(words) {
+            self.check_blobs_present(&e.record, w, "save")?;
+        }
 
         let dir = out
             .parent()

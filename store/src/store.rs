@@ -578,10 +578,17 @@ impl Store {
                 du.blob_bytes += b.size;
                 classify(&mut du, b.refs, b.size);
             }
-            for (_, l) in meta.all::<crate::meta::LayerRecord>(CF_LAYERS)? {
+            let held = crate::snapshotter::held_layers(meta)?;
+            for (key, l) in meta.all::<crate::meta::LayerRecord>(CF_LAYERS)? {
                 du.layers += 1;
                 du.layer_bytes += l.file_bytes;
-                classify(&mut du, l.refs, l.file_bytes);
+                let chain = <[u8; 32]>::try_from(key.as_slice()).map(Digest::from_bytes);
+                if l.refs == 0 && chain.is_ok_and(|c| held.contains(&c)) {
+                    du.containerd_layers += 1;
+                    du.containerd_bytes += l.file_bytes;
+                } else {
+                    classify(&mut du, l.refs, l.file_bytes);
+                }
             }
             Ok(du)
         })

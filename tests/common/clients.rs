@@ -413,6 +413,18 @@ impl Containerd {
         must_succeed(self.ctr(args), &format!("ctr {}", args.join(" ")))
     }
 
+    /// `ctr --address SOCK -n lstore-test ARGS…` started in the
+    /// background, its stdout and stderr written to `log`.
+    pub fn ctr_spawn(&self, args: &[&str], log: &Path) -> Child {
+        let file = fs::File::create(log).expect("ctr log");
+        self.ctr_command(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start ctr {}: {e}", args.join(" ")))
+    }
+
     /// `ctr images pull --hosts-dir … REF`.
     pub fn pull(&self, reference: &str) -> Output {
         let hosts = self.hosts_dir();

@@ -663,3 +663,185 @@ fn usage_of(path: &Path) -> (u64, u64) {
     }
     (bytes, inodes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LeaseContent;
+    use crate::store::StoreOptions;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        (dir, store)
+    }
+
+    fn lease(store: &Store) -> Lease {
+        store
+            .lease(&LeaseContent {
+                pid: std::process::id(),
+                ..LeaseContent::default()
+            })
+            .unwrap()
+    }
+
+    /// Prepares `key` with no parent and writes a file into it, as
+    /// containerd's applier does.
+    fn applied(s: &Snapshots<'_>, key: &str) {
+        let mounts = s.prepare(Kind::Active, key, "", BTreeMap::new()).unwrap();
+        fs::write(Path::new(&mounts[0].source).join("file"), "content").unwrap();
+    }
+
+    #[test]
+    fn a_commit_over_the_folder_a_killed_commit_left_records_it() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let chain = Digest::of(b"a layer containerd applied");
+        let name = format!("ns/1/{chain}");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&name, "ns/1/extract-1", BTreeMap::new()).unwrap();
+        let folder = store.layer_store().dir(&chain);
+        let inode = fs::metadata(folder.join("diff")).unwrap().ino();
+
+        // What a kill after the folder's rename and before its records
+        // leaves: a complete folder no record names, and containerd's
+        // active snapshot still there.
+        store
+            .session(|meta| {
+                let mut b = meta.batch();
+                b.delete(CF_LAYERS, chain.as_bytes())?;
+                b.delete(CF_SNAPSHOTS, name.as_bytes())?;
+                b.commit()
+            })
+            .unwrap();
+        applied(&s, "ns/2/extract-2");
+        let report = store.fsck(false).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "a leftover, not damage: {report:?}"
+        );
+        assert_eq!(report.leftovers.len(), 1, "{report:?}");
+
+        // containerd's next pull applies the layer again and commits it:
+        // the folder there is kept and recorded, the new copy dropped.
+        s.commit(&format!("ns/3/{chain}"), "ns/2/extract-2", BTreeMap::new())
+            .unwrap();
+        assert_eq!(fs::metadata(folder.join("diff")).unwrap().ino(), inode);
+        let report = store.fsck(false).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(
+            s.stat(&format!("ns/3/{chain}")).unwrap().record.layer,
+            Some(chain)
+        );
+        let staged = fs::read_dir(store.root().join("tmp")).unwrap().count();
+        assert_eq!(staged, 0, "no staging or trash folder stays");
+        let gc = store.gc(false).unwrap();
+        assert_eq!(gc.deleted_layers, 0, "containerd holds it: {gc:?}");
+        assert!(store.layer_store().is_present(&chain));
+    }
+
+    #[test]
+    fn fsck_repair_leaves_a_damaged_layer_containerd_holds_and_says_what_to_do() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let chain = Digest::of(b"a layer a disk fault damaged");
+        let name = format!("ns/1/{chain}");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&name, "ns/1/extract-1", BTreeMap::new()).unwrap();
+        let folder = store.layer_store().dir(&chain);
+        fs::remove_dir(folder.join("work")).unwrap();
+
+        let report = store.fsck(true).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        let p = &report.problems[0];
+        assert!(!p.repaired, "{report:?}");
+        assert!(
+            p.what.contains("incomplete") && p.what.contains("containerd holds it"),
+            "{report:?}"
+        );
+        assert!(folder.join("diff/file").is_file(), "left as it is");
+        assert!(store.read_session(|m| m.layer(&chain)).unwrap().is_some());
+
+        // Once containerd lets go of it, repair removes it as any layer no
+        // image uses.
+        s.remove(&name).unwrap();
+        let report = store.fsck(true).unwrap();
+        assert!(report.problems.iter().all(|p| p.repaired), "{report:?}");
+        assert!(!folder.exists());
+        assert!(store.fsck(false).unwrap().clean());
+    }
+
+    #[test]
+    fn a_prepare_naming_a_held_layer_is_answered_already_exists_and_claims_it() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        let base = Digest::of(b"a base lstore holds");
+        applied(&s, "ns/1/extract-1");
+        s.commit(&format!("ns/1/{base}"), "ns/1/extract-1", BTreeMap::new())
+            .unwrap();
+        s.remove(&format!("ns/1/{base}")).unwrap();
+        assert!(s.walk(&[]).unwrap().is_empty());
+
+        // The unpacker of a client that fetches as it goes names the layer
+        // it is about to apply: lstore has it, so it says so, and records
+        // containerd's claim under the chain id.
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), base.to_string())]);
+        let err = s
+            .prepare(Kind::Active, "ns/2/extract-2", "", labels.clone())
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::AlreadyExists(_)), "{err}");
+        let info = s.stat(&base.to_string()).unwrap();
+        assert_eq!(info.record.kind, Kind::Committed);
+        assert_eq!(info.record.layer, Some(base));
+        let names: Vec<String> = s.walk(&[]).unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, vec![base.to_string()], "the claim, nothing active");
+        assert!(s.stat("ns/2/extract-2").is_err(), "no active snapshot made");
+        let gc = store.gc(false).unwrap();
+        assert_eq!(gc.deleted_layers, 0, "the claim holds it: {gc:?}");
+
+        // A layer lstore lacks is prepared as usual, to be applied.
+        let lacked = Digest::of(b"a layer lstore lacks");
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), lacked.to_string())]);
+        let mounts = s
+            .prepare(Kind::Active, "ns/3/extract-3", &base.to_string(), labels)
+            .unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+
+        // The held layer asked for over another parent is not it.
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), base.to_string())]);
+        s.prepare(Kind::Active, "ns/4/extract-4", &base.to_string(), labels)
+            .unwrap();
+
+        // Dropping the claim leaves the layer to gc.
+        s.remove("ns/3/extract-3").unwrap();
+        s.remove("ns/4/extract-4").unwrap();
+        s.remove(&base.to_string()).unwrap();
+        assert_eq!(store.gc(false).unwrap().deleted_layers, 1);
+        assert!(!store.layer_store().is_present(&base));
+    }
+
+    #[test]
+    fn an_active_snapshot_whose_folder_a_killed_commit_moved_is_removed() {
+        let (_dir, store) = store();
+        let lease = lease(&store);
+        let s = Snapshots::new(&store, &lease);
+        applied(&s, "ns/1/extract-1");
+        // A kill after `fs` moved into the staging folder: the active
+        // snapshot's folder has no fs/ any more.
+        let rec = s.stat("ns/1/extract-1").unwrap().record;
+        let dir = s.dir(rec.dir.as_deref().unwrap());
+        fs::rename(dir.join("fs"), store.root().join("tmp/moved")).unwrap();
+        let err = s
+            .commit("ns/1/sha256:00", "ns/1/extract-1", BTreeMap::new())
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::Store(_)), "{err}");
+        // containerd removes it (its gc, or the unpacker's clean-up).
+        s.remove("ns/1/extract-1").unwrap();
+        assert!(!dir.exists());
+        assert!(s.walk(&[]).unwrap().is_empty());
+    }
+}
