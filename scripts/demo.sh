@@ -25,8 +25,8 @@ cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && umount "$mnt"
   [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
-  [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
-  [ -n "$snap_pid" ] && kill "$snap_pid" 2>/dev/null
+  if [ -n "$ctrd_pid" ]; then kill "$ctrd_pid" 2>/dev/null; wait "$ctrd_pid" 2>/dev/null || true; fi
+  if [ -n "$snap_pid" ]; then kill "$snap_pid" 2>/dev/null || true; fi
   if [ -d "$demo/podman" ]; then
     podman_demo unmount --all >/dev/null 2>&1 || true
     podman_demo system reset -f >/dev/null 2>&1 || true
