@@ -11,8 +11,9 @@
 mod common;
 
 use common::clients::{Containerd, LSTORE_SNAPSHOTTER};
+use common::cri;
 use common::image::Image;
-use common::registry::Registry;
+use common::registry::{Proxy, Registry};
 use common::scenes::host_binaries;
 use common::serve::Serve;
 use common::{Compression, ImageBuilder, Lstore, TarBuilder};
@@ -43,6 +44,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::start(false)
+    }
+
+    /// With containerd's CRI plugin on, pulling with lstore.
+    fn with_cri() -> Setup {
+        Setup::start(true)
+    }
+
+    fn start(cri: bool) -> Setup {
         let store = Lstore::new();
         let socket_dir = tempfile::Builder::new()
             .prefix("lstore-snapshotter-")
@@ -50,7 +60,11 @@ impl Setup {
             .expect("socket dir");
         let socket = socket_dir.path().join("snapshotter.sock");
         let snapshotter = Some(start_snapshotter(&store, &socket));
-        let containerd = Containerd::with_lstore_snapshotter(&socket);
+        let containerd = if cri {
+            Containerd::with_lstore_cri(&socket)
+        } else {
+            Containerd::with_lstore_snapshotter(&socket)
+        };
         Setup {
             store,
             socket_dir,
@@ -1196,4 +1210,124 @@ fn kill_9_of_the_snapshotter_during_removals_frees_nothing_held() {
     setup.store.ok(&["gc"]);
     assert!(layer_folders(&setup.store).is_empty());
     fsck_report(&setup.store);
+}
+
+/// The namespace containerd's CRI plugin keeps its images in.
+const CRI_NAMESPACE: &str = "k8s.io";
+
+/// PullImage through containerd's CRI plugin, which must succeed: the
+/// image id it answers.
+fn cri_pull(setup: &Setup, reference: &str) -> String {
+    cri::pull_image(&setup.containerd.socket(), reference).unwrap_or_else(|e| {
+        panic!(
+            "CRI PullImage {reference}: {e}\ncontainerd log:\n{}",
+            setup.containerd.log()
+        )
+    })
+}
+
+/// The references `ctr -n k8s.io images ls` lists.
+fn cri_images(setup: &Setup) -> Vec<String> {
+    let out = setup
+        .containerd
+        .ctr_in(CRI_NAMESPACE, &["images", "ls", "-q"]);
+    out.stdout.lines().map(str::to_string).collect()
+}
+
+/// (key, kind) of lstore's snapshots in containerd's k8s.io namespace.
+fn cri_snapshots(setup: &Setup) -> Vec<(String, String)> {
+    let out = setup.containerd.ctr_in(
+        CRI_NAMESPACE,
+        &["snapshots", "--snapshotter", LSTORE_SNAPSHOTTER, "ls"],
+    );
+    out.stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), f.last()?.to_string()))
+        })
+        .collect()
+}
+
+/// What the proxy saw, one `METHOD TARGET` per request.
+fn requests(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect()
+}
+
+#[test]
+fn a_cri_pull_of_an_image_lstore_holds_fetches_no_layer() {
+    let registry = Registry::start();
+    let image = shell_image("pulled by lstore, then by the CRI");
+    registry.upload("snap/cri-held", "v1", &image);
+    let proxy = Proxy::pass(&registry.host());
+    let reference = format!("{}/snap/cri-held:v1", proxy.host());
+    let setup = Setup::with_cri();
+    setup.containerd.plain_http(&proxy.host());
+
+    setup.store.ok(&["pull", &reference]);
+    let layers: BTreeSet<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    let fetched: BTreeSet<String> = proxy.blob_gets().into_iter().collect();
+    assert!(
+        layers.is_subset(&fetched),
+        "lstore pulled through the proxy: {fetched:?}"
+    );
+    let before = layer_folders(&setup.store);
+    let names: BTreeSet<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, chain_hexes(&image));
+    proxy.clear();
+
+    let image_id = cri_pull(&setup, &reference);
+    assert_eq!(image_id, image.config_digest, "CRI answers the image id");
+    // The manifest and the config only (seen: HEAD and GET of the
+    // manifest, GET of the config blob).
+    let fetched = proxy.blob_gets();
+    assert!(
+        fetched.iter().all(|d| !layers.contains(d)),
+        "the CRI pull fetched a layer blob; the proxy saw {:?}",
+        requests(&proxy)
+    );
+    assert!(
+        proxy.manifest_gets() >= 1,
+        "the CRI resolved the tag through the proxy: {:?}",
+        requests(&proxy)
+    );
+    assert!(
+        cri_images(&setup).contains(&reference),
+        "ctr -n k8s.io images ls: {:?}",
+        cri_images(&setup)
+    );
+    let snapshots = cri_snapshots(&setup);
+    assert_eq!(
+        snapshots.iter().filter(|(_, k)| k == "Committed").count(),
+        2,
+        "both layers committed in containerd: {snapshots:?}"
+    );
+    assert_eq!(
+        layer_folders(&setup.store),
+        before,
+        "the same folders (same diff/ inodes): nothing unpacked again"
+    );
+    assert_fsck_clean(&setup.store);
+
+    setup.store.ok(&["gc"]);
+    assert_eq!(
+        layer_folders(&setup.store),
+        before,
+        "gc keeps the image's layers"
+    );
+
+    // Without lstore's image, containerd's snapshots keep the layers.
+    setup.store.ok(&["rmi", &reference]);
+    setup.store.ok(&["gc"]);
+    assert_eq!(
+        layer_folders(&setup.store),
+        before,
+        "containerd's snapshots are gc roots"
+    );
+    assert_fsck_clean(&setup.store);
 }

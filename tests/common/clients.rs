@@ -272,7 +272,7 @@ impl Drop for PodmanMount<'_> {
 
 // -------------------------------------------------------------- containerd
 
-/// A containerd daemon of its own (no CRI), its socket, root and state in a
+/// A containerd daemon of its own (CRI only if asked), its socket, root and state in a
 /// temp dir, and a hosts directory for `ctr --hosts-dir`. Killed on drop.
 pub struct Containerd {
     dir: TempDir,
@@ -299,20 +299,64 @@ impl Containerd {
         ))
     }
 
+    /// As `with_lstore_snapshotter`, with containerd's CRI plugin on (its
+    /// image service, as the kubelet uses it) pulling with the `lstore`
+    /// snapshotter. It has no network to set up pods with: its CNI folders
+    /// are empty, which is enough for image pulls. Its images are in the
+    /// `k8s.io` namespace (`ctr_in`).
+    pub fn with_lstore_cri(socket: &Path) -> Containerd {
+        Containerd::start_config(
+            &format!(
+                "[proxy_plugins.{LSTORE_SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+                socket.display()
+            ),
+            true,
+        )
+    }
+
     fn start_with(extra: &str) -> Containerd {
+        Containerd::start_config(extra, false)
+    }
+
+    fn start_config(extra: &str, cri: bool) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("lstore-containerd-")
             .tempdir()
             .expect("containerd dir");
         let path = |name: &str| dir.path().join(name);
+        let disabled = if cri {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\", "
+        };
+        // CRI: the lstore snapshotter, empty CNI folders, its streaming
+        // server on loopback (a port of its choosing); no AppArmor profile.
+        let cri_section = if cri {
+            fs::create_dir_all(path("cni-bin")).expect("cni dir");
+            fs::create_dir_all(path("cni-conf")).expect("cni dir");
+            format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n  \
+                 stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n  \
+                 disable_apparmor = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  \
+                 snapshotter = \"{LSTORE_SNAPSHOTTER}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  \
+                 bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n",
+                bin = path("cni-bin").display(),
+                conf = path("cni-conf").display(),
+            )
+        } else {
+            String::new()
+        };
         // The CRI plugin reads mirrors from `config_path`; ctr is given the
         // same folder with --hosts-dir (it resolves on the client side).
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \
+             disabled_plugins = [{disabled}\
              \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \
              \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\"]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             {cri_section}\
              [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{hosts}\"\n{extra}",
             root = path("root").display(),
             state = path("state").display(),
@@ -391,14 +435,44 @@ impl Containerd {
         .expect("hosts.toml");
     }
 
+    /// containerd's gRPC socket (where CRI is served too).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// Makes `host` (`HOST:PORT`) a plain-HTTP registry for pulls and tag
+    /// resolution (hosts.toml).
+    pub fn plain_http(&self, host: &str) {
+        let dir = self.hosts_dir().join(host);
+        fs::create_dir_all(&dir).expect("hosts.toml dir");
+        fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  \
+                 capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .expect("hosts.toml");
+    }
+
     fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(CTR_NAMESPACE, args)
+    }
+
+    fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ctr");
         command
             .arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(["-n", CTR_NAMESPACE])
+            .arg(self.socket())
+            .args(["-n", namespace])
             .args(args);
         command
+    }
+
+    /// `ctr --address SOCK -n NAMESPACE ARGS…`, which must succeed.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
+        let what = format!("ctr -n {namespace} {}", args.join(" "));
+        must_succeed(run(&mut self.ctr_command_in(namespace, args), &what), &what)
     }
 
     /// `ctr --address SOCK -n lstore-test ARGS…`.

@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod clients;
+pub mod cri;
 pub mod image;
 pub mod lstore;
 pub mod mount;

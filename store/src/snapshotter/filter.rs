@@ -66,8 +66,10 @@ fn field(info: &Info, path: &[String]) -> (String, bool) {
         return (String::new(), false);
     };
     match first.as_str() {
-        "name" => (info.name.clone(), !info.name.is_empty()),
-        "parent" => (info.record.parent.clone(), !info.record.parent.is_empty()),
+        // Always present, even empty (containerd's adaptSnapshot): the
+        // lookup of a base layer's target filters on `parent==""`.
+        "name" => (info.name.clone(), true),
+        "parent" => (info.record.parent.clone(), true),
         "kind" => {
             let k = match info.record.kind {
                 Kind::View => "view",
@@ -247,13 +249,30 @@ mod tests {
         assert!(matches(&[other, "kind==committed"], &i), "any filter");
     }
 
+    /// The same lookup for a base layer: its parent is empty, which
+    /// `parent==""` matches (the CRI's pull of a layer lstore holds).
+    #[test]
+    fn the_target_lookup_of_a_base_layer_matches_its_empty_parent() {
+        let i = info(
+            "sha256:abc",
+            "",
+            Kind::Committed,
+            &[("containerd.io/snapshot.ref", "sha256:abc")],
+        );
+        let f = r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="""#;
+        assert!(matches(&[f], &i));
+        let on_p = r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="p""#;
+        assert!(!matches(&[on_p], &i));
+    }
+
     #[test]
     fn presence_inequality_and_empty_filters() {
         let i = info("a", "", Kind::Active, &[("x.y", "1")]);
         assert!(matches(&[], &i));
         assert!(matches(&[""], &i));
         assert!(matches(&["labels.x.y"], &i));
-        assert!(!matches(&["parent"], &i));
+        assert!(matches(&["parent"], &i), "always present, as in containerd");
+        assert!(matches(&["parent==\"\""], &i));
         assert!(matches(&["name!=b , kind==active"], &i));
         assert!(!matches(&["labels.z==1"], &i));
         assert!(matches(&["labels.z!=1"], &i));
