@@ -1331,3 +1331,46 @@ fn a_cri_pull_of_an_image_lstore_holds_fetches_no_layer() {
     );
     assert_fsck_clean(&setup.store);
 }
+
+#[test]
+fn a_cri_pull_of_an_image_lstore_lacks_fetches_each_layer_once_into_lstore() {
+    let registry = Registry::start();
+    let image = shell_image("pulled by the CRI alone");
+    registry.upload("snap/cri-lacks", "v1", &image);
+    let proxy = Proxy::pass(&registry.host());
+    let reference = format!("{}/snap/cri-lacks:v1", proxy.host());
+    let setup = Setup::with_cri();
+    setup.containerd.plain_http(&proxy.host());
+    assert!(layer_folders(&setup.store).is_empty());
+
+    let image_id = cri_pull(&setup, &reference);
+    assert_eq!(image_id, image.config_digest, "CRI answers the image id");
+    let mut fetched = proxy.blob_gets();
+    fetched.retain(|d| *d != image.config_digest);
+    fetched.sort();
+    let mut layers: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    layers.sort();
+    assert_eq!(
+        fetched,
+        layers,
+        "each layer fetched once; the proxy saw {:?}",
+        requests(&proxy)
+    );
+    assert!(
+        cri_images(&setup).contains(&reference),
+        "ctr -n k8s.io images ls: {:?}",
+        cri_images(&setup)
+    );
+    let folders = layer_folders(&setup.store);
+    let names: BTreeSet<String> = folders.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, chain_hexes(&image), "one lstore folder per layer");
+    let df = setup.store.json(&["df", "--format", "json"]);
+    assert_eq!(df["layers"], 2, "df counts containerd's layers: {df}");
+    fsck_report(&setup.store);
+    setup.store.ok(&["gc"]);
+    assert_eq!(
+        layer_folders(&setup.store),
+        folders,
+        "containerd holds them"
+    );
+}
