@@ -1330,6 +1330,22 @@ fn a_cri_pull_of_an_image_lstore_holds_fetches_no_layer() {
         "containerd's snapshots are gc roots"
     );
     assert_fsck_clean(&setup.store);
+
+    // Once containerd drops the image (every name CRI gave it: tag,
+    // digest, id), its gc removes the snapshots and lstore's gc the layers.
+    let names = cri_images(&setup);
+    assert!(names.len() >= 2, "CRI's names of the image: {names:?}");
+    let mut rm = vec!["images", "rm", "--sync"];
+    rm.extend(names.iter().map(String::as_str));
+    setup.containerd.ctr_in(CRI_NAMESPACE, &rm);
+    assert_eq!(cri_snapshots(&setup), Vec::new(), "containerd's gc ran");
+    setup.store.ok(&["gc"]);
+    assert!(
+        layer_folders(&setup.store).is_empty(),
+        "nothing holds them now: {:?}",
+        layer_folders(&setup.store)
+    );
+    fsck_report(&setup.store);
 }
 
 #[test]
