@@ -6,7 +6,9 @@
 //! lacks becomes an lstore layer (df, fsck, gc know it); writes in
 //! containers leave the layer folders unchanged; kill -9 of the
 //! snapshotter during pulls and removals loses nothing committed and
-//! leaves nothing half made.
+//! leaves nothing half made. A CRI image pull (containerd's CRI plugin,
+//! as the kubelet drives it) of an image lstore holds fetches no layer
+//! blob; of one it lacks, each layer once, into lstore.
 
 mod common;
 
