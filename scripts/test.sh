@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt -- --check)
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 log=$(mktemp /tmp/lstore-test.XXXXXX.log)
 trap 'rm -f "$log" "$log.fuzz"' EXIT

@@ -228,7 +228,7 @@ fn sync_writes_the_view_then_prunes_what_it_no_longer_holds() {
     assert_eq!(images.len(), 2);
 
     // Without b: its image folder, its top layer's links go; the base stays.
-    let only_a = build(&[a.clone()], &[tag("x/a:1", &a)], &facts);
+    let only_a = build(std::slice::from_ref(&a), &[tag("x/a:1", &a)], &facts);
     assert!(sync(root.path(), &only_a, true).unwrap());
     assert!(sync(root.path(), &only_a, false).unwrap());
     assert_eq!(names(&cs.join("overlay-images")), {
@@ -263,7 +263,7 @@ fn sync_replaces_what_someone_else_put_in_its_place() {
     let root = tempfile::tempdir().unwrap();
     let mut facts = FakeStore::default();
     let a = image(&mut facts, "m-a", "c-a", &["base"], 1);
-    let view = build(&[a.clone()], &[tag("x/a:1", &a)], &facts);
+    let view = build(std::slice::from_ref(&a), &[tag("x/a:1", &a)], &facts);
     sync(root.path(), &view, false).unwrap();
     let cs = root.path().join("containers-storage");
     let link = cs.join("overlay").join(layer_id(None, &d("base")));

@@ -256,23 +256,6 @@ async fn run(
     Ok(())
 }
 
-#[cfg(test)]
-mod testing {
-    use crate::lock::{Lease, LeaseContent};
-    use crate::store::Store;
-    use crate::StoreOptions;
-
-    /// A fresh store and a lease in it, as serve holds one.
-    pub fn store() -> (tempfile::TempDir, Store, Lease) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let lease = store
-            .read_session(|_| store.lease(&LeaseContent::default()))
-            .unwrap();
-        (dir, store, lease)
-    }
-}
-
 /// How often abandoned uploads and unclaimed blobs are looked for: often
 /// enough that one outlives its limit by at most a quarter of it.
 fn sweep_period(upload_timeout: Duration) -> Duration {
@@ -742,4 +725,21 @@ async fn list(
         set(&mut resp, hyper::header::LINK, &link);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod testing {
+    use crate::lock::{Lease, LeaseContent};
+    use crate::store::Store;
+    use crate::StoreOptions;
+
+    /// A fresh store and a lease in it, as serve holds one.
+    pub fn store() -> (tempfile::TempDir, Store, Lease) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let lease = store
+            .read_session(|_| store.lease(&LeaseContent::default()))
+            .unwrap();
+        (dir, store, lease)
+    }
 }
