@@ -32,12 +32,14 @@ BENCH_NAME=bench-snapshotter
 top="$(cd "$(dirname "$0")/.." && pwd)"
 . "$top/scripts/bench-lib.sh"
 
-runs=5 fs=ext4 out=""
+runs=5 fs=ext4 out="" only=""
+venv=${LSTORE_BENCH_VENV:-/var/cache/lstore/bench-venv}
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --fs) fs=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) bench_die "unknown argument $1 (see --help)" ;;
   esac
@@ -59,6 +61,15 @@ cleanup() {
     [ -n "$pid" ] || continue
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+  done
+  # The CRI cases' daemons (started by cri/fresh.sh, not children of this
+  # shell).
+  local f
+  for f in "$S/fs/cri/containerd.pid" "$S/fs/cri/snapshotter.pid"; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   done
   bench_scratch_cleanup
   rmdir "$S" 2>/dev/null || bench_log "left $S (something is still mounted there)"
@@ -156,12 +167,164 @@ eval "$(pull lstore)"; after=$(ls -i -d "$store"/overlay2/*/diff | sort)
 [ "$before" = "$after" ] || bench_die "a pull lstore holds replaced lstore's layer folders"
 eval "$prep_overlayfs"; eval "$(pull overlayfs)"
 
+if [ "$only" != cri ]; then
 result="$W/result.md"
 hyperfine --runs "$runs" --export-markdown "$result" \
   --command-name "ctr pull, overlayfs" --prepare "$prep_overlayfs" "$(pull overlayfs)" \
   --command-name "ctr pull, lstore lacks the layers" --prepare "$prep_lacks" "$(pull lstore)" \
   --command-name "ctr pull, lstore holds the layers" --prepare "$prep_holds" "$(pull lstore)"
+fi
+
+# ------------------------------------------------------------------ CRI
+# containerd's CRI plugin (PullImage, as the kubelet sends it), through a
+# small Python client: Debian ships no crictl. Each timed run gets a fresh
+# containerd (root, state and, for lstore, the store and its snapshotter
+# made anew): cri/fresh.sh below, hyperfine's --prepare.
+cri_results=""
+if [ "$only" != ctr ]; then
+  # The ctr cases' daemons are done with.
+  for pid in "$ctd_pid" "$snap_pid"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+  ctd_pid="" snap_pid=""
+  C="$W/cri"
+  mkdir -p "$C/py" "$C/cni-bin" "$C/cni-conf" "$C/hosts/$reg"
+  if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    bench_log "making $venv (grpcio, grpcio-tools from PyPI)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q grpcio grpcio-tools
+  fi
+  # The subset of runtime.v1 (kubernetes/cri-api pkg/apis/runtime/v1/api.proto)
+  # a pull needs; the fields left out are never sent.
+  cat > "$C/py/api.proto" <<'PROTO'
+syntax = "proto3";
+package runtime.v1;
+service ImageService {
+  rpc PullImage(PullImageRequest) returns (PullImageResponse) {}
+}
+message ImageSpec {
+  string image = 1;
+  map<string, string> annotations = 2;
+}
+message AuthConfig {}
+message PodSandboxConfig {}
+message PullImageRequest {
+  ImageSpec image = 1;
+  AuthConfig auth = 2;
+  PodSandboxConfig sandbox_config = 3;
+}
+message PullImageResponse {
+  string image_ref = 1;
+}
+PROTO
+  "$venv/bin/python" -m grpc_tools.protoc -I "$C/py" --python_out="$C/py" --grpc_python_out="$C/py" "$C/py/api.proto"
+  cat > "$C/py/pull.py" <<'PY'
+"""cri pull SOCKET REFERENCE: runtime.v1 ImageService/PullImage; prints image_ref."""
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc
+import api_pb2, api_pb2_grpc
+with grpc.insecure_channel("unix://" + sys.argv[1]) as channel:
+    stub = api_pb2_grpc.ImageServiceStub(channel)
+    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=sys.argv[2]))
+    print(stub.PullImage(request, timeout=600).image_ref)
+PY
+  printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$reg" "$reg" \
+    > "$C/hosts/$reg/hosts.toml"
+  for snapshotter in lstore overlayfs; do
+    cat > "$C/config-$snapshotter.toml" <<TOML
+version = 2
+root = "$C/root"
+state = "$C/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$C/containerd.sock"
+[ttrpc]
+  address = "$C/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "$snapshotter"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "$C/cni-bin"
+  conf_dir = "$C/cni-conf"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "$C/hosts"
+[proxy_plugins.lstore]
+  type = "snapshot"
+  address = "$C/snapshotter.sock"
+TOML
+  done
+  # cri/fresh.sh lstore|overlayfs [hold]: stops the CRI containerd (and
+  # lstore's snapshotter), makes root, state and store anew, starts them,
+  # with "hold" has lstore pull the image, then drops the page cache.
+  cat > "$C/fresh.sh" <<SH
+#!/usr/bin/env bash
+set -euo pipefail
+for f in "$C/containerd.pid" "$C/snapshotter.pid"; do
+  [ -f "\$f" ] || continue
+  pid=\$(cat "\$f"); rm -f "\$f"
+  kill "\$pid" 2>/dev/null || continue
+  for _ in \$(seq 300); do kill -0 "\$pid" 2>/dev/null || break; sleep 0.05; done
+done
+awk -v m="$C/" 'index(\$2, m) == 1 { print \$2 }' /proc/mounts | sort -r | while read -r m; do umount -l "\$m"; done
+rm -rf "$C/root" "$C/state" "$C/lstore" "$C/snapshotter.sock" "$C/containerd.sock" "$C/containerd.sock.ttrpc"
+if [ "\$1" = lstore ]; then
+  setsid "$lstore_bin" --root "$C/lstore" snapshotter --socket "$C/snapshotter.sock" \
+    </dev/null >>"$C/snapshotter.log" 2>&1 &
+  echo \$! > "$C/snapshotter.pid"
+  for _ in \$(seq 100); do [ -S "$C/snapshotter.sock" ] && break; sleep 0.05; done
+  [ -S "$C/snapshotter.sock" ] || { echo "the snapshotter did not start" >&2; exit 1; }
+fi
+setsid containerd --config "$C/config-\$1.toml" </dev/null >>"$C/containerd.log" 2>&1 &
+echo \$! > "$C/containerd.pid"
+for _ in \$(seq 200); do ctr --address "$C/containerd.sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+ctr --address "$C/containerd.sock" version >/dev/null
+# containerd's start-up work (the CRI plugin's, its gc) is not measured.
+sleep 1
+if [ "\${2:-}" = hold ]; then "$lstore_bin" --root "$C/lstore" pull -q "$ref" >/dev/null; fi
+sync; echo 3 > /proc/sys/vm/drop_caches
+SH
+  chmod +x "$C/fresh.sh"
+  cri="'$venv/bin/python' '$C/py/pull.py' '$C/containerd.sock' '$ref' >/dev/null"
+  cri_lstore_pull="'$lstore_bin' --root '$C/lstore' pull -q '$ref' >/dev/null"
+  cri_images() { ctr --address "$C/containerd.sock" -n k8s.io images ls -q | grep -c . || true; }
+
+  # Once, untimed: each case does what it says.
+  "$C/fresh.sh" overlayfs; eval "$cri"
+  [ "$(cri_images)" -ge 1 ] || bench_die "the CRI pull (overlayfs) left no image in k8s.io"
+  "$C/fresh.sh" lstore; eval "$cri_lstore_pull"; eval "$cri"
+  layers=$("$lstore_bin" --root "$C/lstore" df --format json | sed -n 's/.*"containerd_layers": *\([0-9]*\).*/\1/p')
+  [ "$layers" = 3 ] || bench_die "after lstore pull and a CRI pull, lstore df shows $layers layers held by containerd, not 3"
+  "$C/fresh.sh" lstore hold; before=$(ls -i -d "$C/lstore"/overlay2/*/diff | sort)
+  eval "$cri"; after=$(ls -i -d "$C/lstore"/overlay2/*/diff | sort)
+  [ "$before" = "$after" ] || bench_die "a CRI pull of an image lstore holds replaced lstore's layer folders"
+  blobs=$(find "$C/root/io.containerd.content.v1.content/blobs" -type f 2>/dev/null | wc -l)
+  [ "$blobs" -le 2 ] || bench_die "a CRI pull of an image lstore holds left $blobs blobs in containerd's content store (manifest and config only expected)"
+
+  cri_results="$W/result-cri.md"
+  hyperfine --runs "$runs" --export-markdown "$cri_results" --export-json "$W/result-cri.json" \
+    --command-name "CRI pull, overlayfs" --prepare "'$C/fresh.sh' overlayfs" "$cri" \
+    --command-name "CRI pull, lstore holds the image" --prepare "'$C/fresh.sh' lstore hold" "$cri" \
+    --command-name "lstore pull + CRI pull, lstore lacks the image" --prepare "'$C/fresh.sh' lstore" \
+      "$cri_lstore_pull && $cri"
+  # What the Python client's start (interpreter, grpc) costs in each CRI figure.
+  hyperfine --runs "$runs" --warmup 1 --export-markdown "$W/result-client.md" \
+    --command-name "Python CRI client start-up (no call)" \
+    "'$venv/bin/python' -c 'import sys; sys.path.insert(0, \"$C/py\"); import grpc, api_pb2, api_pb2_grpc'"
+fi
 
 echo
-echo "== results (hyperfine, $runs runs, cold, $(bench_fs_of "$W"); $(nproc) cores; containerd $(containerd --version | awk '{print $3}'))"
-tee "${out:-/dev/null}" < "$result"
+echo "== results (hyperfine, $runs runs, cold, $(bench_fs_of "$W"); $(nproc) cores; containerd $(containerd --version | awk '{print $3}'); load average $(cut -d' ' -f1-3 /proc/loadavg))"
+{
+  [ "$only" = cri ] || cat "$W/result.md"
+  if [ -n "$cri_results" ]; then
+    [ "$only" = cri ] || echo
+    cat "$cri_results"; echo; cat "$W/result-client.md"; echo
+    # Medians (hyperfine's table gives means).
+    python3 -c 'import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    print("- %s: median %.3f s (min %.3f, max %.3f, %d runs)" % (r["command"], r["median"], r["min"], r["max"], len(r["times"])))' "$W/result-cri.json"
+  fi
+} | tee "${out:-/dev/null}"
