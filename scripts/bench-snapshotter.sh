@@ -295,8 +295,8 @@ SH
   "$C/fresh.sh" overlayfs; eval "$cri"
   [ "$(cri_images)" -ge 1 ] || bench_die "the CRI pull (overlayfs) left no image in k8s.io"
   "$C/fresh.sh" lstore; eval "$cri_lstore_pull"; eval "$cri"
-  layers=$("$lstore_bin" --root "$C/lstore" df --format json | sed -n 's/.*"containerd_layers": *\([0-9]*\).*/\1/p')
-  [ "$layers" = 3 ] || bench_die "after lstore pull and a CRI pull, lstore df shows $layers layers held by containerd, not 3"
+  layers=$(ctr --address "$C/containerd.sock" -n k8s.io snapshots --snapshotter lstore ls | grep -c Committed || true)
+  [ "$layers" = 3 ] || bench_die "after lstore pull and a CRI pull, containerd has $layers committed lstore snapshots, not 3"
   "$C/fresh.sh" lstore hold; before=$(ls -i -d "$C/lstore"/overlay2/*/diff | sort)
   eval "$cri"; after=$(ls -i -d "$C/lstore"/overlay2/*/diff | sort)
   [ "$before" = "$after" ] || bench_die "a CRI pull of an image lstore holds replaced lstore's layer folders"
@@ -309,8 +309,9 @@ SH
     --command-name "CRI pull, lstore holds the image" --prepare "'$C/fresh.sh' lstore hold" "$cri" \
     --command-name "lstore pull + CRI pull, lstore lacks the image" --prepare "'$C/fresh.sh' lstore" \
       "$cri_lstore_pull && $cri"
-  # What the Python client's start (interpreter, grpc) costs in each CRI figure.
-  hyperfine --runs "$runs" --warmup 1 --export-markdown "$W/result-client.md" \
+  # What the Python client's start (interpreter, grpc; cold) costs in each
+  # CRI figure.
+  hyperfine --runs "$runs" --prepare "$drop" --export-markdown "$W/result-client.md" \
     --command-name "Python CRI client start-up (no call)" \
     "'$venv/bin/python' -c 'import sys; sys.path.insert(0, \"$C/py\"); import grpc, api_pb2, api_pb2_grpc'"
 fi
