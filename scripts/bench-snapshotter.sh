@@ -4,8 +4,9 @@
 # the same local docker-registry, with hyperfine.
 #
 #   scripts/bench-snapshotter.sh [--runs N] [--fs ext4|tmpfs] [--out FILE.md]
+#                                [--only ctr|cri]
 #
-# Three cases, the same image each time:
+# Three ctr cases, the same image each time:
 #   overlayfs      ctr images pull --snapshotter overlayfs
 #   lstore lacks   ctr images pull --snapshotter lstore, the layers new to
 #                  lstore (containerd applies them; lstore keeps them as its
@@ -17,6 +18,21 @@
 # its content and snapshots go), lstore's gc frees what no image holds, and
 # the page cache is dropped.
 #
+# Three CRI cases (containerd's CRI plugin, `PullImage` of runtime.v1 as the
+# kubelet sends it, its `snapshotter` set to overlayfs or lstore):
+#   CRI overlayfs  PullImage, containerd alone
+#   CRI holds      PullImage after `lstore pull` (untimed) of the image: the
+#                  CRI prepares with the layer's label, lstore answers
+#                  AlreadyExists, no layer blob is fetched
+#   CRI lacks      `lstore pull` then PullImage, both timed
+# Each CRI run starts from nothing: a fresh containerd root and state (and
+# for lstore a fresh store and snapshotter), then the page cache is dropped.
+# Debian ships no crictl: the client is a few lines of Python over grpcio,
+# its proto subset compiled here with grpcio-tools, in a venv at
+# $LSTORE_BENCH_VENV (default /var/cache/lstore/bench-venv; made with pip
+# from PyPI if missing). Its own start-up, timed cold, is reported apart; it
+# is inside each CRI figure.
+#
 # Image (made here, no network): three gzip layers, 412 files, about 52 MB
 # unpacked (as scripts/bench-pull.sh's "large"): 200 text files of 128 KiB,
 # 100 random files of 200 KiB, 110 small files, one random 5 MiB file and
@@ -26,7 +42,8 @@
 # store, the snapshotter's socket) lives on a filesystem made for the run:
 # an ext4 image on a direct-I/O loop device (default) or a tmpfs. containerd
 # runs as its own daemon with its own config. Needs root, containerd, ctr,
-# docker-registry, hyperfine, skopeo, openssl and curl.
+# docker-registry, hyperfine, skopeo, openssl, curl and python3 (venv).
+# LSTORE_BIN names the lstore binary (else it is built).
 set -euo pipefail
 BENCH_NAME=bench-snapshotter
 top="$(cd "$(dirname "$0")/.." && pwd)"
