@@ -162,6 +162,27 @@ pub struct Meta {
 /// between the two only costs a needless reload.
 const GENERATION_FILE: &str = "lstore-generation";
 
+/// A file in the database's folder that says the containers-storage view
+/// may lag the records: made before a batch that changes images or tags
+/// lands, removed once the view is written from them, so a process killed
+/// between the two leaves the next write session the work of catching up.
+const VIEW_PENDING_FILE: &str = "view-pending";
+
+/// Whether the database at `path` has records the view may not show yet.
+pub(crate) fn view_pending(path: &Path) -> bool {
+    path.join(VIEW_PENDING_FILE).exists()
+}
+
+/// The view has been written from the records of the database at `path`.
+pub(crate) fn clear_view_pending(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path.join(VIEW_PENDING_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::Db(format!("{VIEW_PENDING_FILE}: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The generation marker of the database at `path`: None until a batch
 /// wrote one.
 pub fn generation(path: &Path) -> Option<String> {
@@ -377,6 +398,11 @@ impl Batch<'_> {
     pub fn commit(self) -> Result<()> {
         if let Some(marker) = self.meta.generation.as_ref().filter(|_| !self.is_empty()) {
             bump_generation(marker)?;
+            if self.touches_images {
+                let pending = marker.with_file_name(VIEW_PENDING_FILE);
+                std::fs::write(&pending, b"")
+                    .map_err(|e| Error::Db(format!("{}: {e}", pending.display())))?;
+            }
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -411,6 +437,23 @@ mod tests {
         let before = generation(dir.path());
         meta.batch().commit().unwrap();
         assert_eq!(generation(dir.path()), before);
+    }
+
+    #[test]
+    fn a_batch_changing_tags_leaves_the_view_pending_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        let mut b = meta.batch();
+        b.put(CF_BLOBS, b"k", &Digest::of(b"k")).unwrap();
+        b.commit().unwrap();
+        assert!(!view_pending(dir.path()), "blobs are not in the view");
+        let mut b = meta.batch();
+        b.put(CF_TAGS, b"t", &Digest::of(b"t")).unwrap();
+        b.commit().unwrap();
+        assert!(view_pending(dir.path()));
+        clear_view_pending(dir.path()).unwrap();
+        assert!(!view_pending(dir.path()));
+        clear_view_pending(dir.path()).unwrap();
     }
 
     #[test]

@@ -136,10 +136,19 @@ impl Store {
     pub(crate) fn session<T>(&self, f: impl FnOnce(&Meta) -> Result<T>) -> Result<T> {
         let _lock = RootLock::acquire(&self.root, &*self.opts.on_wait)?;
         let meta = Meta::open(&self.root.join("db"))?;
+        // A process killed between its records and the view: catch up
+        // first, so that this command (fsck among them) starts from a view
+        // that matches; a failure here is tried again and reported below.
+        if crate::meta::view_pending(&self.root.join("db")) {
+            let _ = crate::cstorage::refresh(self, &meta);
+        }
         let out = f(&meta);
         // Even when `f` failed after a batch landed: the view follows the
         // database, under the same lock.
-        let refreshed = if meta.take_images_changed() {
+        // Also when an earlier process died between its records and the
+        // view (its pending marker is still there).
+        let changed = meta.take_images_changed();
+        let refreshed = if changed || crate::meta::view_pending(&self.root.join("db")) {
             crate::cstorage::refresh(self, &meta)
         } else {
             Ok(())

@@ -31,7 +31,7 @@ pub(crate) use write::VIEW_DIR;
 pub(crate) fn refresh(store: &Store, meta: &Meta) -> Result<()> {
     let view = current(store, meta)?;
     write::sync(store.root(), &view, false)?;
-    Ok(())
+    crate::meta::clear_view_pending(&store.root().join("db"))
 }
 
 /// Whether the view on disk differs from what the database says it is.
