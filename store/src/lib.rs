@@ -67,6 +67,7 @@ mod content;
 mod cstorage;
 mod digest;
 mod error;
+mod frontend;
 mod fsck;
 mod gc;
 mod images;

@@ -54,9 +54,9 @@ fn current(store: &Store, meta: &Meta) -> Result<model::View> {
 struct Facts<'a> {
     store: &'a Store,
     meta: &'a Meta,
-    /// uid/gid sets the current layers.json already lists, by diff digest,
-    /// for layers without a summary file (parsing their tar-split record
-    /// each time would cost a pass over it).
+    /// uid/gid sets the current layers.json already lists, by diff digest
+    /// (reading each layer's summary file on every refresh would cost a
+    /// file per layer of the store).
     known: HashMap<String, (Vec<u32>, Vec<u32>)>,
 }
 
@@ -74,14 +74,14 @@ impl model::StoreFacts for Facts<'_> {
     }
 
     fn id_sets(&self, chain_id: &Digest) -> Option<(Vec<u32>, Vec<u32>)> {
-        // The summary the extraction pass wrote; else what layers.json had
-        // (a layer extracted before records were kept).
-        let dir = self.store.layer_store().dir(chain_id);
-        if let Some(summary) = crate::tarsplit::stored_summary(&dir) {
-            return Some((summary.uids, summary.gids));
-        }
+        // What layers.json already lists (one read for the whole view);
+        // else the summary the extraction pass wrote beside the layer.
         let record = self.meta.layer(chain_id).ok().flatten()?;
-        self.known.get(&record.diff_id.to_string()).cloned()
+        if let Some(known) = self.known.get(&record.diff_id.to_string()) {
+            return Some(known.clone());
+        }
+        let dir = self.store.layer_store().dir(chain_id);
+        crate::tarsplit::stored_summary(&dir).map(|s| (s.uids, s.gids))
     }
 }
 

@@ -31,7 +31,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::error::{Error, Result};
-use crate::lock::{Lease, LeaseContent};
+use crate::lock::Lease;
 use crate::reference::{is_domain, Reference};
 use crate::store::Store;
 
@@ -155,24 +155,9 @@ pub fn serve(
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lstore-serve")
-        .build()
-        .map_err(|e| Error::io("start the server runtime", e))?;
-    let store = Arc::new(store);
-    let lease = Arc::new(store.read_session(|_| {
-        store.lease(&LeaseContent {
-            pid: std::process::id(),
-            ..LeaseContent::default()
-        })
-    })?);
-    let result = runtime.block_on(run(store, lease.clone(), opts, auth, tls, on_listening));
-    // Requests still running after the grace period are abandoned with the
-    // runtime; the lease ends here whoever still holds a reference to it.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    lease.release();
-    result
+    crate::frontend::run_with_lease(store, "lstore-serve", |store, lease| {
+        run(store, lease, opts, auth, tls, on_listening)
+    })
 }
 
 async fn run(

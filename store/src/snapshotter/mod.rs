@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::lock::LeaseContent;
 use crate::store::Store;
 
 pub(crate) use snapshots::held_layers;
@@ -55,21 +54,9 @@ pub fn serve(
     opts: SnapshotterOptions,
     on_listening: &mut dyn FnMut(&Path),
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lstore-snapshotter")
-        .build()
-        .map_err(|e| Error::io("start the snapshotter runtime", e))?;
-    let store = Arc::new(store);
-    let lease = Arc::new(store.read_session(|_| {
-        store.lease(&LeaseContent {
-            pid: std::process::id(),
-            ..LeaseContent::default()
-        })
-    })?);
-    let result = runtime.block_on(run(store, lease.clone(), &opts, on_listening));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    lease.release();
+    let result = crate::frontend::run_with_lease(store, "lstore-snapshotter", |store, lease| {
+        run(store, lease, &opts, on_listening)
+    });
     let _ = std::fs::remove_file(&opts.socket);
     result
 }
