@@ -64,6 +64,11 @@ enum Command {
         /// No progress output: print only the pulled reference.
         #[arg(short, long)]
         quiet: bool,
+        /// Without subordinate ids: keep owners the user's namespace cannot
+        /// map in the user.containers.override_stat xattr (as
+        /// containers/storage's ignore_chown_errors) instead of failing.
+        #[arg(long)]
+        ignore_chown_errors: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -112,6 +117,9 @@ enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// As for pull: keep unmappable owners in xattrs.
+        #[arg(long)]
+        ignore_chown_errors: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -228,6 +236,13 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = lstore::snapshotter::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Run a command (default: $SHELL) in the user namespace and mount
+    /// namespace where a user's store is used, like `podman unshare`; its
+    /// exit status is lstore's. As root: just runs it.
+    Unshare {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -319,10 +334,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(root: Option<PathBuf>, max_layer_size: Option<u64>) -> lstore::Result<Store> {
+/// A user's commands run in their namespace (see `lstore::userns`).
+fn enter_user_namespace() -> lstore::Result<()> {
+    if lstore::userns::needs_entry() {
+        lstore::userns::enter()?;
+    }
+    Ok(())
+}
+
+fn open(
+    root: Option<PathBuf>,
+    max_layer_size: Option<u64>,
+    ignore_chown_errors: bool,
+) -> lstore::Result<Store> {
     let root = root.unwrap_or_else(Store::default_root);
+    enter_user_namespace()?;
     let mut opts = StoreOptions {
         on_wait: Arc::new(|msg: &str| eprintln!("{msg}")),
+        ignore_chown_errors,
         ..StoreOptions::default()
     };
     if let Some(max) = max_layer_size {
@@ -386,16 +415,31 @@ fn run(cli: Cli) -> lstore::Result<()> {
             print_bench(&report);
             return Ok(());
         }
+        Command::Unshare { command } => {
+            let root = cli.root.unwrap_or_else(Store::default_root);
+            let root = std::path::absolute(&root)
+                .map_err(|e| lstore::Error::io(format!("{}", root.display()), e))?;
+            enter_user_namespace()?;
+            let code = lstore::userns::run_inside(&command, &root)?;
+            std::process::exit(code);
+        }
         other => other,
     };
     // Load and pull read untrusted layers: their size bound is an option.
-    let max_layer_size = match &command {
-        Command::Load { max_layer_size, .. } | Command::Pull { max_layer_size, .. } => {
-            *max_layer_size
+    let (max_layer_size, ignore_chown_errors) = match &command {
+        Command::Load {
+            max_layer_size,
+            ignore_chown_errors,
+            ..
         }
-        _ => None,
+        | Command::Pull {
+            max_layer_size,
+            ignore_chown_errors,
+            ..
+        } => (*max_layer_size, *ignore_chown_errors),
+        _ => (None, false),
     };
-    let store = open(cli.root, max_layer_size)?;
+    let store = open(cli.root, max_layer_size, ignore_chown_errors)?;
     match command {
         Command::Load {
             input,
@@ -403,6 +447,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             quiet,
             format,
             max_layer_size: _,
+            ignore_chown_errors: _,
         } => {
             let progress = progress::Progress::new(quiet || format == Format::Json);
             let stored = store.load(&input, tag.as_deref(), &progress)?;
@@ -420,6 +465,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             quiet,
             format,
             max_layer_size: _,
+            ignore_chown_errors: _,
         } => {
             let opts = lstore::PullOptions {
                 platform: platform
@@ -484,7 +530,8 @@ fn run(cli: Cli) -> lstore::Result<()> {
             );
         }
         // Handled before the store is opened.
-        Command::Login { .. } | Command::Logout { .. } | Command::Bench { .. } => {}
+        Command::Login { .. } | Command::Logout { .. } | Command::Bench { .. }
+        | Command::Unshare { .. } => {}
         Command::Save { output, references } => {
             store.save(&references, &output)?;
         }
