@@ -23,6 +23,12 @@ struct Cli {
     /// else $XDG_DATA_HOME/lstore).
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// A user without subordinate ids: keep file owners their namespace
+    /// cannot map in the user.containers.override_stat xattr (as
+    /// containers/storage's ignore_chown_errors) instead of failing (load,
+    /// pull, commit).
+    #[arg(long, global = true, env = "LSTORE_IGNORE_CHOWN_ERRORS")]
+    ignore_chown_errors: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,11 +70,6 @@ enum Command {
         /// No progress output: print only the pulled reference.
         #[arg(short, long)]
         quiet: bool,
-        /// Without subordinate ids: keep owners the user's namespace cannot
-        /// map in the user.containers.override_stat xattr (as
-        /// containers/storage's ignore_chown_errors) instead of failing.
-        #[arg(long)]
-        ignore_chown_errors: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -117,9 +118,6 @@ enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
-        /// As for pull: keep unmappable owners in xattrs.
-        #[arg(long)]
-        ignore_chown_errors: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -426,20 +424,13 @@ fn run(cli: Cli) -> lstore::Result<()> {
         other => other,
     };
     // Load and pull read untrusted layers: their size bound is an option.
-    let (max_layer_size, ignore_chown_errors) = match &command {
-        Command::Load {
-            max_layer_size,
-            ignore_chown_errors,
-            ..
+    let max_layer_size = match &command {
+        Command::Load { max_layer_size, .. } | Command::Pull { max_layer_size, .. } => {
+            *max_layer_size
         }
-        | Command::Pull {
-            max_layer_size,
-            ignore_chown_errors,
-            ..
-        } => (*max_layer_size, *ignore_chown_errors),
-        _ => (None, false),
+        _ => None,
     };
-    let store = open(cli.root, max_layer_size, ignore_chown_errors)?;
+    let store = open(cli.root, max_layer_size, cli.ignore_chown_errors)?;
     match command {
         Command::Load {
             input,
@@ -447,7 +438,6 @@ fn run(cli: Cli) -> lstore::Result<()> {
             quiet,
             format,
             max_layer_size: _,
-            ignore_chown_errors: _,
         } => {
             let progress = progress::Progress::new(quiet || format == Format::Json);
             let stored = store.load(&input, tag.as_deref(), &progress)?;
@@ -465,7 +455,6 @@ fn run(cli: Cli) -> lstore::Result<()> {
             quiet,
             format,
             max_layer_size: _,
-            ignore_chown_errors: _,
         } => {
             let opts = lstore::PullOptions {
                 platform: platform
