@@ -592,6 +592,8 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
         Some(&b"7:7:0644:file"[..])
     );
 
+    user.ok(&["fsck"]);
+
     // A commit exports the owners the xattrs hold.
     let mnt = user.dir("rw");
     user.unshare_sh(&format!(
