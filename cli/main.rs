@@ -238,7 +238,11 @@ enum Command {
     /// namespace where a user's store is used, like `podman unshare`; its
     /// exit status is lstore's. As root: just runs it.
     Unshare {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<std::ffi::OsString>,
     },
 }
@@ -519,7 +523,9 @@ fn run(cli: Cli) -> lstore::Result<()> {
             );
         }
         // Handled before the store is opened.
-        Command::Login { .. } | Command::Logout { .. } | Command::Bench { .. }
+        Command::Login { .. }
+        | Command::Logout { .. }
+        | Command::Bench { .. }
         | Command::Unshare { .. } => {}
         Command::Save { output, references } => {
             store.save(&references, &output)?;

@@ -135,16 +135,28 @@ impl TestUser {
         let mut command = Command::new("runuser");
         command
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .current_dir(self.home())
             .args(["-u", &self.name, "--", "env"])
             .arg(format!("HOME={}", self.home().display()))
-            .arg(format!("XDG_DATA_HOME={}", self.home().join("data").display()))
-            .arg(format!("XDG_RUNTIME_DIR={}", self.home().join("run").display()))
+            .arg(format!(
+                "XDG_DATA_HOME={}",
+                self.home().join("data").display()
+            ))
+            .arg(format!(
+                "XDG_RUNTIME_DIR={}",
+                self.home().join("run").display()
+            ))
             .arg(format!("USER={}", self.name))
             .arg(format!(
                 "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                Path::new(env!("CARGO_BIN_EXE_lstore")).parent().unwrap().display()
+                Path::new(env!("CARGO_BIN_EXE_lstore"))
+                    .parent()
+                    .unwrap()
+                    .display()
             ))
             .arg(env!("CARGO_BIN_EXE_lstore"))
             .args(args);
@@ -205,7 +217,11 @@ impl TestUser {
                 let f: Vec<&str> = line.split(' ').collect();
                 assert_eq!(f.len(), 6, "find line {line:?}");
                 let kind = f[1].to_string();
-                let size = if kind == "f" { f[5].parse().unwrap() } else { 0 };
+                let size = if kind == "f" {
+                    f[5].parse().unwrap()
+                } else {
+                    0
+                };
                 (
                     f[0].to_string(),
                     Listed {
@@ -386,7 +402,11 @@ fn umoci_listing(image: &Image) -> BTreeMap<String, Listed> {
 
 /// Layer `index`'s folder in the user's store, from `inspect`.
 fn layer_path(inspect: &Value, index: usize) -> PathBuf {
-    PathBuf::from(inspect["layers"][index]["path"].as_str().expect("layer path"))
+    PathBuf::from(
+        inspect["layers"][index]["path"]
+            .as_str()
+            .expect("layer path"),
+    )
 }
 
 /// Files (not folders) left anywhere under `dir`.
@@ -435,12 +455,21 @@ fn user_with_subordinate_ids_keeps_every_owner() {
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (user.uid, 0o4755));
     let gone = snapshot(&top);
     assert!(gone.get("gone").expect("whiteout").kind.is_whiteout());
-    assert_eq!(get_xattr(&top.join("opq"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&top.join("opq"), "user.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     assert_eq!(get_xattr(&top.join("opq"), "trusted.overlay.opaque"), None);
-    assert_eq!(fs::read_to_string(user.store().join("overlay-xattrs")).unwrap(), "user\n");
+    assert_eq!(
+        fs::read_to_string(user.store().join("overlay-xattrs")).unwrap(),
+        "user\n"
+    );
 
     // `lstore unshare` sees the mapped owners and passes exit codes on.
-    let ls = user.unshare_sh(&format!("stat -c '%u:%g' {}", base.join("home/alice/notes").display()));
+    let ls = user.unshare_sh(&format!(
+        "stat -c '%u:%g' {}",
+        base.join("home/alice/notes").display()
+    ));
     assert_eq!(ls.trim(), "1000:1000");
     let out = user.lstore(&["unshare", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
@@ -450,7 +479,11 @@ fn user_with_subordinate_ids_keeps_every_owner() {
     user.ok(&["mount", "owners:1", mnt.to_str().unwrap()]);
     let seen = user.unshare_sh(&format!("cat {}/opq/c", mnt.display()));
     assert_eq!(seen, "c\n");
-    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0, "the host does not see the mount");
+    assert_eq!(
+        fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "the host does not see the mount"
+    );
     user.ok(&["umount", mnt.to_str().unwrap()]);
 
     // The rest of the commands work for the user; fsck finds nothing.
@@ -534,7 +567,11 @@ fn top_layer_headers(user: &TestUser, reference: &str) -> BTreeMap<String, (u64,
             let h = e.header();
             (
                 e.path().unwrap().to_string_lossy().into_owned(),
-                (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o7777),
+                (
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.mode().unwrap() & 0o7777,
+                ),
             )
         })
         .collect()
@@ -557,7 +594,14 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
     // Other owners: refused, naming the fix, and nothing half-stored.
     let image = owners_image();
     let layout = layout_for(&user, &image, "in");
-    let error = user.fails(&["load", "-q", "-i", layout.to_str().unwrap(), "--tag", "owners:1"]);
+    let error = user.fails(&[
+        "load",
+        "-q",
+        "-i",
+        layout.to_str().unwrap(),
+        "--tag",
+        "owners:1",
+    ]);
     assert!(error.contains("usermod --add-subuids"), "{error}");
     assert!(error.contains("--ignore-chown-errors"), "{error}");
     let images = user.json(&["images", "--format", "json"]);
@@ -578,15 +622,24 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
     let stat = |path: &str| get_xattr(&base.join(path), "user.containers.override_stat");
     let notes = fs::symlink_metadata(base.join("home/alice/notes")).unwrap();
     assert_eq!(notes.uid(), user.uid);
-    assert_eq!(stat("home/alice/notes").as_deref(), Some(&b"1000:1000:0600:file"[..]));
-    assert_eq!(stat("home/alice").as_deref(), Some(&b"1000:1000:0700:dir"[..]));
+    assert_eq!(
+        stat("home/alice/notes").as_deref(),
+        Some(&b"1000:1000:0600:file"[..])
+    );
+    assert_eq!(
+        stat("home/alice").as_deref(),
+        Some(&b"1000:1000:0700:dir"[..])
+    );
     assert_eq!(stat("etc/shadow").as_deref(), Some(&b"0:42:0640:file"[..]));
     assert_eq!(stat("usr/bin/wall").as_deref(), Some(&b"0:5:2755:file"[..]));
     assert_eq!(stat("usr/bin/su"), None, "root's files need no xattr");
     let su = fs::symlink_metadata(base.join("usr/bin/su")).unwrap();
     assert_eq!(su.mode() & 0o7777, 0o4755);
     let top = layer_path(&inspect, 1);
-    assert_eq!(get_xattr(&top.join("opq"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&top.join("opq"), "user.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     assert_eq!(
         get_xattr(&top.join("opq/c"), "user.containers.override_stat").as_deref(),
         Some(&b"7:7:0644:file"[..])

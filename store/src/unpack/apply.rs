@@ -1392,7 +1392,11 @@ struct Owner {
 /// `ignore_chown_errors`, is kept in `user.containers.override_stat`
 /// (containers/storage's format) while the file stays the user's.
 /// Owners are never dropped in silence.
-fn set_owner(fd: BorrowedFd<'_>, owner: &Owner, ignore_chown_errors: bool) -> Result<(), (String, Errno)> {
+fn set_owner(
+    fd: BorrowedFd<'_>,
+    owner: &Owner,
+    ignore_chown_errors: bool,
+) -> Result<(), (String, Errno)> {
     match rfs::fchown(fd, Some(uid(owner.uid)), Some(gid(owner.gid))) {
         Err(Errno::INVAL | Errno::PERM) if ignore_chown_errors => {
             let value = crate::userns::OverrideStat {

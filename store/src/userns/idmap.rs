@@ -22,8 +22,7 @@ pub fn ranges_for(content: &str, name: &str, id: u32) -> Vec<SubRange> {
             let owner = fields.next()?;
             let start = fields.next()?.trim().parse().ok()?;
             let count: u32 = fields.next()?.trim().parse().ok()?;
-            ((owner == name || owner == id_text) && count > 0)
-                .then_some(SubRange { start, count })
+            ((owner == name || owner == id_text) && count > 0).then_some(SubRange { start, count })
         })
         .collect()
 }
@@ -55,17 +54,38 @@ mod tests {
         assert_eq!(
             ranges_for(file, "alice", 1000),
             vec![
-                SubRange { start: 100000, count: 65536 },
-                SubRange { start: 500000, count: 5 }
+                SubRange {
+                    start: 100000,
+                    count: 65536
+                },
+                SubRange {
+                    start: 500000,
+                    count: 5
+                }
             ]
         );
-        assert_eq!(ranges_for(file, "carol", 1001), vec![SubRange { start: 300000, count: 10 }]);
+        assert_eq!(
+            ranges_for(file, "carol", 1001),
+            vec![SubRange {
+                start: 300000,
+                count: 10
+            }]
+        );
         assert!(ranges_for(file, "dave", 7).is_empty());
     }
 
     #[test]
     fn maps_put_the_user_at_zero_and_ranges_after() {
-        let ranges = [SubRange { start: 100000, count: 65536 }, SubRange { start: 500000, count: 5 }];
+        let ranges = [
+            SubRange {
+                start: 100000,
+                count: 65536,
+            },
+            SubRange {
+                start: 500000,
+                count: 5,
+            },
+        ];
         assert_eq!(
             map_args(1000, &ranges),
             ["0", "1000", "1", "1", "100000", "65536", "65537", "500000", "5"]

@@ -84,15 +84,8 @@ fn user_name(uid: u32) -> Option<String> {
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; the result points into
     // `buf`, read before `buf` is dropped.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut out,
-        )
-    };
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return None;
     }
@@ -108,14 +101,18 @@ fn pid_file() -> Result<PathBuf, UsernsError> {
         Some(d) => PathBuf::from(d).join("lstore"),
         None => PathBuf::from(format!("/tmp/lstore-run-{uid}")),
     };
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(setup(format!("cannot create {}: {e}", dir.display()))),
     }
     // Not a folder someone else made (or a symlink) in a shared /tmp.
-    let meta = std::fs::symlink_metadata(&dir)
-        .map_err(|e| setup(format!("{}: {e}", dir.display())))?;
+    let meta =
+        std::fs::symlink_metadata(&dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
     if !meta.is_dir() || meta.uid() != uid {
         return Err(setup(format!(
             "{} is not a folder of this user",
@@ -206,7 +203,9 @@ fn join(pid: i32) -> Result<(), UsernsError> {
     let mnt = open("mnt")?;
     // SAFETY: plain syscalls on fds we own.
     if unsafe { libc::setns(user.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
-        return Err(os_error("join the user namespace (is lstore running threads?)"));
+        return Err(os_error(
+            "join the user namespace (is lstore running threads?)",
+        ));
     }
     // SAFETY: as above.
     if unsafe { libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
@@ -244,7 +243,9 @@ fn threads() -> usize {
 /// Forks the pause process; returns its pid once its namespaces are ready.
 fn start(maps: &Maps) -> Result<i32, UsernsError> {
     if threads() != 1 {
-        return Err(setup("the namespaces must be made before any thread starts"));
+        return Err(setup(
+            "the namespaces must be made before any thread starts",
+        ));
     }
     let (read_end, write_end) = pipe()?;
     // SAFETY: one thread: the child may run any code.
@@ -367,7 +368,9 @@ fn map_with_helper(maps: &Maps) -> Result<(), UsernsError> {
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(helper, &mut status, 0) };
     if unshared != 0 {
-        return Err(setup(format!("unshare the user namespace: {unshare_error}")));
+        return Err(setup(format!(
+            "unshare the user namespace: {unshare_error}"
+        )));
     }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
