@@ -236,6 +236,18 @@ impl TestUser {
             .collect()
     }
 
+    /// `rmi REFS` then `gc` must leave no file in the user's store but
+    /// its database and lock files.
+    fn remove_all(&self, references: &[&str]) {
+        let mut args = vec!["rmi"];
+        args.extend_from_slice(references);
+        self.ok(&args);
+        self.ok(&["gc"]);
+        for sub in ["blobs", "overlay2", "tmp", "ingest", "containers"] {
+            assert_eq!(count_files(&self.store().join(sub)), 0, "{sub} left over");
+        }
+    }
+
     fn pause_pid(&self) -> Option<i32> {
         let file = self.home().join("run/lstore/pause.pid");
         fs::read_to_string(file).ok()?.trim().parse().ok()
@@ -495,12 +507,7 @@ fn user_with_subordinate_ids_keeps_every_owner() {
     user.ok(&["save", "-o", saved.to_str().unwrap(), "owners:1"]);
     assert!(fs::metadata(&saved).unwrap().len() > 0);
 
-    // rmi + gc leave the user's store empty.
-    user.ok(&["rmi", "owners:1"]);
-    user.ok(&["gc"]);
-    for sub in ["blobs", "overlay2", "tmp", "ingest", "containers"] {
-        assert_eq!(count_files(&user.store().join(sub)), 0, "{sub} left over");
-    }
+    user.remove_all(&["owners:1"]);
 }
 
 #[test]
@@ -647,6 +654,11 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
 
     user.ok(&["fsck"]);
 
+    // save gives the layers back with their owners.
+    let saved = top_layer_headers(&user, "owners:1");
+    assert_eq!(saved.get("opq/c"), Some(&(7, 7, 0o644)), "{saved:?}");
+    assert!(saved.contains_key("opq/.wh..wh..opq"), "{saved:?}");
+
     // A commit exports the owners the xattrs hold.
     let mnt = user.dir("rw");
     user.unshare_sh(&format!(
@@ -658,12 +670,7 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
     assert_eq!(headers.get("home/alice/notes"), Some(&(1000, 1000, 0o600)));
     assert_eq!(headers.get("home/alice/"), Some(&(1000, 1000, 0o700)));
 
-    // rmi + gc leave nothing.
-    user.ok(&["rmi", "owners:1", "plain:1", "changed:1"]);
-    user.ok(&["gc"]);
-    for sub in ["blobs", "overlay2", "tmp", "ingest", "containers"] {
-        assert_eq!(count_files(&user.store().join(sub)), 0, "{sub} left over");
-    }
+    user.remove_all(&["owners:1", "plain:1", "changed:1"]);
 }
 
 #[test]
@@ -671,6 +678,12 @@ fn two_users_have_independent_stores() {
     if !have_tools() {
         return;
     }
+    let root_store = || {
+        fs::metadata("/var/lib/lstore")
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let root_store_before = root_store();
     let alice = TestUser::new(true);
     let bob = TestUser::new(false);
     let image = root_only_image();
@@ -686,6 +699,7 @@ fn two_users_have_independent_stores() {
     assert_eq!(listed(&bob), 0);
     assert_eq!(count_files(&bob.store().join("blobs")), 0);
     assert_eq!(count_files(&bob.store().join("overlay2")), 0);
+    assert_eq!(root_store(), root_store_before, "root's store was touched");
     // Each user has a pause process of their own.
     assert_ne!(alice.pause_pid(), bob.pause_pid());
     assert!(alice.pause_pid().is_some() && bob.pause_pid().is_some());
