@@ -614,6 +614,23 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
     let images = user.json(&["images", "--format", "json"]);
     assert_eq!(images.as_array().map(Vec::len), Some(1), "{images}");
     assert_eq!(count_files(&user.store().join("tmp")), 0);
+    let layer_dirs = fs::read_dir(user.store().join("overlay2")).unwrap().count();
+    assert_eq!(layer_dirs, 3, "plain:1's two layers and l/ only");
+
+    // A symlink's owner cannot go to an xattr: refused even so.
+    let mut links = TarBuilder::new();
+    links.symlink("link", "target").owner(5, 5);
+    let linked = ImageBuilder::new().tar(&links, Compression::Gzip).build();
+    let layout_links = layout_for(&user, &linked, "links");
+    let error = user.fails(&[
+        "load",
+        "-q",
+        "--ignore-chown-errors",
+        "-i",
+        layout_links.to_str().unwrap(),
+    ]);
+    assert!(error.contains("owner 5:5 of a symlink"), "{error}");
+    assert!(error.contains("usermod --add-subuids"), "{error}");
 
     // --ignore-chown-errors: stored as the user's, owners in the xattr.
     user.ok(&[

@@ -1101,7 +1101,19 @@ impl Op<'_> {
                 Some(gid(entry.gid)),
                 AtFlags::EMPTY_PATH,
             )
-            .map_err(|e| self.ctx.fs(owner_refused(entry.uid, entry.gid, e), e))?;
+            .map_err(|e| {
+                let action = if state.ignore_chown_errors && matches!(e, Errno::INVAL | Errno::PERM)
+                {
+                    crate::userns::owner_without_xattr_fix(
+                        entry.uid,
+                        entry.gid,
+                        entry.kind.describe(),
+                    )
+                } else {
+                    owner_refused(entry.uid, entry.gid, e)
+                };
+                self.ctx.fs(action, e)
+            })?;
         }
         if set_mode {
             // Not a symlink (just made by mknodat), so following the fd's

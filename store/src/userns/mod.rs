@@ -77,13 +77,30 @@ pub fn has_subordinate_ids() -> bool {
 
 /// What to do when a layer's file has an owner the namespace does not map.
 pub fn unmapped_owner_fix(uid: u32, gid: u32) -> String {
+    format!(
+        "owner {uid}:{gid} is not mapped in this user's namespace: {} \
+         or store the owners in xattrs with --ignore-chown-errors",
+        add_subordinate_ids()
+    )
+}
+
+/// The same for a symlink or special file, whose owner cannot go to an
+/// xattr (the kernel takes `user.*` xattrs only on files and directories).
+pub fn owner_without_xattr_fix(uid: u32, gid: u32, kind: &str) -> String {
+    format!(
+        "owner {uid}:{gid} of a {kind} is not mapped in this user's namespace and cannot \
+         be kept in an xattr: {}",
+        add_subordinate_ids()
+    )
+}
+
+fn add_subordinate_ids() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "USER".into());
     format!(
-        "owner {uid}:{gid} is not mapped in this user's namespace: add subordinate ids \
-         (as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}) \
-         or store the owners in xattrs with --ignore-chown-errors"
+        "add subordinate ids (as root: usermod --add-subuids 100000-165535 \
+         --add-subgids 100000-165535 {user})"
     )
 }
 

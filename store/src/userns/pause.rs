@@ -172,13 +172,10 @@ pub(super) fn join_or_start() -> Result<(), UsernsError> {
     let pid = match live_pause(&file) {
         Some(pid) if maps_match(pid, &maps) => pid,
         stale => {
-            if let Some(old) = stale {
-                // Made with other ranges: its mounts go with it, as with
-                // `podman system migrate`.
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(old).expect("live pid is positive"),
-                    rustix::process::Signal::KILL,
-                );
+            // Made with other ranges: its mounts go with it, as with
+            // `podman system migrate`.
+            if let Some(old) = stale.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(old, rustix::process::Signal::KILL);
             }
             let pid = start(&maps)?;
             let tmp = file.with_extension("pid.tmp");
