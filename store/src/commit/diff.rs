@@ -423,9 +423,14 @@ fn header(
     mut xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> EntryHeader {
     let (mut uid, mut gid, mut mode) = (st.st_uid, st.st_gid, st.st_mode & 0o7777);
-    // The owner the file really has, kept aside where it could not be set.
+    // The owner the file really has, kept aside in a user's store where it
+    // could not be set (never exported as an xattr).
     let override_stat = xattrs.remove(crate::userns::OVERRIDE_STAT_XATTR.as_bytes());
-    if let Some(o) = override_stat.and_then(|v| crate::userns::OverrideStat::parse(&v)) {
+    let users_store = crate::userns::flavour::current() == crate::userns::OverlayXattrs::User;
+    if let Some(o) = override_stat
+        .filter(|_| users_store)
+        .and_then(|v| crate::userns::OverrideStat::parse(&v))
+    {
         (uid, gid, mode) = (o.uid, o.gid, o.mode);
     }
     EntryHeader {

@@ -1351,11 +1351,15 @@ enum XattrTarget<'a> {
 
 /// Applies the entry's `SCHILY.xattr.*` records. Overlay's own attributes
 /// are never taken from an image: whiteouts and opacity come only from the
-/// OCI markers, and redirect/metacopy/origin values could point elsewhere.
+/// OCI markers, and redirect/metacopy/origin values could point elsewhere;
+/// nor is `user.containers.override_stat`, which would lie about owners.
 /// An attribute the filesystem does not support (ENOTSUP) is skipped.
 fn set_xattrs(target: XattrTarget<'_>, entry: &Entry, ctx: &Ctx<'_>) -> Result<(), UnpackError> {
     for (name, value) in &entry.xattrs {
-        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+        if name.starts_with(b"trusted.overlay.")
+            || name.starts_with(b"user.overlay.")
+            || name == crate::userns::OVERRIDE_STAT_XATTR.as_bytes()
+        {
             continue;
         }
         if name.contains(&0) {
