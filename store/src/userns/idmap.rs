@@ -39,9 +39,20 @@ pub fn map_args(own: u32, ranges: &[SubRange]) -> Vec<String> {
     args
 }
 
-/// The highest id mapped inside (0 with no ranges).
-pub fn highest_inside(ranges: &[SubRange]) -> u64 {
-    ranges.iter().map(|r| u64::from(r.count)).sum()
+/// Whether `/proc/PID/uid_map` text maps what `map_args` asks for, in
+/// any order.
+pub fn same_map(proc_text: &str, args: &[String]) -> bool {
+    let mut found: Vec<Vec<&str>> = proc_text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let mut wanted: Vec<Vec<&str>> = args
+        .chunks(3)
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    found.sort();
+    wanted.sort();
+    found == wanted
 }
 
 #[cfg(test)]
@@ -90,7 +101,14 @@ mod tests {
             map_args(1000, &ranges),
             ["0", "1000", "1", "1", "100000", "65536", "65537", "500000", "5"]
         );
-        assert_eq!(highest_inside(&ranges), 65541);
         assert_eq!(map_args(1000, &[]), ["0", "1000", "1"]);
+        let proc_text = "         0       1000          1\n         1     100000      65536\n";
+        let one = [SubRange {
+            start: 100000,
+            count: 65536,
+        }];
+        assert!(same_map(proc_text, &map_args(1000, &one)));
+        assert!(!same_map(proc_text, &map_args(1000, &[])));
+        assert!(!same_map("0 1000 1\n", &map_args(1000, &one)));
     }
 }

@@ -134,23 +134,10 @@ fn live_pause(file: &Path) -> Option<i32> {
 /// Whether the pause process maps exactly the ids `maps` asks for (the
 /// user's subordinate ids may have changed since it started).
 fn maps_match(pid: i32, maps: &Maps) -> bool {
-    let triples = |text: String| -> Vec<Vec<String>> {
-        let mut t: Vec<Vec<String>> = text
-            .lines()
-            .map(|l| l.split_whitespace().map(str::to_string).collect())
-            .collect();
-        t.sort();
-        t
-    };
-    let expected = |args: Vec<String>| {
-        let mut t: Vec<Vec<String>> = args.chunks(3).map(<[String]>::to_vec).collect();
-        t.sort();
-        t
-    };
     let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).ok();
     match (read("uid_map"), read("gid_map")) {
         (Some(u), Some(g)) => {
-            triples(u) == expected(maps.uid_args()) && triples(g) == expected(maps.gid_args())
+            idmap::same_map(&u, &maps.uid_args()) && idmap::same_map(&g, &maps.gid_args())
         }
         _ => false,
     }
