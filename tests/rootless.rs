@@ -98,19 +98,25 @@ impl TestUser {
         };
         run_ok(Command::new("chown").args([&user.name, user.home.path().to_str().unwrap()]));
         if with_subordinate_ids {
-            let start = 1_000_000 + (std::process::id() * 8 + n) % 20_000 * SUB_COUNT;
-            let _lock = ID_FILES.lock().unwrap_or_else(|e| e.into_inner());
-            for file in ["/etc/subuid", "/etc/subgid"] {
-                let mut text = fs::read_to_string(file).unwrap_or_default();
-                if !text.is_empty() && !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                text.push_str(&format!("{}:{start}:{SUB_COUNT}\n", user.name));
-                write_atomically(file, &text);
-            }
-            user.sub_start = Some(start);
+            user.add_subordinate_ids(n);
         }
         user
+    }
+
+    /// Gives the user a range in /etc/subuid and /etc/subgid (`n` makes it
+    /// differ from other users' of this run).
+    fn add_subordinate_ids(&mut self, n: u32) {
+        let start = 1_000_000 + (std::process::id() * 8 + n) % 20_000 * SUB_COUNT;
+        let _lock = ID_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let mut text = fs::read_to_string(file).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("{}:{start}:{SUB_COUNT}\n", self.name));
+            write_atomically(file, &text);
+        }
+        self.sub_start = Some(start);
     }
 
     fn home(&self) -> &Path {
@@ -261,7 +267,7 @@ impl Drop for TestUser {
             // SAFETY: a signal to one pid.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             for _ in 0..100 {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                if !alive(pid) {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -282,6 +288,20 @@ impl Drop for TestUser {
             }
         }
         let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// Whether `pid` runs (a zombie whose parent has not reaped it does not).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
     }
 }
 
@@ -720,4 +740,42 @@ fn two_users_have_independent_stores() {
     // Each user has a pause process of their own.
     assert_ne!(alice.pause_pid(), bob.pause_pid());
     assert!(alice.pause_pid().is_some() && bob.pause_pid().is_some());
+}
+
+#[test]
+fn subordinate_ids_added_later_take_effect_on_the_next_command() {
+    if !have_tools() {
+        return;
+    }
+    let mut user = TestUser::new(false);
+    let image = owners_image();
+    let layout = layout_for(&user, &image, "in");
+    let args = [
+        "load",
+        "-q",
+        "-i",
+        layout.to_str().unwrap(),
+        "--tag",
+        "owners:1",
+    ];
+    let error = user.fails(&args);
+    assert!(error.contains("usermod --add-subuids"), "{error}");
+    let before = user.pause_pid().expect("a pause process");
+
+    // The fix the error names; nothing else (as with podman system migrate,
+    // the next command starts a pause process with the new ranges).
+    user.add_subordinate_ids(USERS.fetch_add(1, Ordering::Relaxed));
+    user.ok(&args);
+    let after = user.pause_pid().expect("a pause process");
+    assert_ne!(before, after);
+    let mut gone = false;
+    for _ in 0..100 {
+        gone = !alive(before);
+        if gone {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(gone, "old pause process {before} left");
+    assert_eq!(user.mounted_listing("owners:1"), umoci_listing(&image));
 }
