@@ -397,6 +397,12 @@ fn layout_for(user: &TestUser, image: &Image, name: &str) -> PathBuf {
     dir
 }
 
+/// `lstore load` of `image` as `user`, tagged `tag`, which must succeed.
+fn load_as(user: &TestUser, image: &Image, tag: &str) {
+    let layout = layout_for(user, image, &format!("in-{}", tag.replace(':', "-")));
+    user.ok(&["load", "-i", layout.to_str().unwrap(), "--tag", tag]);
+}
+
 /// What `umoci unpack` (as root) makes of `image`, listed like
 /// `TestUser::mounted_listing`.
 fn umoci_listing(image: &Image) -> BTreeMap<String, Listed> {
@@ -463,8 +469,7 @@ fn user_with_subordinate_ids_keeps_every_owner() {
     }
     let user = TestUser::new(true);
     let image = owners_image();
-    let layout = layout_for(&user, &image, "in");
-    user.ok(&["load", "-i", layout.to_str().unwrap(), "--tag", "owners:1"]);
+    load_as(&user, &image, "owners:1");
 
     // Inside the namespace, the mounted image is umoci's unpack as root.
     let expected = umoci_listing(&image);
@@ -612,8 +617,7 @@ fn user_without_subordinate_ids_gets_a_clear_error_or_override_xattrs() {
     let user = TestUser::new(false);
     // Root's files only: fine without any range.
     let plain = root_only_image();
-    let layout = layout_for(&user, &plain, "plain");
-    user.ok(&["load", "-i", layout.to_str().unwrap(), "--tag", "plain:1"]);
+    load_as(&user, &plain, "plain:1");
     let listing = user.mounted_listing("plain:1");
     assert_eq!(listing, umoci_listing(&plain));
     assert_eq!(listing["bin/tool"].mode, 0o4755);
@@ -724,8 +728,7 @@ fn two_users_have_independent_stores() {
     let alice = TestUser::new(true);
     let bob = TestUser::new(false);
     let image = root_only_image();
-    let layout = layout_for(&alice, &image, "in");
-    alice.ok(&["load", "-i", layout.to_str().unwrap(), "--tag", "mine:1"]);
+    load_as(&alice, &image, "mine:1");
     let listed = |u: &TestUser| {
         u.json(&["images", "--format", "json"])
             .as_array()
