@@ -23,6 +23,12 @@ struct Cli {
     /// else $XDG_DATA_HOME/lstore).
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// A user without subordinate ids: keep file owners their namespace
+    /// cannot map in the user.containers.override_stat xattr (as
+    /// containers/storage's ignore_chown_errors) instead of failing (load,
+    /// pull, commit).
+    #[arg(long, global = true, env = "LSTORE_IGNORE_CHOWN_ERRORS")]
+    ignore_chown_errors: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -228,6 +234,17 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = lstore::snapshotter::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Run a command (default: $SHELL) in the user namespace and mount
+    /// namespace where a user's store is used, like `podman unshare`; its
+    /// exit status is lstore's. As root: just runs it.
+    Unshare {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -319,10 +336,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(root: Option<PathBuf>, max_layer_size: Option<u64>) -> lstore::Result<Store> {
+/// A user's commands run in their namespace (see `lstore::userns`).
+fn enter_user_namespace() -> lstore::Result<()> {
+    if lstore::userns::needs_entry() {
+        lstore::userns::enter()?;
+    }
+    Ok(())
+}
+
+fn open(
+    root: Option<PathBuf>,
+    max_layer_size: Option<u64>,
+    ignore_chown_errors: bool,
+) -> lstore::Result<Store> {
     let root = root.unwrap_or_else(Store::default_root);
+    enter_user_namespace()?;
     let mut opts = StoreOptions {
         on_wait: Arc::new(|msg: &str| eprintln!("{msg}")),
+        ignore_chown_errors,
         ..StoreOptions::default()
     };
     if let Some(max) = max_layer_size {
@@ -386,6 +417,14 @@ fn run(cli: Cli) -> lstore::Result<()> {
             print_bench(&report);
             return Ok(());
         }
+        Command::Unshare { command } => {
+            let root = cli.root.unwrap_or_else(Store::default_root);
+            let root = std::path::absolute(&root)
+                .map_err(|e| lstore::Error::io(format!("{}", root.display()), e))?;
+            enter_user_namespace()?;
+            let code = lstore::userns::run_inside(&command, &root)?;
+            std::process::exit(code);
+        }
         other => other,
     };
     // Load and pull read untrusted layers: their size bound is an option.
@@ -395,7 +434,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
         }
         _ => None,
     };
-    let store = open(cli.root, max_layer_size)?;
+    let store = open(cli.root, max_layer_size, cli.ignore_chown_errors)?;
     match command {
         Command::Load {
             input,
@@ -484,7 +523,10 @@ fn run(cli: Cli) -> lstore::Result<()> {
             );
         }
         // Handled before the store is opened.
-        Command::Login { .. } | Command::Logout { .. } | Command::Bench { .. } => {}
+        Command::Login { .. }
+        | Command::Logout { .. }
+        | Command::Bench { .. }
+        | Command::Unshare { .. } => {}
         Command::Save { output, references } => {
             store.save(&references, &output)?;
         }

@@ -134,6 +134,9 @@ pub enum Error {
         /// `push` or `save`.
         action: &'static str,
     },
+    /// The user namespace of a user without root cannot be used.
+    #[error("{0}")]
+    UserNamespace(#[from] crate::userns::UsernsError),
     /// The store root cannot be used.
     #[error("store root {path}: {reason}")]
     Root {

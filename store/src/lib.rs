@@ -93,6 +93,7 @@ mod unpack;
 pub mod bench;
 pub mod serve;
 pub mod snapshotter;
+pub mod userns;
 
 // ---- the public surface -----------------------------------------------
 

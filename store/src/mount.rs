@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fd::AsFd;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags,
-    MountAttrFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
 };
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +221,11 @@ impl Store {
             set("workdir", &u.join("work").to_string_lossy())?;
         }
         let _ = set("index", "off");
+        if crate::userns::flavour::current() == crate::userns::OverlayXattrs::User {
+            // A user's store: whiteouts and opaque dirs as user.overlay.*.
+            fsconfig_set_flag(fs_fd.as_fd(), "userxattr")
+                .map_err(|e| Error::io("overlay option userxattr", e.into()))?;
+        }
         fsconfig_create(fs_fd.as_fd()).map_err(|e| Error::io("create overlay mount", e.into()))?;
         let attrs = if upper.is_some() {
             MountAttrFlags::empty()

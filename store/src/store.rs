@@ -30,6 +30,10 @@ pub struct StoreOptions {
     pub on_wait: Arc<dyn Fn(&str) + Send + Sync>,
     /// Bounds on each layer extracted by `load` and `pull`.
     pub limits: Limits,
+    /// A user without subordinate ids: keep owners the namespace cannot
+    /// map in `user.containers.override_stat` instead of failing the layer
+    /// (containers/storage's `ignore_chown_errors`).
+    pub ignore_chown_errors: bool,
 }
 
 impl Default for StoreOptions {
@@ -37,6 +41,7 @@ impl Default for StoreOptions {
         StoreOptions {
             on_wait: Arc::new(|_| {}),
             limits: Limits::default(),
+            ignore_chown_errors: false,
         }
     }
 }
@@ -69,7 +74,8 @@ impl Store {
         if let Some(r) = std::env::var_os("LSTORE_ROOT").filter(|r| !r.is_empty()) {
             return PathBuf::from(r);
         }
-        if rustix::process::geteuid().is_root() {
+        // uid 0 of a user namespace is a user: their store, not root's.
+        if crate::userns::is_host_root() {
             return PathBuf::from("/var/lib/lstore");
         }
         if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
@@ -108,6 +114,8 @@ impl Store {
             return Err(root_err("not writable".into()));
         }
         let root = fs::canonicalize(root).map_err(|e| root_err(e.to_string()))?;
+        let flavour = crate::userns::OverlayXattrs::of_store(&root)?;
+        crate::userns::flavour::publish(flavour, opts.ignore_chown_errors);
         Ok(Store {
             content: ContentStore::new(root.join("blobs/sha256"), root.join("ingest")),
             layers: LayerStore::new(root.join("overlay2"), root.join("tmp")),

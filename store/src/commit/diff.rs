@@ -7,7 +7,10 @@
 //!
 //! - a 0/0 character device `NAME` is a whiteout: `.wh.NAME`;
 //! - a directory with `trusted.overlay.opaque=y` hides the lower layers'
-//!   content: the directory entry, then `DIR/.wh..wh..opq`;
+//!   content: the directory entry, then `DIR/.wh..wh..opq` (`user.overlay.*`
+//!   in a user's store, whose mounts use `userxattr`);
+//! - a file with `user.containers.override_stat` (a user's store without
+//!   subordinate ids) is exported with the owner and mode it holds;
 //! - overlay's own attributes (`trusted.overlay.*`: opaque, redirect,
 //!   origin, impure, metacopy, …) are never exported;
 //! - files with several names in the upper become tar hardlinks;
@@ -33,9 +36,11 @@ use crate::error::{Error, Result};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
-const REDIRECT_XATTR: &[u8] = b"trusted.overlay.redirect";
-const METACOPY_XATTR: &[u8] = b"trusted.overlay.metacopy";
+
+/// Overlay's xattr `name` (`opaque`, …) in the store's flavour.
+fn overlay_xattr(name: &str) -> Vec<u8> {
+    format!("{}{name}", crate::userns::flavour::current().prefix()).into_bytes()
+}
 /// Directory fds kept open while descending; deeper levels are reopened
 /// by path on the way back up, so depth never runs out of fds.
 const OPEN_DIRS: usize = 64;
@@ -254,8 +259,10 @@ impl<W: Write> Walker<'_, W> {
         let st = rfs::fstat(&fd).map_err(|e| self.fail(view, &path, "stat", e))?;
         let mut xattrs = read_xattrs(XattrNode::Open(fd.as_fd()))
             .map_err(|e| self.fail(view, &path, "read xattrs of", e))?;
-        let opaque = xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y");
-        let redirected = xattrs.contains_key(REDIRECT_XATTR);
+        let opaque = xattrs
+            .get(&overlay_xattr("opaque"))
+            .is_some_and(|v| v == b"y");
+        let redirected = xattrs.contains_key(&overlay_xattr("redirect"));
         strip_overlay_xattrs(&mut xattrs);
         self.write(&header(path.clone(), EntryKind::Directory, &st, xattrs))?;
         let mut child_view = view;
@@ -326,7 +333,7 @@ impl<W: Write> Walker<'_, W> {
         }
         let mut xattrs = read_xattrs(XattrNode::Open(fd.as_fd()))
             .map_err(|e| self.fail(view, &path, "read xattrs of", e))?;
-        let metacopy = view == View::Upper && xattrs.contains_key(METACOPY_XATTR);
+        let metacopy = view == View::Upper && xattrs.contains_key(&overlay_xattr("metacopy"));
         strip_overlay_xattrs(&mut xattrs);
         // A metadata-only copy-up keeps the data in a lower layer: read it
         // through the mount.
@@ -413,14 +420,25 @@ fn header(
     path: Vec<u8>,
     kind: EntryKind,
     st: &rfs::Stat,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    mut xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> EntryHeader {
+    let (mut uid, mut gid, mut mode) = (st.st_uid, st.st_gid, st.st_mode & 0o7777);
+    // The owner the file really has, kept aside in a user's store where it
+    // could not be set (never exported as an xattr).
+    let override_stat = xattrs.remove(crate::userns::OVERRIDE_STAT_XATTR.as_bytes());
+    let users_store = crate::userns::flavour::current() == crate::userns::OverlayXattrs::User;
+    if let Some(o) = override_stat
+        .filter(|_| users_store)
+        .and_then(|v| crate::userns::OverrideStat::parse(&v))
+    {
+        (uid, gid, mode) = (o.uid, o.gid, o.mode);
+    }
     EntryHeader {
         path,
         kind,
-        mode: st.st_mode & 0o7777,
-        uid: u64::from(st.st_uid),
-        gid: u64::from(st.st_gid),
+        mode,
+        uid: u64::from(uid),
+        gid: u64::from(gid),
         mtime: st.st_mtime,
         xattrs,
     }

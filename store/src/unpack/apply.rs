@@ -19,7 +19,8 @@
 //!   `O_PATH | O_NOFOLLOW` fd (what glibc does for `lchmod`).
 //!
 //! Whiteouts become overlay whiteouts: `.wh.NAME` a 0/0 character device,
-//! `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
+//! `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory
+//! (`user.overlay.opaque` in a user's store: see `crate::userns`).
 //! Directory modes and times are applied last, deepest first, so read-only
 //! directories can be filled and their mtimes are not disturbed.
 
@@ -44,8 +45,6 @@ use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
 use super::{writeback, LayerPosition, UnpackError};
 
-/// The overlay xattr that makes a directory hide lower layers' content.
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// A directory's default ACL: files created in it take their mode from it
 /// rather than from the umask.
 const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
@@ -89,8 +88,9 @@ struct State {
     whiteouts: HashSet<Vec<u8>>,
     /// A base layer: whiteouts and opaque markers have nothing to hide.
     base: bool,
-    /// Running as root: any failure to chown is an error.
-    privileged: bool,
+    /// An owner that cannot be set goes to `user.containers.override_stat`
+    /// instead of failing the layer.
+    ignore_chown_errors: bool,
     /// Owner a new file gets without chown, when that is predictable.
     default_owner: Option<(u32, u32)>,
     /// The process umask, when known and nothing else (a default ACL)
@@ -308,7 +308,7 @@ impl Applier {
                 deferred: BTreeMap::new(),
                 whiteouts: HashSet::new(),
                 base: position == LayerPosition::Base,
-                privileged: euid == 0,
+                ignore_chown_errors: crate::userns::flavour::ignore_chown_errors(),
                 default_owner,
                 umask: if inherits_acl { None } else { process_umask() },
             },
@@ -579,11 +579,14 @@ impl Applier {
                 opened.as_fd()
             };
             if self.state.default_owner != Some((attrs.uid, attrs.gid)) {
-                chown_result(
-                    rfs::fchown(fd, Some(uid(attrs.uid)), Some(gid(attrs.gid))),
-                    self.state.privileged,
-                )
-                .map_err(|e| fs_err("setting the owner", e))?;
+                let owner = Owner {
+                    uid: attrs.uid,
+                    gid: attrs.gid,
+                    mode: attrs.mode,
+                    kind: "dir",
+                };
+                set_owner(fd, &owner, self.state.ignore_chown_errors)
+                    .map_err(|(action, e)| fs_err(&action, e))?;
             }
             rfs::fchmod(fd, Mode::from_raw_mode(attrs.mode))
                 .map_err(|e| fs_err("setting the mode", e))?;
@@ -765,8 +768,8 @@ fn make_implied_dir(
 pub(super) struct FilePolicy {
     /// Owner a new file gets without chown, when predictable.
     default_owner: Option<(u32, u32)>,
-    /// Running as root: any failure to chown is an error.
-    privileged: bool,
+    /// An owner that cannot be set goes to `user.containers.override_stat`.
+    ignore_chown_errors: bool,
     /// The mode given at creation is not the final one.
     needs_chmod: bool,
 }
@@ -780,7 +783,7 @@ fn file_policy(state: &State, entry: &Entry) -> FilePolicy {
     };
     FilePolicy {
         default_owner: state.default_owner,
-        privileged: state.privileged,
+        ignore_chown_errors: state.ignore_chown_errors,
         needs_chmod,
     }
 }
@@ -855,11 +858,14 @@ pub(super) fn file_metadata(
     // chown before chmod (chown clears setuid/setgid), xattrs after both
     // (chown drops security.capability), times last.
     if policy.default_owner != Some((entry.uid, entry.gid)) {
-        chown_result(
-            rfs::fchown(fd, Some(uid(entry.uid)), Some(gid(entry.gid))),
-            policy.privileged,
-        )
-        .map_err(|e| ctx.fs("setting the owner", e))?;
+        let owner = Owner {
+            uid: entry.uid,
+            gid: entry.gid,
+            mode: entry.mode,
+            kind: "file",
+        };
+        set_owner(fd, &owner, policy.ignore_chown_errors)
+            .map_err(|(action, e)| ctx.fs(action, e))?;
     }
     if policy.needs_chmod {
         rfs::fchmod(fd, Mode::from_raw_mode(entry.mode))
@@ -1086,17 +1092,28 @@ impl Op<'_> {
         )
         .map_err(|e| self.ctx.fs("opening the new node", e))?;
         if state.default_owner != Some((entry.uid, entry.gid)) {
-            chown_result(
-                rfs::chownat(
-                    &node,
-                    c"",
-                    Some(uid(entry.uid)),
-                    Some(gid(entry.gid)),
-                    AtFlags::EMPTY_PATH,
-                ),
-                state.privileged,
+            // No fallback to an xattr here: the kernel takes user.* xattrs
+            // only on files and directories, so an owner it refuses fails.
+            rfs::chownat(
+                &node,
+                c"",
+                Some(uid(entry.uid)),
+                Some(gid(entry.gid)),
+                AtFlags::EMPTY_PATH,
             )
-            .map_err(|e| self.ctx.fs("setting the owner", e))?;
+            .map_err(|e| {
+                let action = if state.ignore_chown_errors && matches!(e, Errno::INVAL | Errno::PERM)
+                {
+                    crate::userns::owner_without_xattr_fix(
+                        entry.uid,
+                        entry.gid,
+                        entry.kind.describe(),
+                    )
+                } else {
+                    owner_refused(entry.uid, entry.gid, e)
+                };
+                self.ctx.fs(action, e)
+            })?;
         }
         if set_mode {
             // Not a symlink (just made by mknodat), so following the fd's
@@ -1250,7 +1267,8 @@ fn is_whiteout(st: &rfs::Stat) -> bool {
 }
 
 fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
-    rfs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+    let name = crate::userns::flavour::current().opaque();
+    rfs::fsetxattr(dir, name, b"y", XattrFlags::empty())
 }
 
 /// The entries of an open directory (`.` and `..` left out), with their
@@ -1333,11 +1351,15 @@ enum XattrTarget<'a> {
 
 /// Applies the entry's `SCHILY.xattr.*` records. Overlay's own attributes
 /// are never taken from an image: whiteouts and opacity come only from the
-/// OCI markers, and redirect/metacopy/origin values could point elsewhere.
+/// OCI markers, and redirect/metacopy/origin values could point elsewhere;
+/// nor is `user.containers.override_stat`, which would lie about owners.
 /// An attribute the filesystem does not support (ENOTSUP) is skipped.
 fn set_xattrs(target: XattrTarget<'_>, entry: &Entry, ctx: &Ctx<'_>) -> Result<(), UnpackError> {
     for (name, value) in &entry.xattrs {
-        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+        if name.starts_with(b"trusted.overlay.")
+            || name.starts_with(b"user.overlay.")
+            || name == crate::userns::OVERRIDE_STAT_XATTR.as_bytes()
+        {
             continue;
         }
         if name.contains(&0) {
@@ -1371,12 +1393,57 @@ fn proc_fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// A failed chown is an error for root; other users may not give files
-/// away, so EPERM is then expected and ignored.
-fn chown_result(result: Result<(), Errno>, privileged: bool) -> Result<(), Errno> {
-    match result {
-        Err(Errno::PERM) if !privileged => Ok(()),
-        other => other,
+/// The owner, mode and type a file or directory should have.
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    /// `file` or `dir`, as `user.containers.override_stat` names them.
+    kind: &'static str,
+}
+
+/// Sets the owner of an open file or directory. An owner the system
+/// refuses (one the user's namespace does not map: EINVAL; a user outside
+/// any namespace: EPERM) fails with the fix in the message, or, with
+/// `ignore_chown_errors`, is kept in `user.containers.override_stat`
+/// (containers/storage's format) while the file stays the user's.
+/// Owners are never dropped in silence.
+fn set_owner(
+    fd: BorrowedFd<'_>,
+    owner: &Owner,
+    ignore_chown_errors: bool,
+) -> Result<(), (String, Errno)> {
+    match rfs::fchown(fd, Some(uid(owner.uid)), Some(gid(owner.gid))) {
+        Err(Errno::INVAL | Errno::PERM) if ignore_chown_errors => {
+            let value = crate::userns::OverrideStat {
+                uid: owner.uid,
+                gid: owner.gid,
+                mode: owner.mode,
+                kind: owner.kind.to_string(),
+            };
+            rfs::fsetxattr(
+                fd,
+                crate::userns::OVERRIDE_STAT_XATTR,
+                value.format().as_bytes(),
+                XattrFlags::empty(),
+            )
+            .map_err(|e| {
+                let action = format!("keeping owner {}:{} in an xattr", owner.uid, owner.gid);
+                (action, e)
+            })
+        }
+        Err(e) => Err((owner_refused(owner.uid, owner.gid, e), e)),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// What a failed chown means, with the fix when the owner is unmapped.
+fn owner_refused(uid: u32, gid: u32, e: Errno) -> String {
+    match e {
+        Errno::INVAL | Errno::PERM if !crate::userns::is_host_root() => {
+            crate::userns::unmapped_owner_fix(uid, gid)
+        }
+        _ => "setting the owner".to_string(),
     }
 }
 
