@@ -618,6 +618,7 @@ fn run(cli: Cli) -> lstore::Result<()> {
             }
         }
         Command::Config { key, value, format } => {
+            let listing = key.is_none();
             let settings = match (key, value) {
                 (None, _) => store.config_list()?,
                 (Some(k), None) => vec![store.config_get(&k)?],
@@ -633,7 +634,11 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 return print_json(&settings);
             }
             for s in &settings {
-                println!("{}", s.value);
+                if listing {
+                    println!("{} {}", s.key, s.value);
+                } else {
+                    println!("{}", s.value);
+                }
             }
         }
         Command::Df { format } => {
@@ -696,6 +701,19 @@ impl lstore::PushProgress for PushLines {
             }
             lstore::BlobOutcome::Uploaded => {
                 eprintln!("{name}: pushed ({})", human(desc.size))
+            }
+            lstore::BlobOutcome::Refetched { from } => {
+                eprintln!(
+                    "{name}: pushed ({}, blob dropped here, fetched again from {from})",
+                    human(desc.size)
+                )
+            }
+            lstore::BlobOutcome::Rebuilt { original } => {
+                eprintln!(
+                    "{name}: pushed ({}, rebuilt with gzip: blob {} was dropped here)",
+                    human(desc.size),
+                    original.short()
+                )
             }
         }
     }

@@ -104,6 +104,7 @@ pub(crate) fn drop_layer_blobs(store: &Store, images: Option<&[Digest]>) -> Resu
         .filter(|c| crate::layer_tar::verify_layer_tar(store, &c.chain, &c.diff_id).is_ok())
         .collect();
     store.session(|meta| {
+        let mut out = finish_interrupted(store, meta)?;
         let mut batch = meta.batch();
         let mut doomed = Vec::new();
         for c in verified {
@@ -124,7 +125,6 @@ pub(crate) fn drop_layer_blobs(store: &Store, images: Option<&[Digest]>) -> Resu
         if !batch.is_empty() {
             batch.commit()?;
         }
-        let mut out = finish_interrupted(store, meta)?;
         for d in doomed {
             let bytes = store.content().remove(&d)?;
             out.blobs += 1;
@@ -229,4 +229,58 @@ pub(crate) fn refetch(
         "blob {blob} cannot be fetched again: {}",
         errors.join("; ")
     )))
+}
+
+/// The layer media type, in the family of `manifest_type` (Docker or
+/// OCI), of a layer rebuilt uncompressed or with gzip.
+pub(crate) fn rebuilt_media_type(manifest_type: &str, gzip: bool) -> &'static str {
+    use crate::oci::{DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_MANIFEST};
+    use crate::oci::{OCI_LAYER_GZIP, OCI_LAYER_TAR};
+    match (manifest_type == DOCKER_MANIFEST, gzip) {
+        (true, true) => DOCKER_LAYER_GZIP,
+        (true, false) => DOCKER_LAYER_TAR,
+        (false, true) => OCI_LAYER_GZIP,
+        (false, false) => OCI_LAYER_TAR,
+    }
+}
+
+/// `manifest` with the layers `replaced` names (by their stored digest)
+/// swapped for the descriptors of their rebuilt blobs; the config, and so
+/// the image id, stays. Returns the new manifest's bytes and digest.
+pub(crate) fn rewrite_manifest(
+    manifest: &crate::oci::Manifest,
+    replaced: &BTreeMap<Digest, crate::oci::Descriptor>,
+) -> Result<(Vec<u8>, Digest)> {
+    let mut m = manifest.clone();
+    for l in &mut m.layers {
+        if let Some(new) = replaced.get(&l.digest) {
+            *l = new.clone();
+        }
+    }
+    let bytes =
+        serde_json::to_vec(&m).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
+    let digest = Digest::of(&bytes);
+    Ok((bytes, digest))
+}
+
+/// The stored manifest of `image`, as bytes and parsed.
+pub(crate) fn read_manifest(
+    store: &Store,
+    image: &ImageRecord,
+) -> Result<(Vec<u8>, crate::oci::Manifest)> {
+    use crate::oci::{parse_document, Document};
+    let bytes = store
+        .content()
+        .read(&image.manifest, crate::registry::MAX_MANIFEST_SIZE)?;
+    match parse_document(&bytes, Some(&image.manifest_media_type)) {
+        Ok(Document::Manifest(m)) => Ok((bytes, m)),
+        Ok(Document::Index(_)) => Err(crate::error::Error::Invalid(format!(
+            "manifest {} is an index",
+            image.manifest
+        ))),
+        Err(source) => Err(crate::error::Error::Document {
+            what: format!("manifest {}", image.manifest),
+            source,
+        }),
+    }
 }
