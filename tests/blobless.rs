@@ -11,6 +11,8 @@
 mod common;
 
 use common::checks::{assert_matches_umoci, mounted_tree, umoci_twin};
+use common::clients::Podman;
+use common::mount::LstoreMount;
 use common::image::{layout_manifest_digest, write_oci_layout, Image};
 use common::peers::{skopeo_copy, skopeo_inspect, umoci_unpack};
 use common::registry::{Client, Registry};
@@ -457,4 +459,26 @@ fn a_load_killed_at_any_point_leaves_what_fsck_repair_puts_right() {
     }
     assert!(killed > 0, "no load was killed");
     assert_eq!(layout_manifest_digest(&src), image.manifest_digest);
+}
+
+#[test]
+fn podman_lists_and_mounts_the_images_of_a_blobless_store() {
+    let image = image();
+    let store = blobless_store();
+    let name = "example.com/blobless/podman:v1";
+    store.load_image(&image, name);
+    assert_no_layer_blobs(&store, &store.inspect(name));
+    let podman = Podman::with_image_store(&store.path("containers-storage"), &[]);
+    let inspect = podman.inspect(name);
+    assert_eq!(
+        inspect["Id"],
+        image.config_digest.trim_start_matches("sha256:")
+    );
+    let mount = podman.container_mount(name);
+    assert_same_tree(
+        &snapshot(LstoreMount::new(&store, name, false).root()),
+        &snapshot(mount.path()),
+        "podman mount vs lstore mount",
+    );
+    mount.unmount();
 }

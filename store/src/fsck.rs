@@ -1682,6 +1682,7 @@ mod tests {
                     mounted_images: BTreeMap::new(),
                     mounted_layers: BTreeMap::new(),
                     good_blobs: BTreeMap::new(),
+                    dropped: BTreeMap::new(),
                     corrupt_blobs: BTreeSet::new(),
                     blob_refs_before: BTreeMap::new(),
                     layer_refs_before: BTreeMap::new(),

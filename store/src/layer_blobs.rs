@@ -284,3 +284,93 @@ pub(crate) fn read_manifest(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::{import, ImportRequest, LayerSource, NoProgress};
+    use crate::oci::{Descriptor, OCI_LAYER_GZIP};
+
+    struct Blob(Vec<u8>);
+
+    impl LayerSource for Blob {
+        fn open(&self, _index: usize) -> Result<Box<dyn Read + Send>> {
+            Ok(Box::new(std::io::Cursor::new(self.0.clone())))
+        }
+    }
+
+    /// A blob-less store holding a one-layer image: (dir, store, layer
+    /// blob, its bytes, chain id, diff id).
+    fn blobless_store() -> (tempfile::TempDir, Store, Digest, Vec<u8>, Digest, Digest) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "hello", &b"world"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let diff_id = Digest::of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let digest = Digest::of(&blob);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        )
+        .into_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store.config_set("keep-layer-blobs", "false").unwrap();
+        let config_digest = Digest::of(&config);
+        import(
+            &store,
+            ImportRequest {
+                names: vec![Reference::parse("example.com/blobless:1").unwrap()],
+                repo_digest: None,
+                index: None,
+                manifest: None,
+                config: (config, config_digest),
+                layers: vec![Some(Descriptor::new(OCI_LAYER_GZIP, digest, blob.len() as u64))],
+                source: &Blob(blob.clone()),
+                progress: &NoProgress,
+            },
+        )
+        .unwrap();
+        let chain = crate::digest::chain_ids(&[diff_id])[0];
+        (dir, store, digest, blob, chain, diff_id)
+    }
+
+    #[test]
+    fn a_stored_layer_loses_its_blob_and_rebuilds_its_tar() {
+        let (_dir, store, blob, bytes, chain, diff_id) = blobless_store();
+        assert!(!store.content().contains(&blob));
+        let rec = store.read_session(|meta| meta.dropped(&blob)).unwrap().unwrap();
+        assert_eq!((rec.chain_id, rec.diff_id, rec.origin), (chain, diff_id, None));
+        crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap();
+        let du = store.df().unwrap();
+        assert_eq!((du.dropped_layer_blobs, du.dropped_blob_bytes), (1, bytes.len() as u64));
+        // A changed file: the tar no longer hashes to the diff id.
+        std::fs::write(store.layer_store().diff_dir(&chain).join("hello"), "WORLD").unwrap();
+        let err = crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap_err();
+        assert!(err.to_string().contains("differs from the record"), "{err}");
+    }
+
+    #[test]
+    fn a_drop_cut_short_is_finished_by_fsck_repair_and_gc() {
+        let (_dir, store, blob, bytes, chain, diff_id) = blobless_store();
+        // Killed between the record and the removal: the file is back.
+        for finisher in ["fsck", "gc"] {
+            std::fs::write(store.content().path(&blob), &bytes).unwrap();
+            let report = store.fsck(false).unwrap();
+            assert_eq!(report.problems, vec![], "{finisher}");
+            assert_eq!(report.leftovers.len(), 1, "{report:?}");
+            match finisher {
+                "fsck" => assert!(store.fsck(true).unwrap().leftovers[0].removed),
+                _ => assert_eq!(store.gc(false).unwrap().dropped_layer_blobs, 1),
+            }
+            assert!(!store.content().contains(&blob), "{finisher}");
+            assert!(store.fsck(false).unwrap().clean(), "{finisher}");
+        }
+        crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap();
+    }
+}

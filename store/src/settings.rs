@@ -135,7 +135,9 @@ impl Store {
         check_key(key)?;
         let keep = parse_bool(key, value)?;
         self.locked(|| {
-            let mut settings = Settings::load(self.root())?;
+            // A file that does not parse is replaced (what the error
+            // reading it tells the user to do).
+            let mut settings = Settings::load(self.root()).unwrap_or_default();
             settings.keep_layer_blobs = keep;
             settings.store(self.root())?;
             Ok(settings.setting(key))
