@@ -12,8 +12,8 @@ mod common;
 
 use common::checks::{assert_matches_umoci, mounted_tree, umoci_twin};
 use common::clients::Podman;
-use common::mount::LstoreMount;
 use common::image::{layout_manifest_digest, write_oci_layout, Image};
+use common::mount::LstoreMount;
 use common::peers::{skopeo_copy, skopeo_inspect, umoci_unpack};
 use common::registry::{Client, Registry};
 use common::scenes::{self, everything_image, small_app, small_base};
@@ -156,9 +156,15 @@ fn layout(dir: &Path, image: &Image, tag: &str) {
 #[test]
 fn config_prints_sets_and_refuses_what_it_does_not_know() {
     let store = Lstore::new();
-    assert_eq!(store.ok(&["config", "keep-layer-blobs"]).stdout.trim(), "true");
+    assert_eq!(
+        store.ok(&["config", "keep-layer-blobs"]).stdout.trim(),
+        "true"
+    );
     store.ok(&["config", "keep-layer-blobs", "false"]);
-    assert_eq!(store.ok(&["config", "keep-layer-blobs"]).stdout.trim(), "false");
+    assert_eq!(
+        store.ok(&["config", "keep-layer-blobs"]).stdout.trim(),
+        "false"
+    );
     let all = store.json(&["config", "--format", "json"]);
     assert_eq!(
         all,
@@ -172,7 +178,10 @@ fn config_prints_sets_and_refuses_what_it_does_not_know() {
         let error = store.fails(&args);
         assert!(error.contains("keep-"), "{args:?}: {error}");
     }
-    assert_eq!(store.ok(&["config", "keep-layer-blobs"]).stdout.trim(), "false");
+    assert_eq!(
+        store.ok(&["config", "keep-layer-blobs"]).stdout.trim(),
+        "false"
+    );
     let back = store.ok(&["config", "keep-layer-blobs", "true"]);
     assert!(back.stderr.contains("stay dropped"), "{}", back.stderr);
 }
@@ -236,8 +245,18 @@ fn a_blobless_store_keeps_no_layer_blob_mounts_the_same_and_saves_the_same_image
     assert_matches_umoci(&fresh, name, &image);
 
     // rmi frees what is stored, with no word about the dropped blobs.
-    let removal = store.json(&["rmi", "--format", "json", name, "example.com/blobless/app:again"]);
-    assert_eq!(removal["deleted_images"].as_array().unwrap().len(), 1, "{removal}");
+    let removal = store.json(&[
+        "rmi",
+        "--format",
+        "json",
+        name,
+        "example.com/blobless/app:again",
+    ]);
+    assert_eq!(
+        removal["deleted_images"].as_array().unwrap().len(),
+        1,
+        "{removal}"
+    );
     assert!(blob_files(&store).is_empty());
     let df = store.json(&["df", "--format", "json"]);
     assert_eq!(df["dropped_layer_blobs"], 0, "{df}");
@@ -253,12 +272,24 @@ fn gc_drops_the_blobs_of_layers_stored_before_the_setting() {
     let inspect = store.inspect(name);
     assert_eq!(blob_files(&store).len(), 2 + image.layers.len());
     store.ok(&["config", "keep-layer-blobs", "false"]);
-    assert_eq!(blob_files(&store).len(), 2 + image.layers.len(), "config drops nothing");
+    assert_eq!(
+        blob_files(&store).len(),
+        2 + image.layers.len(),
+        "config drops nothing"
+    );
     let dry = store.json(&["gc", "--dry-run", "--format", "json"]);
-    assert_eq!(dry["dropped_layer_blobs"], image.layers.len() as u64, "{dry}");
+    assert_eq!(
+        dry["dropped_layer_blobs"],
+        image.layers.len() as u64,
+        "{dry}"
+    );
     assert_eq!(blob_files(&store).len(), 2 + image.layers.len());
     let report = store.json(&["gc", "--format", "json"]);
-    assert_eq!(report["dropped_layer_blobs"], image.layers.len() as u64, "{report}");
+    assert_eq!(
+        report["dropped_layer_blobs"],
+        image.layers.len() as u64,
+        "{report}"
+    );
     assert!(
         report["freed_bytes"].as_u64().unwrap() >= image.compressed_size(),
         "{report}"
@@ -269,7 +300,10 @@ fn gc_drops_the_blobs_of_layers_stored_before_the_setting() {
 
     // Back to true: new layers keep their blobs, dropped ones stay dropped.
     store.ok(&["config", "keep-layer-blobs", "true"]);
-    let other = ImageBuilder::new().layer(small_base()).layer(small_app("kept")).build();
+    let other = ImageBuilder::new()
+        .layer(small_base())
+        .layer(small_app("kept"))
+        .build();
     store.load_image(&other, "example.com/blobless/kept:v1");
     let files = blob_files(&store);
     for l in &other.layers {
@@ -306,16 +340,34 @@ fn push_from_a_blobless_store_rebuilds_layers_that_no_registry_has() {
     let blobs = pushed["blobs"].as_array().unwrap();
     let rebuilt = blobs.iter().filter(|b| b["result"] == "rebuilt").count();
     assert_eq!(rebuilt, image.layers.len(), "{pushed}");
-    assert_ne!(pushed["digest"], image.manifest_digest.as_str(), "a new manifest");
+    assert_ne!(
+        pushed["digest"],
+        image.manifest_digest.as_str(),
+        "a new manifest"
+    );
 
-    let raw = skopeo_inspect(&["--raw", "--tls-verify=false"], &format!("docker://{dest}"));
-    assert_eq!(raw["config"]["digest"], image.config_digest.as_str(), "same image id");
+    let raw = skopeo_inspect(
+        &["--raw", "--tls-verify=false"],
+        &format!("docker://{dest}"),
+    );
+    assert_eq!(
+        raw["config"]["digest"],
+        image.config_digest.as_str(),
+        "same image id"
+    );
     for l in raw["layers"].as_array().unwrap() {
-        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
     }
     let expected = mounted_tree(&store, name);
     let actual = umoci_of_registry_image(scratch.path(), &dest);
-    assert_same_tree(&actual, &expected, "umoci unpack of the pushed image vs mount");
+    assert_same_tree(
+        &actual,
+        &expected,
+        "umoci unpack of the pushed image vs mount",
+    );
 
     // Pushed again: the same gzip stream, so the same manifest.
     let again = store.json(&["push", "--format", "json", name, &dest]);
@@ -341,7 +393,10 @@ fn push_keeps_the_original_manifest_while_a_registry_has_the_blobs() {
     let pushed = store.json(&["push", "--format", "json", &source, &same]);
     assert_eq!(pushed["digest"], digest.as_str(), "{pushed}");
     for b in pushed["blobs"].as_array().unwrap() {
-        assert!(b["result"] == "mounted" || b["result"] == "exists", "{pushed}");
+        assert!(
+            b["result"] == "mounted" || b["result"] == "exists",
+            "{pushed}"
+        );
     }
 
     // Another registry: fetched again from the origin and sent on.
@@ -387,7 +442,10 @@ fn fsck_finds_a_changed_file_in_a_blobless_layer_and_repairs_it_from_the_origin(
     let pulled = format!("{}/blobless/fsck:v1", origin.host());
     Client::new().pull(&store, &pulled, &[]);
     let loaded = "example.com/blobless/loaded:v1";
-    let other = ImageBuilder::new().layer(small_base()).layer(small_app("fsck")).build();
+    let other = ImageBuilder::new()
+        .layer(small_base())
+        .layer(small_app("fsck"))
+        .build();
     store.load_image(&other, loaded);
     fsck_clean(&store);
 

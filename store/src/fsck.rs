@@ -542,7 +542,12 @@ impl Check<'_> {
                 .cloned()
                 .collect();
             let mut refetched = None;
-            if sources.is_empty() && layer.blobs.iter().any(|(d, _)| self.dropped.contains_key(d)) {
+            if sources.is_empty()
+                && layer
+                    .blobs
+                    .iter()
+                    .any(|(d, _)| self.dropped.contains_key(d))
+            {
                 match self.refetch_dropped(layer) {
                     Ok(got) => {
                         sources.push(got.clone());
@@ -674,7 +679,10 @@ impl Check<'_> {
     /// (reported by `check_tar_split`), or rebuilds to its diff id.
     fn check_blobless_layer(&mut self, c: &Digest, layer: &LayerUse) -> Option<Fate> {
         let blobless = layer.blobs.iter().all(|(d, _)| !self.blob_ok(d))
-            && layer.blobs.iter().any(|(d, _)| self.dropped.contains_key(d));
+            && layer
+                .blobs
+                .iter()
+                .any(|(d, _)| self.dropped.contains_key(d));
         if !blobless || !self.store.layer_store().tar_split_path(c).is_file() {
             return None;
         }
@@ -719,7 +727,10 @@ impl Check<'_> {
     /// When repairing, fetches a dropped blob of `layer` again from where
     /// it was pulled; else, or when no registry has it, says why the
     /// layer cannot be repaired and which images use it.
-    fn refetch_dropped(&mut self, layer: &LayerUse) -> std::result::Result<(Digest, String), String> {
+    fn refetch_dropped(
+        &mut self,
+        layer: &LayerUse,
+    ) -> std::result::Result<(Digest, String), String> {
         let images: Vec<String> = layer.images.iter().map(|d| d.to_string()).collect();
         let cannot = |why: String| {
             format!(
@@ -736,7 +747,8 @@ impl Check<'_> {
             .collect();
         let mut errors = Vec::new();
         for (blob, media_type) in dropped {
-            let origins = crate::layer_blobs::origins(self.meta, &blob).map_err(|e| e.to_string())?;
+            let origins =
+                crate::layer_blobs::origins(self.meta, &blob).map_err(|e| e.to_string())?;
             if origins.is_empty() {
                 errors.push("it was not pulled from a registry".to_string());
                 continue;
@@ -747,7 +759,13 @@ impl Check<'_> {
                     origins.join(" or ")
                 ));
             }
-            let size = self.meta.blob(&blob).ok().flatten().map(|r| r.size).unwrap_or(0);
+            let size = self
+                .meta
+                .blob(&blob)
+                .ok()
+                .flatten()
+                .map(|r| r.size)
+                .unwrap_or(0);
             let client = crate::registry::RegistryClient::new(Default::default())
                 .map_err(|e| e.to_string())?;
             let name = format!("fsck-{}.refetch-{}", std::process::id(), blob.hex());
@@ -773,7 +791,9 @@ impl Check<'_> {
                 self.store.content().remove(&d)?;
             }
             self.report.leftovers.push(Leftover {
-                what: format!("blob {d}: dropped (keep-layer-blobs false), but its file is still here"),
+                what: format!(
+                    "blob {d}: dropped (keep-layer-blobs false), but its file is still here"
+                ),
                 removed: self.repair,
             });
         }

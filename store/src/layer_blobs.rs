@@ -257,8 +257,7 @@ pub(crate) fn rewrite_manifest(
             *l = new.clone();
         }
     }
-    let bytes =
-        serde_json::to_vec(&m).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
+    let bytes = serde_json::to_vec(&m).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     let digest = Digest::of(&bytes);
     Ok((bytes, digest))
 }
@@ -330,7 +329,11 @@ mod tests {
                 index: None,
                 manifest: None,
                 config: (config, config_digest),
-                layers: vec![Some(Descriptor::new(OCI_LAYER_GZIP, digest, blob.len() as u64))],
+                layers: vec![Some(Descriptor::new(
+                    OCI_LAYER_GZIP,
+                    digest,
+                    blob.len() as u64,
+                ))],
                 source: &Blob(blob.clone()),
                 progress: &NoProgress,
             },
@@ -344,11 +347,20 @@ mod tests {
     fn a_stored_layer_loses_its_blob_and_rebuilds_its_tar() {
         let (_dir, store, blob, bytes, chain, diff_id) = blobless_store();
         assert!(!store.content().contains(&blob));
-        let rec = store.read_session(|meta| meta.dropped(&blob)).unwrap().unwrap();
-        assert_eq!((rec.chain_id, rec.diff_id, rec.origin), (chain, diff_id, None));
+        let rec = store
+            .read_session(|meta| meta.dropped(&blob))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (rec.chain_id, rec.diff_id, rec.origin),
+            (chain, diff_id, None)
+        );
         crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap();
         let du = store.df().unwrap();
-        assert_eq!((du.dropped_layer_blobs, du.dropped_blob_bytes), (1, bytes.len() as u64));
+        assert_eq!(
+            (du.dropped_layer_blobs, du.dropped_blob_bytes),
+            (1, bytes.len() as u64)
+        );
         // A changed file: the tar no longer hashes to the diff id.
         std::fs::write(store.layer_store().diff_dir(&chain).join("hello"), "WORLD").unwrap();
         let err = crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap_err();

@@ -115,10 +115,7 @@ impl Store {
             }
             let record = self.layer_store().tar_split_path(&l.chain_id);
             let size = crate::tarsplit::summary(&record)?.tar_size;
-            replaced.insert(
-                l.digest,
-                oci::Descriptor::new(media_type, l.diff_id, size),
-            );
+            replaced.insert(l.digest, oci::Descriptor::new(media_type, l.diff_id, size));
             layers.push(SavedLayer::Rebuilt {
                 chain: l.chain_id,
                 diff_id: l.diff_id,

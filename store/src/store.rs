@@ -576,8 +576,12 @@ impl Store {
         // was set go now; drops a killed process left are finished.
         let dropped = match (self.keeps_layer_blobs()?, dry_run) {
             (false, false) => crate::layer_blobs::drop_layer_blobs(self, None)?,
-            (false, true) => self.read_session(|meta| crate::layer_blobs::would_drop(self, meta))?,
-            (true, false) => self.session(|meta| crate::layer_blobs::finish_interrupted(self, meta))?,
+            (false, true) => {
+                self.read_session(|meta| crate::layer_blobs::would_drop(self, meta))?
+            }
+            (true, false) => {
+                self.session(|meta| crate::layer_blobs::finish_interrupted(self, meta))?
+            }
             (true, true) => Default::default(),
         };
         report.dropped_layer_blobs += dropped.blobs;
