@@ -1309,7 +1309,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::import::{import, ImportRequest, LayerSource, NoProgress};
     use crate::layers::LayerStore;
@@ -1466,7 +1466,7 @@ mod tests {
     }
 
     /// A store holding one single-layer image; returns the layer's chain id.
-    fn store_with_an_image() -> (tempfile::TempDir, Store, Digest) {
+    pub(crate) fn store_with_an_image() -> (tempfile::TempDir, Store, Digest) {
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_ustar();
         h.set_size(5);

@@ -287,60 +287,26 @@ pub(crate) fn read_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::{import, ImportRequest, LayerSource, NoProgress};
-    use crate::oci::{Descriptor, OCI_LAYER_GZIP};
 
-    struct Blob(Vec<u8>);
-
-    impl LayerSource for Blob {
-        fn open(&self, _index: usize) -> Result<Box<dyn Read + Send>> {
-            Ok(Box::new(std::io::Cursor::new(self.0.clone())))
-        }
-    }
-
-    /// A blob-less store holding a one-layer image: (dir, store, layer
-    /// blob, its bytes, chain id, diff id).
+    /// A store holding a one-layer image whose blob was dropped (by the
+    /// drop `gc` runs after the setting): (dir, store, layer blob, its
+    /// bytes, chain id, diff id).
     fn blobless_store() -> (tempfile::TempDir, Store, Digest, Vec<u8>, Digest, Digest) {
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_ustar();
-        h.set_size(5);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, "hello", &b"world"[..]).unwrap();
-        let tar = tar.into_inner().unwrap();
-        let diff_id = Digest::of(&tar);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &tar).unwrap();
-        let blob = gz.finish().unwrap();
-        let digest = Digest::of(&blob);
-        let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
-        )
-        .into_bytes();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let (dir, store, chain) = crate::fsck::tests::store_with_an_image();
+        let layer = store
+            .read_session(|meta| Ok(meta.images()?[0].layers[0].clone()))
+            .unwrap();
+        let bytes = std::fs::read(store.content().path(&layer.digest)).unwrap();
         store.config_set("keep-layer-blobs", "false").unwrap();
-        let config_digest = Digest::of(&config);
-        import(
-            &store,
-            ImportRequest {
-                names: vec![Reference::parse("example.com/blobless:1").unwrap()],
-                repo_digest: None,
-                index: None,
-                manifest: None,
-                config: (config, config_digest),
-                layers: vec![Some(Descriptor::new(
-                    OCI_LAYER_GZIP,
-                    digest,
-                    blob.len() as u64,
-                ))],
-                source: &Blob(blob.clone()),
-                progress: &NoProgress,
-            },
-        )
-        .unwrap();
-        let chain = crate::digest::chain_ids(&[diff_id])[0];
-        (dir, store, digest, blob, chain, diff_id)
+        let dropped = drop_layer_blobs(&store, None).unwrap();
+        assert_eq!(
+            dropped,
+            DropOutcome {
+                blobs: 1,
+                bytes: bytes.len() as u64
+            }
+        );
+        (dir, store, layer.digest, bytes, chain, layer.diff_id)
     }
 
     #[test]
@@ -360,6 +326,10 @@ mod tests {
         assert_eq!(
             (du.dropped_layer_blobs, du.dropped_blob_bytes),
             (1, bytes.len() as u64)
+        );
+        assert_eq!(
+            drop_layer_blobs(&store, None).unwrap(),
+            DropOutcome::default()
         );
         // A changed file: the tar no longer hashes to the diff id.
         std::fs::write(store.layer_store().diff_dir(&chain).join("hello"), "WORLD").unwrap();

@@ -6,41 +6,9 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
-
-/// Hashes and counts what passes through to `inner`.
-pub(crate) struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Hasher::new(),
-        }
-    }
-
-    /// The writer, the digest and the count of what was written.
-    pub(crate) fn finish(self) -> (W, Digest, u64) {
-        let len = self.hasher.len();
-        (self.inner, self.hasher.finish(), len)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// Writes layer `chain`'s tar to `out`; fails when it does not hash to
 /// `diff_id` (the output is then wrong: the caller throws it away).

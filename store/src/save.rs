@@ -22,6 +22,9 @@ struct Entry {
     name: Option<Reference>,
 }
 
+/// A manifest written for the archive: its bytes and digest.
+type RewrittenManifest = (Vec<u8>, Digest);
+
 /// A layer as saved: its stored blob, or its tar rebuilt (blob dropped).
 enum SavedLayer {
     Blob(Digest),
@@ -102,7 +105,7 @@ impl Store {
         &self,
         r: &ImageRecord,
         dropped: &BTreeSet<Digest>,
-    ) -> Result<(Vec<SavedLayer>, Option<(Vec<u8>, Digest)>)> {
+    ) -> Result<(Vec<SavedLayer>, Option<RewrittenManifest>)> {
         let mut layers = Vec::new();
         let mut replaced = std::collections::BTreeMap::new();
         let media_type = crate::layer_blobs::rebuilt_media_type(&r.manifest_media_type, false);
