@@ -227,7 +227,11 @@ pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
             // cannot go yet (its layer does not rebuild to its diff id, a
             // passing failure) stays, and the next gc tries again.
             if matches!(store.keeps_layer_blobs(), Ok(false)) {
-                let _ = crate::layer_blobs::drop_layer_blobs(store, Some(&[stored.digest]));
+                let _ = crate::layer_blobs::drop_layer_blobs(
+                    store,
+                    Some(&[stored.digest]),
+                    Some(lease.id()),
+                );
             }
             Ok(stored)
         }

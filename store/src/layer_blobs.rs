@@ -96,8 +96,15 @@ fn candidates(store: &Store, meta: &Meta, images: Option<&[Digest]>) -> Result<V
 
 /// Drops the layer blobs of `images` (all images when None) whose layers
 /// rebuild to their diff ids; a layer that does not (one whose tar names
-/// a path twice) keeps its blob. Finishes drops a killed process left.
-pub(crate) fn drop_layer_blobs(store: &Store, images: Option<&[Digest]>) -> Result<DropOutcome> {
+/// a path twice) keeps its blob. A blob another running command holds
+/// (a pull about to read it, a save or push copying it) stays until a
+/// later gc; `own_lease` is the caller's, which does not count. Finishes
+/// drops a killed process left.
+pub(crate) fn drop_layer_blobs(
+    store: &Store,
+    images: Option<&[Digest]>,
+    own_lease: Option<&str>,
+) -> Result<DropOutcome> {
     let found = store.read_session(|meta| candidates(store, meta, images))?;
     let verified: Vec<Candidate> = found
         .into_par_iter()
@@ -107,7 +114,14 @@ pub(crate) fn drop_layer_blobs(store: &Store, images: Option<&[Digest]>) -> Resu
         let mut out = finish_interrupted(store, meta)?;
         let mut batch = meta.batch();
         let mut doomed = Vec::new();
-        for c in verified {
+        let held: std::collections::HashSet<Digest> =
+            crate::lock::live_leases(&store.root().join("leases"))?
+                .into_iter()
+                .filter(|l| l.live && Some(l.id.as_str()) != own_lease)
+                .filter_map(|l| l.content)
+                .flat_map(|c| c.blobs)
+                .collect();
+        for c in verified.into_iter().filter(|c| !held.contains(&c.blob)) {
             // Still recorded and here (no rmi or gc took it meanwhile).
             let recorded = meta.blob(&c.blob)?.is_some() && meta.layer(&c.chain)?.is_some();
             if !recorded || meta.dropped(&c.blob)?.is_some() {
@@ -298,7 +312,7 @@ mod tests {
             .unwrap();
         let bytes = std::fs::read(store.content().path(&layer.digest)).unwrap();
         store.config_set("keep-layer-blobs", "false").unwrap();
-        let dropped = drop_layer_blobs(&store, None).unwrap();
+        let dropped = drop_layer_blobs(&store, None, None).unwrap();
         assert_eq!(
             dropped,
             DropOutcome {
@@ -328,9 +342,31 @@ mod tests {
             (1, bytes.len() as u64)
         );
         assert_eq!(
-            drop_layer_blobs(&store, None).unwrap(),
+            drop_layer_blobs(&store, None, None).unwrap(),
             DropOutcome::default()
         );
+        // A blob a running command holds stays until it is done.
+        let (_dir2, other, chain2) = crate::fsck::tests::store_with_an_image();
+        let layer = other
+            .read_session(|meta| Ok(meta.images()?[0].layers[0].clone()))
+            .unwrap();
+        other.config_set("keep-layer-blobs", "false").unwrap();
+        let lease = other
+            .read_session(|_| {
+                other.lease(&crate::lock::LeaseContent {
+                    pid: std::process::id(),
+                    blobs: vec![layer.digest],
+                    layers: vec![chain2],
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            drop_layer_blobs(&other, None, None).unwrap(),
+            DropOutcome::default()
+        );
+        assert!(other.content().contains(&layer.digest));
+        let own = drop_layer_blobs(&other, None, Some(lease.id())).unwrap();
+        assert_eq!(own.blobs, 1, "the caller's own lease does not hold it back");
         // A changed file: the tar no longer hashes to the diff id.
         std::fs::write(store.layer_store().diff_dir(&chain).join("hello"), "WORLD").unwrap();
         let err = crate::layer_tar::verify_layer_tar(&store, &chain, &diff_id).unwrap_err();

@@ -575,7 +575,7 @@ impl Store {
         // `keep-layer-blobs false`: the blobs of layers stored before it
         // was set go now; drops a killed process left are finished.
         let dropped = match (self.keeps_layer_blobs()?, dry_run) {
-            (false, false) => crate::layer_blobs::drop_layer_blobs(self, None)?,
+            (false, false) => crate::layer_blobs::drop_layer_blobs(self, None, None)?,
             (false, true) => {
                 self.read_session(|meta| crate::layer_blobs::would_drop(self, meta))?
             }
