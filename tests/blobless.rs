@@ -540,3 +540,70 @@ fn podman_lists_and_mounts_the_images_of_a_blobless_store() {
     );
     mount.unmount();
 }
+
+#[test]
+fn a_committed_layer_loses_its_blob_and_saves_the_same_image() {
+    let store = blobless_store();
+    let base = "example.com/blobless/base:v1";
+    store.load_image(&image(), base);
+    let committed = "example.com/blobless/committed:v1";
+    let rw = LstoreMount::new(&store, base, true);
+    fs::write(rw.path("data"), scenes::noise(50_000, 5)).expect("write through the mount");
+    fs::remove_file(rw.path("late")).expect("remove through the mount");
+    store.ok(&["commit", rw.target(), committed]);
+    drop(rw);
+    let inspect = store.inspect(committed);
+    assert_eq!(inspect["layers"].as_array().unwrap().len(), 4);
+    assert_no_layer_blobs(&store, &inspect);
+    fsck_clean(&store);
+    let scratch = scratch();
+    let saved = scratch.path().join("committed.tar");
+    store.ok(&["save", "-o", saved.to_str().unwrap(), committed]);
+    let fresh = Lstore::new();
+    fresh.load(&saved, None);
+    assert_eq!(fresh.inspect(committed)["id"], inspect["id"]);
+    assert_same_tree(
+        &mounted_tree(&store, committed),
+        &mounted_tree(&fresh, committed),
+        "the committed image, saved and loaded",
+    );
+}
+
+#[test]
+fn an_image_pushed_to_a_blobless_serve_loses_its_layer_blobs_which_it_then_does_not_serve() {
+    let scratch = scratch();
+    let store = blobless_store();
+    let serve = common::serve::Serve::start(&store, &[]);
+    let image = image();
+    let src = scratch.path().join("src");
+    layout(&src, &image, "v1");
+    skopeo_copy(
+        &["--dest-tls-verify=false"],
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{}/blobless/served:v1", serve.addr()),
+    );
+    let name = format!("{}/blobless/served:v1", serve.addr());
+    let inspect = store.inspect(&name);
+    assert_no_layer_blobs(&store, &inspect);
+    assert_matches_umoci(&store, &name, &image);
+    // The manifest is served; a dropped blob is unknown, as a registry
+    // answers for a blob it does not have.
+    let layer = &layer_digests(&inspect)[0];
+    let response = common::registry::http_call(
+        serve.addr(),
+        "GET",
+        &format!("/v2/blobless/served/blobs/{layer}"),
+        &[],
+        b"",
+    );
+    response.assert_error(404, "BLOB_UNKNOWN");
+    let config = inspect["id"].as_str().unwrap();
+    let response = common::registry::http_call(
+        serve.addr(),
+        "GET",
+        &format!("/v2/blobless/served/blobs/{config}"),
+        &[],
+        b"",
+    );
+    assert_eq!(response.status, 200);
+}
