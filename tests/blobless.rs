@@ -607,3 +607,56 @@ fn an_image_pushed_to_a_blobless_serve_loses_its_layer_blobs_which_it_then_does_
     );
     assert_eq!(response.status, 200);
 }
+
+#[test]
+fn a_docker_schema2_image_is_saved_and_pushed_with_docker_media_types() {
+    let scratch = scratch();
+    let registry = Registry::start();
+    let image = ImageBuilder::new()
+        .kind(ManifestKind::Docker)
+        .tar(&base_tar(), Compression::Gzip)
+        .tar(&changes_tar(), Compression::Gzip)
+        .build();
+    let store = blobless_store();
+    let name = "example.com/blobless/docker:v1";
+    store.load_image(&image, name);
+    assert_no_layer_blobs(&store, &store.inspect(name));
+
+    let saved = scratch.path().join("docker.tar");
+    store.ok(&["save", "-o", saved.to_str().unwrap(), name]);
+    let raw = skopeo_inspect(&["--raw"], &format!("oci-archive:{}", saved.display()));
+    assert_eq!(raw["mediaType"], common::image::DOCKER_MANIFEST);
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar"
+        );
+    }
+    let fresh = Lstore::new();
+    fresh.load(&saved, None);
+    assert_eq!(fresh.inspect(name)["id"], image.config_digest.as_str());
+
+    let dest = format!("{}/blobless/docker:v1", registry.host());
+    store.ok(&["push", name, &dest]);
+    let raw = skopeo_inspect(
+        &["--raw", "--tls-verify=false"],
+        &format!("docker://{dest}"),
+    );
+    assert_eq!(raw["mediaType"], common::image::DOCKER_MANIFEST);
+    assert_eq!(raw["config"]["digest"], image.config_digest.as_str());
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    // Pulled back into a fresh store: the same image, the same files.
+    let pulled = Lstore::new();
+    Client::new().pull(&pulled, &dest, &[]);
+    assert_eq!(pulled.inspect(&dest)["id"], image.config_digest.as_str());
+    assert_same_tree(
+        &mounted_tree(&store, name),
+        &mounted_tree(&pulled, &dest),
+        "pushed and pulled back",
+    );
+}
