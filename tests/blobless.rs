@@ -463,6 +463,21 @@ fn fsck_finds_a_changed_file_in_a_blobless_layer_and_repairs_it_from_the_origin(
     assert_matches_umoci(&store, &pulled, &image);
     assert_eq!(blob_files(&store).len(), 4, "still no layer blob");
 
+    // A lost record: made again from the blob fetched again.
+    let record = a_file_of(&store.inspect(&pulled))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("tar-split.gz");
+    fs::remove_file(&record).unwrap();
+    let out = store.run(&["fsck"]);
+    assert!(!out.success());
+    assert!(out.stdout.contains("no tar-split record"), "{}", out.stdout);
+    store.ok(&["fsck", "--repair"]);
+    assert!(record.is_file());
+    fsck_clean(&store);
+    assert_eq!(blob_files(&store).len(), 4, "still no layer blob");
+
     // A loaded image's layer has nowhere to come from: reported, kept.
     let inspect = store.inspect(loaded);
     let diff = Path::new(inspect["layers"][1]["path"].as_str().unwrap());

@@ -651,10 +651,7 @@ impl Check<'_> {
             .find(|(d, _)| self.good_blobs.contains_key(d))
             .cloned();
         let Some((blob, media_type)) = source else {
-            self.problem(
-                format!("{what}; no blob of it is here to make it from"),
-                false,
-            );
+            self.blobless_tar_split(c, layer, what);
             return;
         };
         if !self.repair {
@@ -721,6 +718,40 @@ impl Check<'_> {
                 self.problem(format!("{what}; re-extraction failed: {e}"), false);
                 Some(Fate::Left)
             }
+        }
+    }
+
+    /// A layer whose record is missing or wrong and that has no blob here:
+    /// when its blob was dropped, `--repair` fetches it again from where it
+    /// was pulled, makes the record from it and drops it again; otherwise
+    /// the record cannot be made.
+    fn blobless_tar_split(&mut self, c: &Digest, layer: &LayerUse, what: String) {
+        if !layer
+            .blobs
+            .iter()
+            .any(|(d, _)| self.dropped.contains_key(d))
+        {
+            self.problem(
+                format!("{what}; no blob of it is here to make it from"),
+                false,
+            );
+            return;
+        }
+        let (blob, media_type) = match self.refetch_dropped(layer) {
+            Ok(got) => got,
+            Err(why) => return self.problem(format!("{what}; {why}"), false),
+        };
+        let made = tarsplit::regenerate(self.store, c, &layer.diff_id, &blob, &media_type);
+        let _ = self.store.content().remove(&blob);
+        match made {
+            Ok(_) => self.problem(
+                format!("{what}; made again from blob {blob}, fetched again"),
+                true,
+            ),
+            Err(e) => self.problem(
+                format!("{what}; making it from blob {blob} failed: {e}"),
+                false,
+            ),
         }
     }
 
