@@ -74,27 +74,11 @@ fn fsck_clean(store: &Lstore) -> Value {
     report
 }
 
-/// A base layer with every kind of entry a tar-split record carries and
-/// no path named twice (a tar that names one twice cannot be rebuilt from
-/// its folder: see `a_layer_that_does_not_rebuild_keeps_its_blob`).
+/// A base layer with every kind of entry and no path named twice (a tar
+/// that names one twice cannot be rebuilt from its folder: see
+/// `a_layer_that_does_not_rebuild_keeps_its_blob`).
 fn base_tar() -> TarBuilder {
-    let mut t = TarBuilder::new();
-    t.dir("etc");
-    t.file("etc/hostname", "lstore\n").owner(1000, 1001);
-    t.file("etc/xattrs", "has xattrs\n")
-        .xattr("user.comment", "hello")
-        .xattr("trusted.note", "kept by root");
-    t.file("empty", b"");
-    t.file("noise.bin", scenes::noise(70_000, 3));
-    t.symlink("etc/link", "hostname");
-    t.hardlink("etc/hard", "etc/hostname");
-    t.dir("long");
-    t.file(
-        format!("long/{}", scenes::long_component("pax-", 140)),
-        "pax long name\n",
-    );
-    t.file("opq/lower", "lower\n");
-    t
+    scenes::record_fixture()
 }
 
 /// Changes over the base: a whiteout, an opaque folder, new files.
