@@ -13,7 +13,8 @@
 //! [`inspect`](Store::inspect), [`tag`](Store::tag), [`rmi`](Store::rmi),
 //! [`gc`](Store::gc), [`df`](Store::df), [`fsck`](Store::fsck),
 //! [`mount`](Store::mount), [`umount`](Store::umount),
-//! [`commit`](Store::commit). Every operation returns a plain result type
+//! [`commit`](Store::commit), and the store's settings
+//! ([`config_get`](Store::config_get), [`config_set`](Store::config_set)). Every operation returns a plain result type
 //! (serialisable with serde, as the `lstore` command prints it with
 //! `--format json`) or an [`Error`]. [`bench`](mod@bench) measures how
 //! fast images are stored; [`serve`](mod@serve) serves the store over the
