@@ -189,6 +189,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print a store setting (all of them without KEY), or set it:
+    /// `lstore config keep-layer-blobs false`.
+    Config {
+        key: Option<String>,
+        value: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Disk use: blobs, layers, shared and unique bytes.
     Df {
         #[arg(long, value_enum, default_value = "table")]
@@ -651,6 +659,30 @@ fn run(cli: Cli) -> lstore::Result<()> {
                 }
             }
         }
+        Command::Config { key, value, format } => {
+            let listing = key.is_none();
+            let settings = match (key, value) {
+                (None, _) => store.config_list()?,
+                (Some(k), None) => vec![store.config_get(&k)?],
+                (Some(k), Some(v)) => {
+                    let s = store.config_set(&k, &v)?;
+                    if format != Format::Json {
+                        print_setting_note(&s);
+                    }
+                    vec![s]
+                }
+            };
+            if format == Format::Json {
+                return print_json(&settings);
+            }
+            for s in &settings {
+                if listing {
+                    println!("{} {}", s.key, s.value);
+                } else {
+                    println!("{}", s.value);
+                }
+            }
+        }
         Command::Df { format } => {
             let du = store.df()?;
             if format == Format::Json {
@@ -711,6 +743,19 @@ impl lstore::PushProgress for PushLines {
             }
             lstore::BlobOutcome::Uploaded => {
                 eprintln!("{name}: pushed ({})", human(desc.size))
+            }
+            lstore::BlobOutcome::Refetched { from } => {
+                eprintln!(
+                    "{name}: pushed ({}, blob dropped here, fetched again from {from})",
+                    human(desc.size)
+                )
+            }
+            lstore::BlobOutcome::Rebuilt { original } => {
+                eprintln!(
+                    "{name}: pushed ({}, rebuilt with gzip: blob {} was dropped here)",
+                    human(desc.size),
+                    original.short()
+                )
             }
         }
     }
@@ -862,6 +907,13 @@ fn print_removal(r: &Removal) {
         r.deleted_layers,
         r.leftovers
     );
+    if r.dropped_layer_blobs > 0 {
+        let dropped = if r.dry_run { "Would drop" } else { "Dropped" };
+        println!(
+            "{dropped} {} layer blobs of stored layers (keep-layer-blobs false; included above)",
+            r.dropped_layer_blobs
+        );
+    }
     if r.refcount_fixes > 0 {
         println!("Corrected {} reference counts", r.refcount_fixes);
     }
@@ -877,6 +929,22 @@ fn print_removal(r: &Removal) {
             "{} layers in use by mounts stay until unmounted; gc then frees them",
             r.kept_mounted.len()
         );
+    }
+}
+
+/// What a new value means for what is already stored (on stderr, so
+/// that stdout is the value alone).
+fn print_setting_note(s: &lstore::Setting) {
+    match (s.key.as_str(), s.value.as_str()) {
+        ("keep-layer-blobs", "false") => eprintln!(
+            "layer blobs are dropped once their layers are stored; lstore gc drops those \
+             of the layers stored already"
+        ),
+        ("keep-layer-blobs", _) => eprintln!(
+            "layer blobs are kept from now on; blobs dropped before stay dropped (rmi and \
+             pull an image again to get them back)"
+        ),
+        _ => {}
     }
 }
 
@@ -899,6 +967,13 @@ fn print_df(du: &DiskUsage) {
     println!("Shared:   {}", human(du.shared_bytes));
     println!("Unique:   {}", human(du.unique_bytes));
     println!("Unused:   {}", human(du.unused_bytes));
+    if du.dropped_layer_blobs > 0 {
+        println!(
+            "Dropped layer blobs: {} not stored ({} blobs, keep-layer-blobs false)",
+            human(du.dropped_blob_bytes),
+            du.dropped_layer_blobs
+        );
+    }
     if du.containerd_layers > 0 {
         println!(
             "Held:     {} (layers containerd holds that no image uses: {})",

@@ -11,7 +11,7 @@ mod common;
 use common::image::{write_oci_layout, Image};
 use common::scenes;
 use common::tarball::{sha256_digest, Layer};
-use common::{scratch, Compression, ImageBuilder, LayoutNames, Lstore, TarBuilder};
+use common::{scratch, Compression, ImageBuilder, LayoutNames, Lstore};
 use serde_json::Value;
 use std::fs;
 use std::io::Read;
@@ -45,32 +45,10 @@ fn tar_split(args: &[&std::ffi::OsStr]) {
     );
 }
 
-/// A base layer with every kind of entry a record must carry and no path
-/// named twice (tar-split refuses those): files of several sizes, a
-/// directory, symlinks, hardlinks, PAX and GNU long names, a name that is
-/// not UTF-8, xattrs, large owners, and zero blocks past the end marker.
+/// The base layer of `scenes::record_fixture` with zero blocks past the
+/// end marker.
 fn fixture_tar() -> Vec<u8> {
-    let mut t = TarBuilder::new();
-    t.dir("etc");
-    t.file("etc/hostname", "lstore\n").owner(1000, 1001);
-    t.file("etc/xattrs", "has xattrs\n")
-        .xattr("user.comment", "hello")
-        .xattr("trusted.note", "kept by root");
-    t.file("empty", b"");
-    t.file("noise.bin", scenes::noise(70_000, 3));
-    t.symlink("etc/link", "hostname");
-    t.hardlink("etc/hard", "etc/hostname");
-    let long_pax = format!("long/{}", scenes::long_component("pax-", 140));
-    let long_gnu = format!("long/{}", scenes::long_component("gnu-", 130));
-    t.dir("long");
-    t.file(&long_pax, "pax long name\n");
-    t.file(&long_gnu, "gnu long name\n").gnu_long_names();
-    t.symlink("long/link-gnu", format!("../{long_gnu}"))
-        .gnu_long_names();
-    t.file(b"latin1-\xe9t\xe9 <&>", "latin-1\n");
-    t.file("ids", "big ids\n").owner(3_000_000, 3_000_001);
-    t.file("opq/lower", "lower\n");
-    let mut tar = t.tar();
+    let mut tar = scenes::record_fixture().tar();
     tar.extend_from_slice(&[0u8; 3 * 512]);
     tar
 }

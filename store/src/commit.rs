@@ -176,6 +176,12 @@ impl Store {
             },
         )?;
         drop(lease);
+        // `keep-layer-blobs false`: the new layer's blob, which this
+        // command's lease kept from the drop at the end of the import,
+        // goes now (a failure leaves it to the next gc).
+        if matches!(self.keeps_layer_blobs(), Ok(false)) {
+            let _ = crate::layer_blobs::drop_layer_blobs(self, Some(&[stored.digest]), None);
+        }
         Ok(Committed {
             reference: name.familiar(),
             id: stored.id,

@@ -279,6 +279,8 @@ struct Check<'a> {
     /// Blobs whose file is here and hashes to its name, with its size.
     good_blobs: BTreeMap<Digest, u64>,
     corrupt_blobs: BTreeSet<Digest>,
+    /// Layer blobs dropped once their layers were stored.
+    dropped: BTreeMap<Digest, crate::meta::DroppedBlob>,
     /// How many images used each blob and layer before any was removed.
     blob_refs_before: BTreeMap<Digest, u64>,
     layer_refs_before: BTreeMap<Digest, u64>,
@@ -306,6 +308,8 @@ impl Check<'_> {
     fn blob_state(&self, d: &Digest) -> &'static str {
         if self.corrupt_blobs.contains(d) {
             "corrupt"
+        } else if self.dropped.contains_key(d) {
+            "dropped (keep-layer-blobs false)"
         } else {
             "missing"
         }
@@ -466,6 +470,10 @@ impl Check<'_> {
                     self.check_short_link(&c);
                     if let Some(layer) = layer {
                         self.check_tar_split(&c, layer);
+                        if let Some(fate) = self.check_blobless_layer(&c, layer) {
+                            fates.insert(c, fate);
+                            continue;
+                        }
                     }
                     fates.insert(c, Fate::Intact);
                     continue;
@@ -527,12 +535,33 @@ impl Check<'_> {
                 fates.insert(c, Fate::Lost);
                 continue;
             }
-            let sources: Vec<(Digest, String)> = layer
+            let mut sources: Vec<(Digest, String)> = layer
                 .blobs
                 .iter()
                 .filter(|(d, _)| self.good_blobs.contains_key(d))
                 .cloned()
                 .collect();
+            let mut refetched = None;
+            if sources.is_empty()
+                && layer
+                    .blobs
+                    .iter()
+                    .any(|(d, _)| self.dropped.contains_key(d))
+            {
+                match self.refetch_dropped(layer) {
+                    Ok(got) => {
+                        sources.push(got.clone());
+                        refetched = Some(got.0);
+                    }
+                    Err(why) => {
+                        // The folder stays as it is, and the images with it:
+                        // nothing better can take their place.
+                        self.problem(format!("{what}; {why}"), false);
+                        fates.insert(c, Fate::Left);
+                        continue;
+                    }
+                }
+            }
             if sources.is_empty() {
                 let blobs: Vec<String> = layer
                     .blobs
@@ -577,6 +606,10 @@ impl Check<'_> {
                     }
                 }
             }
+            if let Some(b) = refetched {
+                // Fetched for the repair only: the blob stays dropped.
+                self.store.content().remove(&b)?;
+            }
             match fate {
                 Fate::Lost => self.problem(
                     format!("{what}; it cannot be restored: {}", errors.join("; ")),
@@ -618,10 +651,7 @@ impl Check<'_> {
             .find(|(d, _)| self.good_blobs.contains_key(d))
             .cloned();
         let Some((blob, media_type)) = source else {
-            self.problem(
-                format!("{what}; no blob of it is here to make it from"),
-                false,
-            );
+            self.blobless_tar_split(c, layer, what);
             return;
         };
         if !self.repair {
@@ -635,6 +665,170 @@ impl Check<'_> {
                 false,
             ),
         }
+    }
+
+    /// A layer whose blobs were all dropped: its folder is verified by
+    /// rebuilding its tar from its record and checking the diff id (with a
+    /// blob, only the folder's shape is checked). Damage is repaired by
+    /// fetching the blob again from where it was pulled and extracting it
+    /// anew; without it, the layer is left as it is and reported with the
+    /// images that use it. None when the layer has a blob, or no record
+    /// (reported by `check_tar_split`), or rebuilds to its diff id.
+    fn check_blobless_layer(&mut self, c: &Digest, layer: &LayerUse) -> Option<Fate> {
+        let blobless = layer.blobs.iter().all(|(d, _)| !self.blob_ok(d))
+            && layer
+                .blobs
+                .iter()
+                .any(|(d, _)| self.dropped.contains_key(d));
+        if !blobless || !self.store.layer_store().tar_split_path(c).is_file() {
+            return None;
+        }
+        let err = crate::layer_tar::verify_layer_tar(self.store, c, &layer.diff_id).err()?;
+        let what = format!("layer {c}: its folder does not rebuild its tar ({err})");
+        if let Some(target) = self.mounted_layers.get(c).cloned() {
+            self.problem(
+                format!("{what}; the mount at {target} uses it: unmount it, then run lstore fsck --repair"),
+                false,
+            );
+            return Some(Fate::Left);
+        }
+        let (blob, media_type) = match self.refetch_dropped(layer) {
+            Ok(got) => got,
+            Err(why) => {
+                self.problem(format!("{what}; {why}"), false);
+                return Some(Fate::Left);
+            }
+        };
+        let result = self.reextract(c, layer, &blob, &media_type);
+        // Fetched for the repair only: the blob stays dropped.
+        let _ = self.store.content().remove(&blob);
+        match result {
+            Ok(u) => {
+                self.report.layers_reextracted += 1;
+                self.problem(
+                    format!("{what}; re-extracted from blob {blob}, fetched again"),
+                    true,
+                );
+                Some(Fate::Restored {
+                    size: u.size,
+                    file_bytes: u.file_bytes,
+                })
+            }
+            Err(e) => {
+                self.problem(format!("{what}; re-extraction failed: {e}"), false);
+                Some(Fate::Left)
+            }
+        }
+    }
+
+    /// A layer whose record is missing or wrong and that has no blob here:
+    /// when its blob was dropped, `--repair` fetches it again from where it
+    /// was pulled, makes the record from it and drops it again; otherwise
+    /// the record cannot be made.
+    fn blobless_tar_split(&mut self, c: &Digest, layer: &LayerUse, what: String) {
+        if !layer
+            .blobs
+            .iter()
+            .any(|(d, _)| self.dropped.contains_key(d))
+        {
+            self.problem(
+                format!("{what}; no blob of it is here to make it from"),
+                false,
+            );
+            return;
+        }
+        let (blob, media_type) = match self.refetch_dropped(layer) {
+            Ok(got) => got,
+            Err(why) => return self.problem(format!("{what}; {why}"), false),
+        };
+        let made = tarsplit::regenerate(self.store, c, &layer.diff_id, &blob, &media_type);
+        let _ = self.store.content().remove(&blob);
+        match made {
+            Ok(_) => self.problem(
+                format!("{what}; made again from blob {blob}, fetched again"),
+                true,
+            ),
+            Err(e) => self.problem(
+                format!("{what}; making it from blob {blob} failed: {e}"),
+                false,
+            ),
+        }
+    }
+
+    /// When repairing, fetches a dropped blob of `layer` again from where
+    /// it was pulled; else, or when no registry has it, says why the
+    /// layer cannot be repaired and which images use it.
+    fn refetch_dropped(
+        &mut self,
+        layer: &LayerUse,
+    ) -> std::result::Result<(Digest, String), String> {
+        let images: Vec<String> = layer.images.iter().map(|d| d.to_string()).collect();
+        let cannot = |why: String| {
+            format!(
+                "its blob was dropped (keep-layer-blobs false) and {why}: it cannot be \
+                 repaired; images using it: {}",
+                images.join(", ")
+            )
+        };
+        let dropped: Vec<(Digest, String)> = layer
+            .blobs
+            .iter()
+            .filter(|(d, _)| self.dropped.contains_key(d))
+            .cloned()
+            .collect();
+        let mut errors = Vec::new();
+        for (blob, media_type) in dropped {
+            let origins =
+                crate::layer_blobs::origins(self.meta, &blob).map_err(|e| e.to_string())?;
+            if origins.is_empty() {
+                errors.push("it was not pulled from a registry".to_string());
+                continue;
+            }
+            if !self.repair {
+                return Err(format!(
+                    "--repair fetches its blob {blob} again from {} and re-extracts it",
+                    origins.join(" or ")
+                ));
+            }
+            let size = self
+                .meta
+                .blob(&blob)
+                .ok()
+                .flatten()
+                .map(|r| r.size)
+                .unwrap_or(0);
+            let client = crate::registry::RegistryClient::new(Default::default())
+                .map_err(|e| e.to_string())?;
+            let name = format!("fsck-{}.refetch-{}", std::process::id(), blob.hex());
+            match crate::layer_blobs::refetch(self.store, &client, &blob, size, &origins, &name) {
+                Ok(_) => return Ok((blob, media_type)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(cannot(errors.join("; ")))
+    }
+
+    /// Blobs recorded as dropped whose file a killed process left: the
+    /// drop is finished (the layer was verified before it began).
+    fn check_interrupted_drops(&mut self) -> Result<()> {
+        let left: Vec<Digest> = self
+            .dropped
+            .keys()
+            .filter(|d| self.store.content().contains(d) && !self.leased_blobs.contains(d))
+            .copied()
+            .collect();
+        for d in left {
+            if self.repair {
+                self.store.content().remove(&d)?;
+            }
+            self.report.leftovers.push(Leftover {
+                what: format!(
+                    "blob {d}: dropped (keep-layer-blobs false), but its file is still here"
+                ),
+                removed: self.repair,
+            });
+        }
+        Ok(())
     }
 
     fn check_short_link(&mut self, c: &Digest) {
@@ -777,6 +971,7 @@ impl Check<'_> {
                 self.store.layer_store().remove(&c, &name)?;
             }
         }
+        self.check_interrupted_drops()?;
         self.sweep_leftovers(&fates, trash)?;
         self.check_view()?;
         Ok(self.report)
@@ -896,7 +1091,7 @@ impl Check<'_> {
             };
             match records.get(&d) {
                 Some(rec) => {
-                    if have.is_none() && !leased {
+                    if have.is_none() && !leased && !self.dropped.contains_key(&d) {
                         let state = self.blob_state(&d);
                         if want == 0 {
                             let tail =
@@ -1132,6 +1327,7 @@ impl Store {
                 mounted_layers,
                 good_blobs: BTreeMap::new(),
                 corrupt_blobs: BTreeSet::new(),
+                dropped: meta.dropped_blobs()?,
                 blob_refs_before: BTreeMap::new(),
                 layer_refs_before: BTreeMap::new(),
             }
@@ -1144,7 +1340,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::import::{import, ImportRequest, LayerSource, NoProgress};
     use crate::layers::LayerStore;
@@ -1301,7 +1497,7 @@ mod tests {
     }
 
     /// A store holding one single-layer image; returns the layer's chain id.
-    fn store_with_an_image() -> (tempfile::TempDir, Store, Digest) {
+    pub(crate) fn store_with_an_image() -> (tempfile::TempDir, Store, Digest) {
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_ustar();
         h.set_size(5);
@@ -1537,6 +1733,7 @@ mod tests {
                     mounted_images: BTreeMap::new(),
                     mounted_layers: BTreeMap::new(),
                     good_blobs: BTreeMap::new(),
+                    dropped: BTreeMap::new(),
                     corrupt_blobs: BTreeSet::new(),
                     blob_refs_before: BTreeMap::new(),
                     layer_refs_before: BTreeMap::new(),

@@ -339,6 +339,8 @@ pub(crate) fn apply_sweep(
     }
     for d in &plan.blob_records {
         b.delete(CF_BLOBS, d.as_bytes())?;
+        // A dropped layer blob's record goes with its blob record.
+        b.delete(crate::meta::CF_DROPPED, d.as_bytes())?;
     }
     for d in &plan.layer_records {
         b.delete(CF_LAYERS, d.as_bytes())?;

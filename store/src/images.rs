@@ -110,6 +110,11 @@ pub struct DiskUsage {
     pub containerd_layers: u64,
     /// Bytes of those layers (not counted as unused).
     pub containerd_bytes: u64,
+    /// Layer blobs dropped once their layers were stored
+    /// (`keep-layer-blobs false`; not counted in `blobs`).
+    pub dropped_layer_blobs: u64,
+    /// Their compressed size: bytes not stored.
+    pub dropped_blob_bytes: u64,
 }
 
 /// What a load or pull stored.
@@ -149,6 +154,9 @@ pub struct Removal {
     pub refcount_fixes: u64,
     /// Whether this is what would be done (`gc --dry-run`).
     pub dry_run: bool,
+    /// Layer blobs `gc` dropped (`keep-layer-blobs false`; their bytes
+    /// are in `freed_bytes`).
+    pub dropped_layer_blobs: u64,
     /// Words of `rmi` that named no image (or more than one id); the other
     /// words were acted on.
     pub not_removed: Vec<NotRemoved>,

@@ -195,6 +195,16 @@ pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
                 }
             }
         }
+        // A layer blob dropped once its layer was stored counts as here
+        // while the layer is: the layer is reused, nothing is read again.
+        for (i, d) in req.layers.iter().enumerate() {
+            let Some(d) = d else { continue };
+            if known_layers.contains_key(&chains[i]) && meta.dropped(&d.digest)?.is_some() {
+                if let Some(rec) = meta.blob(&d.digest)? {
+                    known_blobs.insert(d.digest, rec);
+                }
+            }
+        }
         Ok((lease, known_layers, known_blobs))
     })?;
 
@@ -211,7 +221,20 @@ pub fn import(store: &Store, req: ImportRequest<'_>) -> Result<Stored> {
         &created,
     );
     match result {
-        Ok(stored) => Ok(stored),
+        Ok(stored) => {
+            // `keep-layer-blobs false`: the image is stored; its layer
+            // blobs go now, while the lease still holds them. A blob that
+            // cannot go yet (its layer does not rebuild to its diff id, a
+            // passing failure) stays, and the next gc tries again.
+            if matches!(store.keeps_layer_blobs(), Ok(false)) {
+                let _ = crate::layer_blobs::drop_layer_blobs(
+                    store,
+                    Some(&[stored.digest]),
+                    Some(lease.id()),
+                );
+            }
+            Ok(stored)
+        }
         Err(e) => {
             let _ = clean_up_failed(store, &lease, &created);
             Err(e)
@@ -730,7 +753,9 @@ fn commit(
                 done[i].desc.digest
             )));
         }
-        if !store.content.contains(&done[i].desc.digest) {
+        if !store.content.contains(&done[i].desc.digest)
+            && meta.dropped(&done[i].desc.digest)?.is_none()
+        {
             return Err(Error::Invalid(format!(
                 "blob {} vanished while storing",
                 done[i].desc.digest

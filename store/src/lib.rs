@@ -13,7 +13,8 @@
 //! [`inspect`](Store::inspect), [`tag`](Store::tag), [`rmi`](Store::rmi),
 //! [`gc`](Store::gc), [`df`](Store::df), [`fsck`](Store::fsck),
 //! [`mount`](Store::mount), [`umount`](Store::umount),
-//! [`commit`](Store::commit). Every operation returns a plain result type
+//! [`commit`](Store::commit), and the store's settings
+//! ([`config_get`](Store::config_get), [`config_set`](Store::config_set)). Every operation returns a plain result type
 //! (serialisable with serde, as the `lstore` command prints it with
 //! `--format json`) or an [`Error`]. [`bench`](mod@bench) measures how
 //! fast images are stored; [`serve`](mod@serve) serves the store over the
@@ -72,6 +73,8 @@ mod fsck;
 mod gc;
 mod images;
 mod import;
+mod layer_blobs;
+mod layer_tar;
 mod layers;
 mod lock;
 mod meta;
@@ -84,6 +87,7 @@ mod push;
 mod reference;
 mod registry;
 mod save;
+mod settings;
 mod store;
 mod tarsplit;
 mod unpack;
@@ -113,6 +117,7 @@ pub use crate::pull::{PullOptions, Pulled};
 pub use crate::push::{BlobOutcome, NoPushProgress, PushOptions, PushProgress, Pushed, PushedBlob};
 pub use crate::reference::{Reference, ReferenceError};
 pub use crate::registry::{ClientOptions, DockerConfig, RegistryClient, RegistryError};
+pub use crate::settings::Setting;
 pub use crate::store::{Store, StoreOptions};
 pub use crate::tarsplit::TarSplitError;
 pub use crate::unpack::{Limits, UnpackError};

@@ -8,6 +8,7 @@
 //! | images  | manifest digest (32 bytes)  | `ImageRecord`  |
 //! | tags    | normalised reference (utf8) | `TagRecord`    |
 //! | snapshots | containerd's snapshot key (utf8) | `snapshotter::SnapshotRecord` |
+//! | dropped_blobs | layer blob digest (32 bytes) | `DroppedBlob` |
 //!
 //! `refs` counts the images that use a blob or layer. A database is only
 //! opened while the process holds the root lock (`lock::RootLock`).
@@ -33,7 +34,17 @@ pub const CF_IMAGES: &str = "images";
 pub const CF_TAGS: &str = "tags";
 /// Column family of containerd's snapshots (`lstore snapshotter`), by key.
 pub const CF_SNAPSHOTS: &str = "snapshots";
-const FAMILIES: [&str; 5] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS, CF_SNAPSHOTS];
+/// Column family of layer blobs dropped (`keep-layer-blobs false`), by
+/// digest: their blob record stays, their file is gone.
+pub const CF_DROPPED: &str = "dropped_blobs";
+const FAMILIES: [&str; 6] = [
+    CF_BLOBS,
+    CF_LAYERS,
+    CF_IMAGES,
+    CF_TAGS,
+    CF_SNAPSHOTS,
+    CF_DROPPED,
+];
 
 /// A stored blob.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +70,20 @@ pub struct LayerRecord {
     pub file_bytes: u64,
     /// Images that hold it.
     pub refs: u64,
+}
+
+/// A layer blob dropped once its layer was stored: the layer's tar is
+/// rebuilt from its tar-split record and folder when needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DroppedBlob {
+    /// The layer it holds.
+    pub chain_id: Digest,
+    /// The layer's diff id.
+    pub diff_id: Digest,
+    /// Where it was pulled from (`host/path`), to fetch it again.
+    pub origin: Option<String>,
+    /// Seconds since the epoch when it was dropped.
+    pub dropped_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +358,18 @@ impl Meta {
     /// The record of layer `d` (a chain id).
     pub fn layer(&self, d: &Digest) -> Result<Option<LayerRecord>> {
         self.get(CF_LAYERS, d.as_bytes())
+    }
+    /// The record of layer blob `d` when it was dropped.
+    pub fn dropped(&self, d: &Digest) -> Result<Option<DroppedBlob>> {
+        self.get(CF_DROPPED, d.as_bytes())
+    }
+    /// Every dropped layer blob.
+    pub fn dropped_blobs(&self) -> Result<std::collections::BTreeMap<Digest, DroppedBlob>> {
+        Ok(self
+            .all::<DroppedBlob>(CF_DROPPED)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((Digest::from_bytes(k.try_into().ok()?), v)))
+            .collect())
     }
     /// The record of image `d` (a manifest digest).
     pub fn image(&self, d: &Digest) -> Result<Option<ImageRecord>> {

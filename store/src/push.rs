@@ -10,6 +10,15 @@
 //!    earlier push wrote it to (remembered in `<root>/pushed.json`);
 //! 3. else an upload (monolithic or chunked, as the client decides).
 //!
+//! A layer whose blob was dropped (`keep-layer-blobs false`) goes through
+//! 1 and 2 too; then the blob is fetched again from a registry the image
+//! was pulled from and sent on byte for byte (its digest checked by the
+//! destination as it arrives); only when none has it is the layer's tar
+//! rebuilt from its record and folder (checked against its diff id),
+//! compressed with gzip into a file under `tmp/`, and uploaded: the
+//! manifest then names the new digest (the config, so the image id,
+//! stays), and is no longer the stored one.
+//!
 //! Then the manifest is put by tag (or by digest). An image pulled through
 //! an index is pushed as its platform manifest alone: the store keeps only
 //! that platform's manifest, and a registry refuses an index whose other
@@ -69,6 +78,25 @@ pub enum BlobOutcome {
     },
     /// Sent.
     Uploaded,
+    /// Its blob was dropped; fetched again from where the image was
+    /// pulled and sent byte for byte.
+    Refetched {
+        /// The repository it came from (`host/path`).
+        from: String,
+    },
+    /// Its blob was dropped and no registry had it: the layer's tar was
+    /// rebuilt, compressed with gzip and sent under a new digest.
+    Rebuilt {
+        /// The digest of the dropped blob the manifest named.
+        original: Digest,
+    },
+}
+
+impl BlobOutcome {
+    /// Whether bytes were sent.
+    fn sent(&self) -> bool {
+        !matches!(self, BlobOutcome::Exists | BlobOutcome::Mounted { .. })
+    }
 }
 
 /// One blob of a push.
@@ -130,6 +158,14 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// A layer of the pushed image whose blob was dropped.
+struct DroppedLayer {
+    chain: Digest,
+    diff_id: Digest,
+    /// Repositories (`host/path`) it was pulled from.
+    origins: Vec<String>,
+}
+
 /// Repositories known to hold each blob, by digest (`host/path` strings).
 type KnownRepositories = BTreeMap<Digest, Vec<String>>;
 
@@ -147,7 +183,7 @@ impl Store {
 
         // Resolve, find where each blob is known to be, and lease the
         // blobs so a concurrent rmi/gc cannot take them mid-upload.
-        let (image, dest, known, _lease) = self.read_session(|meta| {
+        let (image, dest, known, dropped, _lease) = self.read_session(|meta| {
             let image = self.resolve(meta, word)?;
             let dest = match dest_given {
                 Some(d) => d,
@@ -159,14 +195,31 @@ impl Store {
                 })?,
             };
             let known = self.known_repositories(meta, &image)?;
+            // Dropped layer blobs: where to fetch each again, and the
+            // layer whose tar is rebuilt when nowhere has it.
+            let mut dropped: BTreeMap<Digest, DroppedLayer> = BTreeMap::new();
+            for l in &image.layers {
+                if meta.dropped(&l.digest)?.is_some() && !self.content().contains(&l.digest) {
+                    let origins = crate::layer_blobs::origins(meta, &l.digest)?;
+                    dropped.insert(
+                        l.digest,
+                        DroppedLayer {
+                            chain: l.chain_id,
+                            diff_id: l.diff_id,
+                            origins,
+                        },
+                    );
+                }
+            }
             let lease = self.lease(&LeaseContent {
                 pid: std::process::id(),
                 blobs: image.blobs(),
-                layers: Vec::new(),
+                layers: dropped.values().map(|d| d.chain).collect(),
             })?;
-            Ok((image, dest, known, lease))
+            Ok((image, dest, known, dropped, lease))
         })?;
-        self.check_blobs_present(&image, word, "push")?;
+        let dropped_set: BTreeSet<Digest> = dropped.keys().copied().collect();
+        self.check_blobs_present(&image, word, "push", &dropped_set)?;
         let manifest_bytes = self.content().read(&image.manifest, MAX_MANIFEST_SIZE)?;
         let manifest = match oci::parse_document(&manifest_bytes, Some(&image.manifest_media_type))
         {
@@ -195,7 +248,7 @@ impl Store {
                 blobs.push(d.clone());
             }
         }
-        for b in &blobs {
+        for b in blobs.iter().filter(|b| !dropped.contains_key(&b.digest)) {
             match self.content().size(&b.digest) {
                 Some(size) if size == b.size => {}
                 Some(size) => {
@@ -225,19 +278,45 @@ impl Store {
             .num_threads(opts.jobs.max(1))
             .build()
             .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
-        let outcomes: Vec<BlobOutcome> = pool.install(|| {
+        let outcomes: Vec<(Descriptor, BlobOutcome)> = pool.install(|| {
             blobs
                 .par_iter()
                 .enumerate()
                 .map(|(i, desc)| {
                     progress.blob_started(i, desc);
                     let candidates = known.get(&desc.digest).map(Vec::as_slice).unwrap_or(&[]);
-                    let outcome = self.push_blob(&client, &dest, desc, candidates, progress, i)?;
-                    progress.blob_done(i, desc, &outcome);
-                    Ok(outcome)
+                    let (sent, outcome) = match dropped.get(&desc.digest) {
+                        Some(layer) => self.push_dropped_layer(
+                            &client,
+                            &dest,
+                            desc,
+                            candidates,
+                            layer,
+                            &media_type,
+                        )?,
+                        None => (
+                            desc.clone(),
+                            self.push_blob(&client, &dest, desc, candidates, progress, i)?,
+                        ),
+                    };
+                    progress.blob_done(i, &sent, &outcome);
+                    Ok((sent, outcome))
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
+        // Layers sent under new digests: a new manifest names them.
+        let replaced: BTreeMap<Digest, Descriptor> = outcomes
+            .iter()
+            .filter_map(|(sent, outcome)| match outcome {
+                BlobOutcome::Rebuilt { original } => Some((*original, sent.clone())),
+                _ => None,
+            })
+            .collect();
+        let manifest_bytes = if replaced.is_empty() {
+            manifest_bytes
+        } else {
+            crate::layer_blobs::rewrite_manifest(&manifest, &replaced)?.0
+        };
         let digest = client.put_manifest(&dest, &media_type, &manifest_bytes)?;
 
         // Remember where the blobs are now, for mounts by later pushes.
@@ -245,9 +324,8 @@ impl Store {
         let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
         self.locked(|| self.remember_push(&repository, &digests))?;
 
-        let pushed: Vec<PushedBlob> = blobs
-            .iter()
-            .zip(outcomes)
+        let pushed: Vec<PushedBlob> = outcomes
+            .into_iter()
             .map(|(d, outcome)| PushedBlob {
                 digest: d.digest,
                 size: d.size,
@@ -261,7 +339,7 @@ impl Store {
             media_type,
             bytes_uploaded: pushed
                 .iter()
-                .filter(|b| b.outcome == BlobOutcome::Uploaded)
+                .filter(|b| b.outcome.sent())
                 .map(|b| b.size)
                 .sum(),
             blobs: pushed,
@@ -304,6 +382,68 @@ impl Store {
         };
         client.upload_blob(dest, &desc.digest, desc.size, &mut reader)?;
         Ok(BlobOutcome::Uploaded)
+    }
+
+    /// A layer whose blob was dropped: already there, mounted, fetched
+    /// again from where it was pulled, or else rebuilt (see the module
+    /// comment). Returns the descriptor of what the destination holds.
+    fn push_dropped_layer(
+        &self,
+        client: &RegistryClient,
+        dest: &Reference,
+        desc: &Descriptor,
+        candidates: &[String],
+        layer: &DroppedLayer,
+        manifest_type: &str,
+    ) -> Result<(Descriptor, BlobOutcome)> {
+        if client.blob_exists(dest, &desc.digest)? {
+            return Ok((desc.clone(), BlobOutcome::Exists));
+        }
+        let here = dest.repository();
+        let elsewhere: Vec<Reference> = layer
+            .origins
+            .iter()
+            .chain(candidates)
+            .filter(|r| **r != here)
+            .filter_map(|r| Reference::parse(r).ok())
+            .collect();
+        for from in elsewhere.iter().filter(|r| r.domain() == dest.domain()) {
+            if let Ok(true) = client.mount_blob(dest, &desc.digest, from) {
+                let outcome = BlobOutcome::Mounted {
+                    from: from.repository(),
+                };
+                return Ok((desc.clone(), outcome));
+            }
+        }
+        for from in &elsewhere {
+            // Gone there, or refused: the next one, else a rebuild.
+            let Ok(fetched) = client.fetch_blob(from, &desc.digest, 0) else {
+                continue;
+            };
+            let mut reader = io::BufReader::with_capacity(1 << 20, fetched.reader);
+            if client
+                .upload_blob(dest, &desc.digest, desc.size, &mut reader)
+                .is_ok()
+            {
+                let outcome = BlobOutcome::Refetched {
+                    from: from.repository(),
+                };
+                return Ok((desc.clone(), outcome));
+            }
+        }
+        let (file, digest, size) =
+            crate::layer_tar::gzip_layer_tar(self, &layer.chain, &layer.diff_id)?;
+        let media_type = crate::layer_blobs::rebuilt_media_type(manifest_type, true);
+        let sent = Descriptor::new(media_type, digest, size);
+        let outcome = BlobOutcome::Rebuilt {
+            original: desc.digest,
+        };
+        // The same layer rebuilt before is the same gzip stream.
+        if !client.blob_exists(dest, &digest)? {
+            let mut reader = io::BufReader::with_capacity(1 << 20, file);
+            client.upload_blob(dest, &digest, size, &mut reader)?;
+        }
+        Ok((sent, outcome))
     }
 
     /// For each blob of `image`: repositories that hold it, as far as the

@@ -580,6 +580,20 @@ impl Store {
         let mut trash = Vec::new();
         let mut report = self.session(|meta| crate::gc::full(self, meta, dry_run, &mut trash))?;
         report.freed_bytes += crate::gc::empty_trash(self, trash);
+        // `keep-layer-blobs false`: the blobs of layers stored before it
+        // was set go now; drops a killed process left are finished.
+        let dropped = match (self.keeps_layer_blobs()?, dry_run) {
+            (false, false) => crate::layer_blobs::drop_layer_blobs(self, None, None)?,
+            (false, true) => {
+                self.read_session(|meta| crate::layer_blobs::would_drop(self, meta))?
+            }
+            (true, false) => {
+                self.session(|meta| crate::layer_blobs::finish_interrupted(self, meta))?
+            }
+            (true, true) => Default::default(),
+        };
+        report.dropped_layer_blobs += dropped.blobs;
+        report.freed_bytes += dropped.bytes;
         Ok(report)
     }
 
@@ -590,7 +604,15 @@ impl Store {
                 images: meta.images()?.len() as u64,
                 ..DiskUsage::default()
             };
-            for (_, b) in meta.all::<crate::meta::BlobRecord>(CF_BLOBS)? {
+            let dropped = meta.dropped_blobs()?;
+            (du.dropped_layer_blobs, du.dropped_blob_bytes) =
+                crate::layer_blobs::dropped_bytes(meta)?;
+            for (key, b) in meta.all::<crate::meta::BlobRecord>(CF_BLOBS)? {
+                // A dropped blob's record stays, its bytes are not stored.
+                let digest = <[u8; 32]>::try_from(key.as_slice()).map(Digest::from_bytes);
+                if digest.is_ok_and(|d| dropped.contains_key(&d)) {
+                    continue;
+                }
                 du.blobs += 1;
                 du.blob_bytes += b.size;
                 classify(&mut du, b.refs, b.size);

@@ -349,3 +349,32 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A base layer with every kind of entry a tar-split record must carry and
+/// no path named twice (tar-split refuses those, and such a tar cannot be
+/// rebuilt from its folder): files of several sizes, a directory,
+/// symlinks, hardlinks, PAX and GNU long names, a name that is not UTF-8,
+/// xattrs, large owners.
+pub fn record_fixture() -> TarBuilder {
+    let mut t = TarBuilder::new();
+    t.dir("etc");
+    t.file("etc/hostname", "lstore\n").owner(1000, 1001);
+    t.file("etc/xattrs", "has xattrs\n")
+        .xattr("user.comment", "hello")
+        .xattr("trusted.note", "kept by root");
+    t.file("empty", b"");
+    t.file("noise.bin", noise(70_000, 3));
+    t.symlink("etc/link", "hostname");
+    t.hardlink("etc/hard", "etc/hostname");
+    let long_pax = format!("long/{}", long_component("pax-", 140));
+    let long_gnu = format!("long/{}", long_component("gnu-", 130));
+    t.dir("long");
+    t.file(&long_pax, "pax long name\n");
+    t.file(&long_gnu, "gnu long name\n").gnu_long_names();
+    t.symlink("long/link-gnu", format!("../{long_gnu}"))
+        .gnu_long_names();
+    t.file(b"latin1-\xe9t\xe9 <&>", "latin-1\n");
+    t.file("ids", "big ids\n").owner(3_000_000, 3_000_001);
+    t.file("opq/lower", "lower\n");
+    t
+}

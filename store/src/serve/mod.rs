@@ -550,6 +550,11 @@ async fn put_manifest(
         st.holds
             .release(&st.store, &st.lease, &named)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        // `keep-layer-blobs false`: the layer blobs the hold kept from the
+        // import's drop go now, unless another push still holds them.
+        if matches!(st.store.keeps_layer_blobs(), Ok(false)) {
+            let _ = crate::layer_blobs::drop_layer_blobs(&st.store, Some(&[digest]), None);
+        }
         Ok(digest)
     })
     .await?;
