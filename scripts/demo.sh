@@ -4,7 +4,9 @@
 # them, list and inspect them, mount one with overlayfs, commit and push;
 # then other tools on the store: `lstore serve` (skopeo, podman), podman
 # reading containers-storage/, containerd through `lstore snapshotter`;
-# save and load, remove and collect garbage. Needs root (overlay mounts).
+# file sharing and a store without layer blobs; a user without root;
+# save and load, remove and collect garbage. Needs root (overlay mounts;
+# the throwaway user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -33,6 +35,11 @@ cleanup() {
   fi
   if [ -d "$demo/podman-view" ]; then
     podman_view rm -af >/dev/null 2>&1 || true
+  fi
+  if [ -n "${user:-}" ] && id "$user" >/dev/null 2>&1; then
+    pkill -KILL -u "$user" 2>/dev/null || true
+    usermod --del-subuids 400000-465535 --del-subgids 400000-465535 "$user" 2>/dev/null || true
+    userdel "$user" 2>/dev/null || true
   fi
   rm -rf "$demo"
 }
@@ -192,6 +199,40 @@ ls -l "$demo/app.tar"
 step rmi $reg/sample/app;                 lstore rmi "$reg/sample/app"
 echo "layer folders left (shared base + tool): $(ls "$ROOT/overlay2" | grep -vc '^l$')"
 step load -i app.tar;                     lstore load -i "$demo/app.tar"
+
+# Space: files equal in content and metadata across layers are one inode
+# (df's "Shared files" line); a store may also drop compressed layer
+# blobs, their tars rebuilt from the layer folders when needed.
+step config keep-layer-blobs false;       lstore config keep-layer-blobs false
+step gc "(drops the layer blobs of stored layers)"; lstore gc
+step df;                                  lstore df
+step save -o rebuilt.tar $reg/sample/app; lstore save -o "$demo/rebuilt.tar" "$reg/sample/app"
+"$CARGO_TARGET_DIR/debug/lstore" --root "$demo/store2" load -q -i "$demo/rebuilt.tar" >/dev/null
+[ "$("$CARGO_TARGET_DIR/debug/lstore" --root "$demo/store2" inspect "$reg/sample/app" | jq -r .id)" = \
+  "$(lstore inspect "$reg/sample/app" | jq -r .id)" ]
+echo "loaded into another store: the same image id (layers rebuilt from folders + tar-split records)"
+step config keep-layer-blobs true;        lstore config keep-layer-blobs true
+
+# Without root: a user's own store under $XDG_DATA_HOME/lstore, used inside
+# a user namespace mapped from /etc/subuid and /etc/subgid (as rootless
+# podman), so owners survive. A throwaway user, removed at the end.
+user="lstore-demo-$$" uhome="$demo/home"
+mkdir -p "$uhome/run"; chmod 711 "$demo"; chmod 755 "$uhome"
+useradd -M -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 -d "$uhome" -s /bin/sh "$user"
+usermod --add-subuids 400000-465535 --add-subgids 400000-465535 "$user"
+cp "$demo/app.tar" "$uhome/"; chown -R "$user" "$uhome"
+as_user() {
+  runuser -u "$user" -- env HOME="$uhome" XDG_DATA_HOME="$uhome/data" XDG_RUNTIME_DIR="$uhome/run" \
+    USER="$user" PATH="$CARGO_TARGET_DIR/debug:$PATH" lstore "$@"
+}
+ustep() { printf '\n\033[1m%s$ lstore %s\033[0m\n' "$user" "$*"; }
+ustep load -i app.tar;                    as_user load -i "$uhome/app.tar"
+ustep images;                             as_user images
+ustep unshare sh -c "lstore mount … && ls -ln"
+as_user unshare sh -c "mkdir -p '$uhome/mnt' && lstore mount '$reg/sample/app' '$uhome/mnt' && ls -ln '$uhome/mnt' | head -4 && lstore umount '$uhome/mnt'"
+echo "on the host the same files belong to the user's ids: $(stat -c '%u:%g' "$uhome/data/lstore/overlay2/$(ls "$uhome/data/lstore/overlay2" | grep -v '^l$' | head -1)/diff")"
+ustep rmi $reg/sample/app;                as_user rmi "$reg/sample/app"
+ustep gc;                                 as_user gc
 step rmi $reg/sample/app $reg/sample/tool:1.0; lstore rmi "$reg/sample/app" "$reg/sample/tool:1.0"
 step gc;                                  lstore gc
 echo "left in the store: $(find "$ROOT/blobs" "$ROOT/overlay2" -mindepth 1 | wc -l) entries under blobs/ and overlay2/ (blobs/sha256 and overlay2/l dirs only)"
