@@ -27,7 +27,13 @@ struct Cli {
     /// cannot map in the user.containers.override_stat xattr (as
     /// containers/storage's ignore_chown_errors) instead of failing (load,
     /// pull, commit).
-    #[arg(long, global = true, env = "LSTORE_IGNORE_CHOWN_ERRORS")]
+    /// The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        global = true,
+        env = "LSTORE_IGNORE_CHOWN_ERRORS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     ignore_chown_errors: bool,
     #[command(subcommand)]
     command: Command,

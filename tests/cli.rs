@@ -72,6 +72,24 @@ fn lstore_root_names_the_root_without_the_flag() {
 }
 
 #[test]
+fn lstore_ignore_chown_errors_takes_the_usual_boolean_words() {
+    let (_scratch, store) = loaded_store();
+    for value in ["1", "0", "true", "false", "yes", "no"] {
+        let output = lstore()
+            .args(["images", "--format", "json", "--root"])
+            .arg(store.root())
+            .env("LSTORE_IGNORE_CHOWN_ERRORS", value)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "LSTORE_IGNORE_CHOWN_ERRORS={value}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
 fn unknown_references_fail_with_one_error_line() {
     let (scratch, store) = loaded_store();
     let missing = "example.com/lstore/missing:1";
