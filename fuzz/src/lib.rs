@@ -201,6 +201,7 @@ pub fn unpack(data: &[u8]) {
         max_header_bytes: 64 << 10,
         max_layer_size: 16 << 20,
         max_entries: 4096,
+        ..Limits::default()
     };
     let result = unpack_layer(&mut &data[..], Compression::None, &sandbox.layer, &limits);
     sandbox.assert_untouched();

@@ -29,6 +29,7 @@ use crate::lock::LeaseContent;
 use crate::oci::{self, Compression, Descriptor};
 use crate::reference::Reference;
 use crate::store::Store;
+use crate::userns::OverlayXattrs;
 
 mod diff;
 mod tar_writer;
@@ -125,8 +126,13 @@ impl Store {
             .read(&base.manifest, crate::registry::MAX_MANIFEST_SIZE)?;
 
         let writer = self.content().writer(&self.unique(&lease, "commit"))?;
-        let (writer, diff_id, tar_size, entries) =
-            write_layer(writer, &upper, Path::new(&mount.target), compression)?;
+        let (writer, diff_id, tar_size, entries) = write_layer(
+            writer,
+            &upper,
+            Path::new(&mount.target),
+            compression,
+            self.overlay_xattrs(),
+        )?;
         // Renamed into the store and named in the lease in one session, so
         // a gc never sees the blob unprotected.
         let (digest, size) = self.locked(|| {
@@ -266,11 +272,12 @@ fn write_layer<W: Write>(
     upper: &Path,
     merged: &Path,
     compression: Compression,
+    flavour: OverlayXattrs,
 ) -> Result<(W, Digest, u64, u64)> {
     let werr = |e: io::Error| Error::io("write the new layer", e);
     let compressor = Compressor::new(sink, compression).map_err(werr)?;
     let mut tar = TarWriter::new(HashingWriter::new(compressor));
-    let entries = diff::write_changes(upper, merged, &mut tar)?;
+    let entries = diff::write_changes(upper, merged, flavour, &mut tar)?;
     let (compressor, diff_id, tar_size) = tar.finish().map_err(werr)?.finish();
     let sink = compressor.finish().map_err(werr)?;
     Ok((sink, diff_id, tar_size, entries))

@@ -221,7 +221,7 @@ impl Store {
             set("workdir", &u.join("work").to_string_lossy())?;
         }
         let _ = set("index", "off");
-        if crate::userns::flavour::current() == crate::userns::OverlayXattrs::User {
+        if self.overlay_xattrs() == crate::userns::OverlayXattrs::User {
             // A user's store: whiteouts and opaque dirs as user.overlay.*.
             fsconfig_set_flag(fs_fd.as_fd(), "userxattr")
                 .map_err(|e| Error::io("overlay option userxattr", e.into()))?;

@@ -23,6 +23,7 @@ use crate::lock::{Lease, LeaseContent, RootLock};
 use crate::meta::{ImageRecord, Meta, TagRecord, CF_BLOBS, CF_IMAGES, CF_LAYERS, CF_TAGS};
 use crate::reference::Reference;
 use crate::unpack::Limits;
+use crate::userns::OverlayXattrs;
 
 /// Hooks the application gives the store.
 pub struct StoreOptions {
@@ -52,6 +53,8 @@ pub struct Store {
     pub(crate) content: ContentStore,
     pub(crate) layers: LayerStore,
     pub(crate) opts: StoreOptions,
+    /// Where the store's overlay metadata lives (`trusted.` or `user.`).
+    overlay_xattrs: OverlayXattrs,
     counter: AtomicU64,
 }
 
@@ -114,13 +117,19 @@ impl Store {
             return Err(root_err("not writable".into()));
         }
         let root = fs::canonicalize(root).map_err(|e| root_err(e.to_string()))?;
-        let flavour = crate::userns::OverlayXattrs::of_store(&root)?;
-        crate::userns::flavour::publish(flavour, opts.ignore_chown_errors);
+        let overlay_xattrs = OverlayXattrs::of_store(&root)?;
+        let mut opts = opts;
+        // Extraction learns the store's flavour and chown policy through
+        // its limits: no process-wide state, so stores of both flavours
+        // can be open in one process.
+        opts.limits.overlay_xattrs = overlay_xattrs;
+        opts.limits.ignore_chown_errors = opts.ignore_chown_errors;
         Ok(Store {
             content: ContentStore::new(root.join("blobs/sha256"), root.join("ingest")),
             layers: LayerStore::new(root.join("overlay2"), root.join("tmp")),
             root,
             opts,
+            overlay_xattrs,
             counter: AtomicU64::new(0),
         })
     }
@@ -132,6 +141,12 @@ impl Store {
 
     pub(crate) fn content(&self) -> &ContentStore {
         &self.content
+    }
+
+    /// Where the store's overlay metadata lives: `user.overlay.*` in a
+    /// user's store.
+    pub fn overlay_xattrs(&self) -> OverlayXattrs {
+        self.overlay_xattrs
     }
 
     pub(crate) fn layer_store(&self) -> &LayerStore {
@@ -792,5 +807,48 @@ mod tests {
         assert_eq!(store.df().unwrap().images, 0);
         // Read-only from now on: the families exist.
         Meta::open_read_only(&dir.path().join("db")).unwrap();
+    }
+
+    /// A library user may hold a root store and a user's store at once:
+    /// each store's extractions write its own flavour of opaque marker.
+    #[test]
+    fn stores_of_both_flavours_in_one_process_keep_their_own_opaque_xattr() {
+        use crate::unpack::testtar::{self, RawEntry};
+        if !rustix::process::geteuid().is_root() {
+            return; // trusted.* xattrs need root
+        }
+        let (root_dir, user_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fs::write(
+            user_dir.path().join(crate::userns::flavour::FLAVOUR_FILE),
+            "user\n",
+        )
+        .unwrap();
+        let root_store = Store::open(root_dir.path(), StoreOptions::default()).unwrap();
+        let user_store = Store::open(user_dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(root_store.overlay_xattrs(), OverlayXattrs::Trusted);
+        assert_eq!(user_store.overlay_xattrs(), OverlayXattrs::User);
+        let layer = testtar::archive(&[RawEntry::dir("d/"), RawEntry::file("d/.wh..wh..opq", b"")]);
+        // The root store extracts last: it must not take the user's flavour.
+        for store in [&user_store, &root_store] {
+            let dest = store.root().join("tmp/layer");
+            fs::create_dir(&dest).unwrap();
+            crate::unpack::unpack_layer(
+                &mut &layer[..],
+                crate::oci::Compression::None,
+                &dest,
+                &store.opts.limits,
+            )
+            .unwrap();
+            let opaque = |name: &str| {
+                let mut buf = [0u8; 8];
+                rustix::fs::getxattr(dest.join("d"), name, &mut buf[..]).is_ok()
+            };
+            let (mine, other) = match store.overlay_xattrs() {
+                OverlayXattrs::Trusted => ("trusted.overlay.opaque", "user.overlay.opaque"),
+                OverlayXattrs::User => ("user.overlay.opaque", "trusted.overlay.opaque"),
+            };
+            assert!(opaque(mine), "{} lacks {mine}", store.root().display());
+            assert!(!opaque(other), "{} has {other}", store.root().display());
+        }
     }
 }

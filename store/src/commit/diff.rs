@@ -33,13 +33,14 @@ use rustix::io::Errno;
 
 use super::tar_writer::{EntryHeader, EntryKind, TarWriter};
 use crate::error::{Error, Result};
+use crate::userns::OverlayXattrs;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// Overlay's xattr `name` (`opaque`, …) in the store's flavour.
-fn overlay_xattr(name: &str) -> Vec<u8> {
-    format!("{}{name}", crate::userns::flavour::current().prefix()).into_bytes()
+fn overlay_xattr(flavour: OverlayXattrs, name: &str) -> Vec<u8> {
+    format!("{}{name}", flavour.prefix()).into_bytes()
 }
 /// Directory fds kept open while descending; deeper levels are reopened
 /// by path on the way back up, so depth never runs out of fds.
@@ -55,8 +56,14 @@ enum View {
 }
 
 /// Writes the changes recorded in `upper` (the upper dir of the overlay
-/// mounted at `merged`) into `tar`. Returns the number of entries written.
-pub fn write_changes<W: Write>(upper: &Path, merged: &Path, tar: &mut TarWriter<W>) -> Result<u64> {
+/// mounted at `merged`) into `tar`, reading overlay's xattrs in the
+/// store's `flavour`. Returns the number of entries written.
+pub fn write_changes<W: Write>(
+    upper: &Path,
+    merged: &Path,
+    flavour: OverlayXattrs,
+    tar: &mut TarWriter<W>,
+) -> Result<u64> {
     let open_root = |p: &Path| {
         rfs::open(p, dir_flags(), Mode::empty())
             .map_err(|e| Error::io(format!("open {}", p.display()), e.into()))
@@ -66,6 +73,7 @@ pub fn write_changes<W: Write>(upper: &Path, merged: &Path, tar: &mut TarWriter<
         merged_root: open_root(merged)?,
         upper,
         merged,
+        flavour,
         tar,
         links: HashMap::new(),
         entries: 0,
@@ -88,6 +96,9 @@ struct Walker<'a, W: Write> {
     merged_root: OwnedFd,
     upper: &'a Path,
     merged: &'a Path,
+    /// The store's flavour: which overlay xattrs mark opaque dirs, and
+    /// whether `user.containers.override_stat` may be honoured.
+    flavour: OverlayXattrs,
     tar: &'a mut TarWriter<W>,
     /// First path written for each multiply-linked inode.
     links: HashMap<(View, u64, u64), Vec<u8>>,
@@ -260,11 +271,17 @@ impl<W: Write> Walker<'_, W> {
         let mut xattrs = read_xattrs(XattrNode::Open(fd.as_fd()))
             .map_err(|e| self.fail(view, &path, "read xattrs of", e))?;
         let opaque = xattrs
-            .get(&overlay_xattr("opaque"))
+            .get(&overlay_xattr(self.flavour, "opaque"))
             .is_some_and(|v| v == b"y");
-        let redirected = xattrs.contains_key(&overlay_xattr("redirect"));
+        let redirected = xattrs.contains_key(&overlay_xattr(self.flavour, "redirect"));
         strip_overlay_xattrs(&mut xattrs);
-        self.write(&header(path.clone(), EntryKind::Directory, &st, xattrs))?;
+        self.write(&header(
+            self.flavour,
+            path.clone(),
+            EntryKind::Directory,
+            &st,
+            xattrs,
+        ))?;
         let mut child_view = view;
         let mut child_fd = fd;
         if view == View::Upper && (opaque || redirected) {
@@ -325,6 +342,7 @@ impl<W: Write> Walker<'_, W> {
         }
         if let Some(first) = self.link_to_first(view, &path, &st) {
             return self.write(&header(
+                self.flavour,
                 path,
                 EntryKind::Hardlink { target: first },
                 &st,
@@ -333,7 +351,8 @@ impl<W: Write> Walker<'_, W> {
         }
         let mut xattrs = read_xattrs(XattrNode::Open(fd.as_fd()))
             .map_err(|e| self.fail(view, &path, "read xattrs of", e))?;
-        let metacopy = view == View::Upper && xattrs.contains_key(&overlay_xattr("metacopy"));
+        let metacopy =
+            view == View::Upper && xattrs.contains_key(&overlay_xattr(self.flavour, "metacopy"));
         strip_overlay_xattrs(&mut xattrs);
         // A metadata-only copy-up keeps the data in a lower layer: read it
         // through the mount.
@@ -350,7 +369,7 @@ impl<W: Write> Walker<'_, W> {
         let size = rfs::fstat(&data)
             .map_err(|e| self.fail(data_view, &path, "stat", e))?
             .st_size as u64;
-        let h = header(path, EntryKind::Regular { size }, &st, xattrs);
+        let h = header(self.flavour, path, EntryKind::Regular { size }, &st, xattrs);
         let mut file = std::fs::File::from(data);
         self.tar
             .append_file(&h, &mut file)
@@ -378,6 +397,7 @@ impl<W: Write> Walker<'_, W> {
         let st = rfs::fstat(&node).map_err(|e| self.fail(view, &path, "stat", e))?;
         if let Some(first) = self.link_to_first(view, &path, &st) {
             return self.write(&header(
+                self.flavour,
                 path,
                 EntryKind::Hardlink { target: first },
                 &st,
@@ -412,11 +432,12 @@ impl<W: Write> Walker<'_, W> {
         let mut xattrs = read_xattrs(XattrNode::Proc(&proc_path))
             .map_err(|e| self.fail(view, &path, "read xattrs of", e))?;
         strip_overlay_xattrs(&mut xattrs);
-        self.write(&header(path, kind, &st, xattrs))
+        self.write(&header(self.flavour, path, kind, &st, xattrs))
     }
 }
 
 fn header(
+    flavour: OverlayXattrs,
     path: Vec<u8>,
     kind: EntryKind,
     st: &rfs::Stat,
@@ -426,7 +447,7 @@ fn header(
     // The owner the file really has, kept aside in a user's store where it
     // could not be set (never exported as an xattr).
     let override_stat = xattrs.remove(crate::userns::OVERRIDE_STAT_XATTR.as_bytes());
-    let users_store = crate::userns::flavour::current() == crate::userns::OverlayXattrs::User;
+    let users_store = flavour == OverlayXattrs::User;
     if let Some(o) = override_stat
         .filter(|_| users_store)
         .and_then(|v| crate::userns::OverrideStat::parse(&v))

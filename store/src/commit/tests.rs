@@ -58,7 +58,7 @@ fn read_tar(bytes: &[u8]) -> Vec<Seen> {
 
 fn changes(upper: &Path, merged: &Path) -> Vec<u8> {
     let mut tar = TarWriter::new(Vec::new());
-    diff::write_changes(upper, merged, &mut tar).unwrap();
+    diff::write_changes(upper, merged, OverlayXattrs::Trusted, &mut tar).unwrap();
     tar.finish().unwrap()
 }
 
@@ -287,7 +287,14 @@ fn the_layer_extracts_back_into_the_upper_dir() {
         Some(rfs::Gid::from_raw(42)),
     )
     .unwrap();
-    let (blob, diff_id, _, _) = write_layer(Vec::new(), &upper, &upper, Compression::Gzip).unwrap();
+    let (blob, diff_id, _, _) = write_layer(
+        Vec::new(),
+        &upper,
+        &upper,
+        Compression::Gzip,
+        OverlayXattrs::Trusted,
+    )
+    .unwrap();
     let out = dir.path().join("extracted");
     fs::create_dir(&out).unwrap();
     let unpacked = crate::unpack::unpack_layer(
@@ -312,8 +319,22 @@ fn the_same_changes_give_the_same_layer() {
     let upper = dir.path().join("upper");
     sample_upper(&upper);
     for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
-        let (a, diff_a, size_a, n) = write_layer(Vec::new(), &upper, &upper, compression).unwrap();
-        let (b, diff_b, _, _) = write_layer(Vec::new(), &upper, &upper, compression).unwrap();
+        let (a, diff_a, size_a, n) = write_layer(
+            Vec::new(),
+            &upper,
+            &upper,
+            compression,
+            OverlayXattrs::Trusted,
+        )
+        .unwrap();
+        let (b, diff_b, _, _) = write_layer(
+            Vec::new(),
+            &upper,
+            &upper,
+            compression,
+            OverlayXattrs::Trusted,
+        )
+        .unwrap();
         assert_eq!(a, b, "{compression:?} layers differ");
         assert_eq!(diff_a, diff_b);
         assert_eq!(n, 14);
@@ -339,15 +360,22 @@ fn reserved_whiteout_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join(".wh.sneaky"), "x").unwrap();
     let mut tar = TarWriter::new(Vec::new());
-    let err = diff::write_changes(dir.path(), dir.path(), &mut tar).unwrap_err();
+    let err =
+        diff::write_changes(dir.path(), dir.path(), OverlayXattrs::Trusted, &mut tar).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }
 
 #[test]
 fn an_empty_upper_is_the_empty_layer() {
     let dir = tempfile::tempdir().unwrap();
-    let (tar, diff_id, size, entries) =
-        write_layer(Vec::new(), dir.path(), dir.path(), Compression::None).unwrap();
+    let (tar, diff_id, size, entries) = write_layer(
+        Vec::new(),
+        dir.path(),
+        dir.path(),
+        Compression::None,
+        OverlayXattrs::Trusted,
+    )
+    .unwrap();
     assert_eq!((size, entries), (1024, 0));
     assert_eq!(tar, vec![0u8; 1024]);
     assert_eq!(

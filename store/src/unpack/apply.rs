@@ -43,7 +43,7 @@ use rustix::io::Errno;
 use super::files::{self, FileJob, FilePool};
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
-use super::{writeback, LayerPosition, UnpackError};
+use super::{writeback, LayerPosition, Limits, UnpackError};
 
 /// A directory's default ACL: files created in it take their mode from it
 /// rather than from the umask.
@@ -91,6 +91,8 @@ struct State {
     /// An owner that cannot be set goes to `user.containers.override_stat`
     /// instead of failing the layer.
     ignore_chown_errors: bool,
+    /// The store's opaque-directory xattr (`trusted.` or `user.overlay.opaque`).
+    opaque_xattr: &'static str,
     /// Owner a new file gets without chown, when that is predictable.
     default_owner: Option<(u32, u32)>,
     /// The process umask, when known and nothing else (a default ACL)
@@ -279,6 +281,7 @@ impl Applier {
         root: OwnedFd,
         position: LayerPosition,
         workers: usize,
+        limits: &Limits,
     ) -> io::Result<Applier> {
         let st = rfs::fstat(&root)?;
         let euid = rustix::process::geteuid().as_raw();
@@ -308,7 +311,8 @@ impl Applier {
                 deferred: BTreeMap::new(),
                 whiteouts: HashSet::new(),
                 base: position == LayerPosition::Base,
-                ignore_chown_errors: crate::userns::flavour::ignore_chown_errors(),
+                ignore_chown_errors: limits.ignore_chown_errors,
+                opaque_xattr: limits.overlay_xattrs.opaque(),
                 default_owner,
                 umask: if inherits_acl { None } else { process_umask() },
             },
@@ -351,7 +355,7 @@ impl Applier {
             Role::Opaque | Role::Whiteout(_) if self.below_own_whiteout(parent_path) => Ok(0),
             Role::Opaque => {
                 let parent = self.cache.get(&self.root, parent_path, &ctx, &self.state)?;
-                set_opaque(parent.as_fd())
+                set_opaque(parent.as_fd(), &self.state)
                     .map_err(|e| ctx.fs("marking the directory opaque", e))?;
                 Ok(0)
             }
@@ -755,7 +759,8 @@ fn make_implied_dir(
     rfs::fchmod(&fd, Mode::from_raw_mode(IMPLIED_DIR_MODE))
         .map_err(|e| ctx.fs("setting a parent's mode", e))?;
     if replaced_whiteout || state.whiteouts.contains(path) {
-        set_opaque(fd.as_fd()).map_err(|e| ctx.fs("marking a parent directory opaque", e))?;
+        set_opaque(fd.as_fd(), state)
+            .map_err(|e| ctx.fs("marking a parent directory opaque", e))?;
     }
     Ok(fd)
 }
@@ -956,7 +961,7 @@ impl Op<'_> {
             )
             .map_err(|e| self.ctx.fs("opening the directory", e))?;
             if opaque {
-                set_opaque(fd.as_fd())
+                set_opaque(fd.as_fd(), state)
                     .map_err(|e| self.ctx.fs("marking the directory opaque", e))?;
             }
             set_xattrs(XattrTarget::Open(fd.as_fd()), entry, self.ctx)?;
@@ -1200,7 +1205,7 @@ fn whiteout(
                     .map_err(|e| ctx.fs("removing the whited-out directory", e))?;
                 return make_device().map(|()| true);
             }
-            set_opaque(fd.as_fd())
+            set_opaque(fd.as_fd(), state)
                 .map_err(|e| ctx.fs("marking the whited-out directory opaque", e))?;
             Ok(false)
         }
@@ -1266,9 +1271,8 @@ fn is_whiteout(st: &rfs::Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
-fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
-    let name = crate::userns::flavour::current().opaque();
-    rfs::fsetxattr(dir, name, b"y", XattrFlags::empty())
+fn set_opaque(dir: BorrowedFd<'_>, state: &State) -> Result<(), Errno> {
+    rfs::fsetxattr(dir, state.opaque_xattr, b"y", XattrFlags::empty())
 }
 
 /// The entries of an open directory (`.` and `..` left out), with their

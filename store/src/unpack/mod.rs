@@ -44,6 +44,7 @@ use rustix::fs::{Mode, OFlags, CWD};
 use crate::digest::{Digest, Hasher};
 use crate::oci::Compression;
 use crate::tarsplit::{self, LayerSummary, Recorder, TarSplitError};
+use crate::userns::OverlayXattrs;
 
 pub(crate) use apply::{open_file_beneath, OpenError};
 pub(crate) use path::{normalize, WHITEOUT_PREFIX};
@@ -57,6 +58,12 @@ pub struct Limits {
     pub max_layer_size: u64,
     /// Most entries (files, directories, links, whiteouts, ...) per layer.
     pub max_entries: u64,
+    /// Which overlay xattrs mark opaque directories: the store's flavour
+    /// (`Store::open` sets it).
+    pub overlay_xattrs: OverlayXattrs,
+    /// An owner that cannot be set goes to `user.containers.override_stat`
+    /// instead of failing the layer (`Store::open` sets it).
+    pub ignore_chown_errors: bool,
 }
 
 impl Default for Limits {
@@ -66,6 +73,8 @@ impl Default for Limits {
             max_header_bytes: 1 << 20,
             max_layer_size: 64 << 30,
             max_entries: 10_000_000,
+            overlay_xattrs: OverlayXattrs::Trusted,
+            ignore_chown_errors: false,
         }
     }
 }
@@ -420,7 +429,7 @@ fn unpack_with_workers(
     // Opened before anything is written, so its syncfs reports every
     // write-back error of the extraction.
     let flush_fd = root.try_clone().map_err(destination)?;
-    let applier = apply::Applier::new(root, position, workers).map_err(destination)?;
+    let applier = apply::Applier::new(root, position, workers, limits).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
     // The blob reader need not be Send, so this thread reads, hashes the

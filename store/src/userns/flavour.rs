@@ -6,12 +6,10 @@
 //! `userxattr`. A user's store says so in `<root>/overlay-xattrs`
 //! (`user`); root's stores have no such file (`trusted`).
 //!
-//! The extraction pipeline does not carry store options, so the store
-//! opened by the process publishes its flavour and chown policy here
-//! (one store per process in the `lstore` command).
+//! Each open `Store` keeps its own flavour (a process may hold stores of
+//! both kinds) and hands it to extraction, mounts and commits.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::UsernsError;
 
@@ -81,33 +79,6 @@ impl OverlayXattrs {
             ))),
         }
     }
-}
-
-static FLAVOUR: AtomicU8 = AtomicU8::new(0);
-static IGNORE_CHOWN_ERRORS: AtomicBool = AtomicBool::new(false);
-
-/// Makes `flavour` the one extraction, mounts and commits use.
-pub fn publish(flavour: OverlayXattrs, ignore_chown_errors: bool) {
-    let v = match flavour {
-        OverlayXattrs::Trusted => 0,
-        OverlayXattrs::User => 1,
-    };
-    FLAVOUR.store(v, Ordering::Relaxed);
-    IGNORE_CHOWN_ERRORS.store(ignore_chown_errors, Ordering::Relaxed);
-}
-
-/// The flavour of the store this process opened (`trusted` before any).
-pub fn current() -> OverlayXattrs {
-    match FLAVOUR.load(Ordering::Relaxed) {
-        1 => OverlayXattrs::User,
-        _ => OverlayXattrs::Trusted,
-    }
-}
-
-/// Whether an owner that cannot be set is kept in
-/// `user.containers.override_stat` instead of failing the layer.
-pub fn ignore_chown_errors() -> bool {
-    IGNORE_CHOWN_ERRORS.load(Ordering::Relaxed)
 }
 
 /// containers/storage's xattr for the owner and mode a file should have
