@@ -445,14 +445,20 @@ fn header(
 ) -> EntryHeader {
     let (mut uid, mut gid, mut mode) = (st.st_uid, st.st_gid, st.st_mode & 0o7777);
     // The owner the file really has, kept aside in a user's store where it
-    // could not be set (never exported as an xattr).
+    // could not be set (never exported as an xattr). A process in a
+    // read-write mount can set this xattr on its own files, so it counts
+    // only on a file left owned by 0:0, as extraction leaves it; a chmod
+    // made in the container since wins over the recorded mode.
     let override_stat = xattrs.remove(crate::userns::OVERRIDE_STAT_XATTR.as_bytes());
-    let users_store = flavour == OverlayXattrs::User;
+    let trusted = flavour == OverlayXattrs::User && (uid, gid) == (0, 0);
     if let Some(o) = override_stat
-        .filter(|_| users_store)
+        .filter(|_| trusted)
         .and_then(|v| crate::userns::OverrideStat::parse(&v))
     {
-        (uid, gid, mode) = (o.uid, o.gid, o.mode);
+        (uid, gid) = (o.uid, o.gid);
+        if mode == o.mode & 0o7777 {
+            mode = o.mode;
+        }
     }
     EntryHeader {
         path,

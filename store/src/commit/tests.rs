@@ -603,3 +603,45 @@ fn timestamps_are_rfc3339_utc() {
     assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
 }
+
+/// `user.containers.override_stat` is honoured only in a user's store and
+/// only on a file still owned by 0:0 (as extraction leaves it): a process
+/// in the container cannot forge a setuid-root file with it.
+#[test]
+fn override_stat_counts_only_on_files_extraction_left_to_root() {
+    if !rustix::process::geteuid().is_root() {
+        return; // chown to another user needs root
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let upper = dir.path();
+    let make = |name: &str, owner: u32, mode: u32, value: &str| {
+        let path = upper.join(name);
+        fs::write(&path, b"x").unwrap();
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        rfs::setxattr(
+            &path,
+            crate::userns::OVERRIDE_STAT_XATTR,
+            value.as_bytes(),
+            XattrFlags::empty(),
+        )
+        .unwrap();
+    };
+    make("forged", 1000, 0o755, "0:0:4755:file");
+    make("kept", 0, 0o4755, "1000:42:4755:file");
+    make("chmodded", 0, 0o700, "1000:42:4755:file");
+    let mut tar = TarWriter::new(Vec::new());
+    diff::write_changes(upper, upper, OverlayXattrs::User, &mut tar).unwrap();
+    let user = read_tar(&tar.finish().unwrap());
+    let owner_mode = |entries: &[Seen], name: &str| {
+        let e = find(entries, name);
+        assert!(!e.xattrs.contains_key(crate::userns::OVERRIDE_STAT_XATTR));
+        (e.uid, e.mode & 0o7777)
+    };
+    assert_eq!(owner_mode(&user, "forged"), (1000, 0o755));
+    assert_eq!(owner_mode(&user, "kept"), (1000, 0o4755));
+    assert_eq!(owner_mode(&user, "chmodded"), (1000, 0o700));
+    // A root store never trusts it.
+    let root = read_tar(&changes(upper, upper));
+    assert_eq!(owner_mode(&root, "kept"), (0, 0o4755));
+}
