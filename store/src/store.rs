@@ -818,13 +818,12 @@ mod tests {
             return; // trusted.* xattrs need root
         }
         let (root_dir, user_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        fs::write(
-            user_dir.path().join(crate::userns::flavour::FLAVOUR_FILE),
-            "user\n",
-        )
-        .unwrap();
         let root_store = Store::open(root_dir.path(), StoreOptions::default()).unwrap();
-        let user_store = Store::open(user_dir.path(), StoreOptions::default()).unwrap();
+        // Host root may not open a user's store: make this one user's by
+        // hand, as opening it in a user namespace would.
+        let mut user_store = Store::open(user_dir.path(), StoreOptions::default()).unwrap();
+        user_store.overlay_xattrs = OverlayXattrs::User;
+        user_store.opts.limits.overlay_xattrs = OverlayXattrs::User;
         assert_eq!(root_store.overlay_xattrs(), OverlayXattrs::Trusted);
         assert_eq!(user_store.overlay_xattrs(), OverlayXattrs::User);
         let layer = testtar::archive(&[RawEntry::dir("d/"), RawEntry::file("d/.wh..wh..opq", b"")]);

@@ -52,7 +52,21 @@ impl OverlayXattrs {
     }
 
     /// The store's recorded flavour; a new store records this process's.
+    /// Host root may not use a user's store: it would write files owned
+    /// by the host's uid 0 (setuid ones included) into a tree the user
+    /// owns.
     pub fn of_store(root: &Path) -> Result<OverlayXattrs, UsernsError> {
+        let flavour = Self::recorded(root)?;
+        if flavour == OverlayXattrs::User && super::is_host_root() {
+            return Err(UsernsError::Flavour(format!(
+                "{} is a user's store: run lstore as that user, not as root",
+                root.display()
+            )));
+        }
+        Ok(flavour)
+    }
+
+    fn recorded(root: &Path) -> Result<OverlayXattrs, UsernsError> {
         let file = root.join(FLAVOUR_FILE);
         match std::fs::read_to_string(&file) {
             Ok(text) => match text.trim() {
@@ -64,20 +78,43 @@ impl OverlayXattrs {
                 ))),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Root's stores stay as they are (no file: trusted).
+                // A store with a database but no file is root's, from
+                // before flavours were recorded: it stays trusted.
                 let flavour = OverlayXattrs::for_this_process();
-                if flavour == OverlayXattrs::User {
-                    std::fs::write(&file, "user\n").map_err(|e| {
-                        UsernsError::Flavour(format!("cannot write {}: {e}", file.display()))
-                    })?;
+                if flavour == OverlayXattrs::User && is_new_store(root) {
+                    return record_user_flavour(root);
                 }
-                Ok(flavour)
+                Ok(OverlayXattrs::Trusted)
             }
             Err(e) => Err(UsernsError::Flavour(format!(
                 "cannot read {}: {e}",
                 file.display()
             ))),
         }
+    }
+}
+
+/// No database yet: nothing has been stored in this root.
+fn is_new_store(root: &Path) -> bool {
+    std::fs::read_dir(root.join("db")).map_or(true, |mut d| d.next().is_none())
+}
+
+/// Writes `user` into the flavour file, whole or not at all: the full file
+/// is linked into place, so a concurrent first open reads either nothing
+/// or `user`, never an empty file.
+fn record_user_flavour(root: &Path) -> Result<OverlayXattrs, UsernsError> {
+    let file = root.join(FLAVOUR_FILE);
+    let tmp = root.join(format!("{FLAVOUR_FILE}.{}.tmp", std::process::id()));
+    let fail =
+        |e: std::io::Error| UsernsError::Flavour(format!("cannot write {}: {e}", file.display()));
+    std::fs::write(&tmp, "user\n").map_err(fail)?;
+    let linked = std::fs::hard_link(&tmp, &file);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(OverlayXattrs::User),
+        // Another first open won: its file is complete.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OverlayXattrs::recorded(root),
+        Err(e) => Err(fail(e)),
     }
 }
 
@@ -154,11 +191,42 @@ mod tests {
     fn a_store_keeps_the_flavour_it_recorded() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FLAVOUR_FILE), "user\n").unwrap();
-        assert_eq!(
-            OverlayXattrs::of_store(dir.path()).unwrap(),
-            OverlayXattrs::User
-        );
+        assert_eq!(recorded_or_trusted(dir.path()), OverlayXattrs::User);
         std::fs::write(dir.path().join(FLAVOUR_FILE), "other\n").unwrap();
         assert!(OverlayXattrs::of_store(dir.path()).is_err());
+    }
+
+    #[test]
+    fn host_root_refuses_a_users_store() {
+        if !super::super::is_host_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FLAVOUR_FILE), "user\n").unwrap();
+        let err = OverlayXattrs::of_store(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("run lstore as that user"), "{err}");
+    }
+
+    #[test]
+    fn only_a_new_store_records_a_flavour() {
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("db")).unwrap();
+        std::fs::write(old.path().join("db/CURRENT"), "MANIFEST-000001\n").unwrap();
+        assert_eq!(recorded_or_trusted(old.path()), OverlayXattrs::Trusted);
+        assert!(!old.path().join(FLAVOUR_FILE).exists());
+        let new = tempfile::tempdir().unwrap();
+        let first = record_user_flavour(new.path()).unwrap();
+        let second = record_user_flavour(new.path()).unwrap();
+        assert_eq!((first, second), (OverlayXattrs::User, OverlayXattrs::User));
+        assert_eq!(
+            std::fs::read_to_string(new.path().join(FLAVOUR_FILE)).unwrap(),
+            "user\n"
+        );
+        let leftovers = std::fs::read_dir(new.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary files left behind");
+    }
+
+    fn recorded_or_trusted(root: &Path) -> OverlayXattrs {
+        OverlayXattrs::recorded(root).unwrap()
     }
 }
