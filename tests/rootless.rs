@@ -743,6 +743,24 @@ fn two_users_have_independent_stores() {
     // Each user has a pause process of their own.
     assert_ne!(alice.pause_pid(), bob.pause_pid());
     assert!(alice.pause_pid().is_some() && bob.pause_pid().is_some());
+    // Host root may not write into a user's store (it would leave host
+    // uid 0 files, setuid ones included, in a tree the user owns).
+    let blobs_before = count_files(&alice.store().join("blobs"));
+    let out = run_as_root(&["--root", &alice.store().to_string_lossy(), "images"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("run lstore as that user"), "{stderr}");
+    assert_eq!(count_files(&alice.store().join("blobs")), blobs_before);
+}
+
+fn run_as_root(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lstore"))
+        .args(args)
+        .env_remove("LSTORE_ROOT")
+        .output()
+        .unwrap()
 }
 
 #[test]
