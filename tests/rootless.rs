@@ -97,6 +97,11 @@ impl TestUser {
             home,
         };
         run_ok(Command::new("chown").args([&user.name, user.home.path().to_str().unwrap()]));
+        // The user's XDG_RUNTIME_DIR, as a login manager makes it: theirs, 0700.
+        let run = user.home().join("run");
+        fs::create_dir(&run).expect("run dir");
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).expect("chmod run");
+        run_ok(Command::new("chown").args([&user.name, run.to_str().unwrap()]));
         if with_subordinate_ids {
             user.add_subordinate_ids(n);
         }

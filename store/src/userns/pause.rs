@@ -94,41 +94,62 @@ fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// `$XDG_RUNTIME_DIR/lstore/pause.pid`, else `/tmp/lstore-run-UID/pause.pid`.
+/// `$XDG_RUNTIME_DIR/lstore/pause.pid`, else `/run/user/UID/lstore/`,
+/// else `/tmp/lstore-run-UID/`. A runtime folder counts only when it is
+/// absolute, the user's and mode 0700; the `/tmp` one is made 0700 by us
+/// or refused: in a shared folder, another user could plant a pid there.
 fn pid_file() -> Result<PathBuf, UsernsError> {
     let uid = rustix::process::getuid().as_raw();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d).join("lstore"),
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| is_private_dir(d, uid))
+        .or_else(|| {
+            Some(PathBuf::from(format!("/run/user/{uid}"))).filter(|d| is_private_dir(d, uid))
+        });
+    let dir = match runtime {
+        Some(d) => d.join("lstore"),
         None => PathBuf::from(format!("/tmp/lstore-run-{uid}")),
     };
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-    {
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(setup(format!("cannot create {}: {e}", dir.display()))),
     }
-    // Not a folder someone else made (or a symlink) in a shared /tmp.
-    let meta =
-        std::fs::symlink_metadata(&dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
-    if !meta.is_dir() || meta.uid() != uid {
+    if !is_private_dir(&dir, uid) {
         return Err(setup(format!(
-            "{} is not a folder of this user",
+            "{} is not a folder of this user with mode 0700",
             dir.display()
         )));
     }
     Ok(dir.join("pause.pid"))
 }
 
-/// The pid of this user's running pause process named in `file`.
+/// An absolute path to a real folder (not a symlink) owned by `uid`, mode 0700.
+fn is_private_dir(dir: &Path, uid: u32) -> bool {
+    dir.is_absolute()
+        && std::fs::symlink_metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o7777 == 0o700)
+}
+
+/// The pid of this user's running pause process named in `file` (a
+/// zombie is gone: it holds no namespace to join).
 fn live_pause(file: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let comm = std::fs::read_to_string(proc_dir.join("comm")).ok()?;
     let owner = std::fs::metadata(&proc_dir).ok()?.uid();
-    (comm.trim() == PAUSE_NAME && owner == rustix::process::getuid().as_raw()).then_some(pid)
+    let alive =
+        comm.trim() == PAUSE_NAME && owner == rustix::process::getuid().as_raw() && !is_zombie(pid);
+    alive.then_some(pid)
+}
+
+/// Whether `/proc/PID/stat` gives state `Z` (the state follows the
+/// command name, which may itself hold `)`).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .is_some_and(|end| stat[end + 1..].trim_start().starts_with('Z'))
+    })
 }
 
 /// Whether the pause process maps exactly the ids `maps` asks for (the
@@ -406,5 +427,44 @@ fn sleep_forever() -> ! {
     loop {
         // SAFETY: waits for a signal; the default actions end the process.
         unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_runtime_folder_must_be_absolute_the_users_and_0700() {
+        let uid = rustix::process::getuid().as_raw();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(is_private_dir(dir.path(), uid));
+        assert!(!is_private_dir(dir.path(), uid + 1));
+        assert!(!is_private_dir(Path::new("relative"), uid));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!is_private_dir(dir.path(), uid));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/tmp", &link).unwrap();
+        assert!(!is_private_dir(&link, uid));
+    }
+
+    #[test]
+    fn an_exited_unreaped_child_is_a_zombie() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: it stays a zombie once it has exited.
+        let mut zombie = false;
+        for _ in 0..500 {
+            zombie = is_zombie(pid);
+            if zombie {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie, "pid {pid} never showed state Z");
+        child.wait().unwrap();
+        assert!(!is_zombie(std::process::id() as i32));
     }
 }
