@@ -857,6 +857,17 @@ fn print_df(du: &DiskUsage) {
     println!("Shared:   {}", human(du.shared_bytes));
     println!("Unique:   {}", human(du.unique_bytes));
     println!("Unused:   {}", human(du.unused_bytes));
+    println!(
+        "Files shared across layers: {} (saves {})",
+        du.shared_files,
+        human(du.sharing_saved_bytes)
+    );
+    if du.unindexed_layers > 0 {
+        println!(
+            "Layers not shared yet: {} (extracted before file sharing; lstore gc shares them)",
+            du.unindexed_layers
+        );
+    }
     if du.containerd_layers > 0 {
         println!(
             "Held:     {} (layers containerd holds that no image uses: {})",

@@ -387,7 +387,7 @@ impl Check<'_> {
         } else {
             unpack::LayerPosition::Upper
         };
-        let (unpacked, _) = unpack::unpack_layer_recorded(
+        let (unpacked, _, _written) = unpack::unpack_layer_recorded(
             &mut file,
             declared,
             &staging.diff(),
@@ -766,6 +766,9 @@ impl Check<'_> {
         if self.repair {
             for d in &self.corrupt_blobs {
                 self.store.content().remove(d)?;
+            }
+            for c in &lost {
+                crate::share::index::drop_layer(meta, &mut batch, c)?;
             }
             if !batch.is_empty() {
                 batch.commit()?;

@@ -110,6 +110,14 @@ pub struct DiskUsage {
     pub containerd_layers: u64,
     /// Bytes of those layers (not counted as unused).
     pub containerd_bytes: u64,
+    /// Files (inodes) that two or more layers hold as one, by file sharing.
+    pub shared_files: u64,
+    /// Bytes file sharing saves: over those inodes, size × (layers holding
+    /// it − 1), apparent sizes like `layer_bytes` (which counts every name).
+    pub sharing_saved_bytes: u64,
+    /// Layers extracted before the content index existed, whose files are
+    /// not shared yet (`lstore gc` indexes and shares them).
+    pub unindexed_layers: u64,
 }
 
 /// What a load or pull stored.

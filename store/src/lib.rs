@@ -84,6 +84,7 @@ mod push;
 mod reference;
 mod registry;
 mod save;
+mod share;
 mod store;
 mod tarsplit;
 mod unpack;

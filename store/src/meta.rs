@@ -8,6 +8,8 @@
 //! | images  | manifest digest (32 bytes)  | `ImageRecord`  |
 //! | tags    | normalised reference (utf8) | `TagRecord`    |
 //! | snapshots | containerd's snapshot key (utf8) | `snapshotter::SnapshotRecord` |
+//! | shared_files | content, metadata, names hashes + chain id | path in the layer (`share::index`) |
+//! | layer_files | chain id + content, metadata, names hashes | `()` |
 //!
 //! `refs` counts the images that use a blob or layer. A database is only
 //! opened while the process holds the root lock (`lock::RootLock`).
@@ -33,7 +35,21 @@ pub const CF_IMAGES: &str = "images";
 pub const CF_TAGS: &str = "tags";
 /// Column family of containerd's snapshots (`lstore snapshotter`), by key.
 pub const CF_SNAPSHOTS: &str = "snapshots";
-const FAMILIES: [&str; 5] = [CF_BLOBS, CF_LAYERS, CF_IMAGES, CF_TAGS, CF_SNAPSHOTS];
+/// Column family of the content index: which layer holds a file of a given
+/// content and metadata (file sharing, `share::index`).
+pub const CF_SHARED_FILES: &str = "shared_files";
+/// Column family listing each layer's entries in `shared_files`, so that a
+/// removed layer's entries go with it.
+pub const CF_LAYER_FILES: &str = "layer_files";
+const FAMILIES: [&str; 7] = [
+    CF_BLOBS,
+    CF_LAYERS,
+    CF_IMAGES,
+    CF_TAGS,
+    CF_SNAPSHOTS,
+    CF_SHARED_FILES,
+    CF_LAYER_FILES,
+];
 
 /// A stored blob.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +336,26 @@ impl Meta {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
             let (k, v) = item?;
+            let value = decode(&k, &v)?;
+            out.push((k.into_vec(), value));
+        }
+        Ok(out)
+    }
+
+    /// Every record of a family whose key starts with `prefix`, in key
+    /// order.
+    pub fn with_prefix<T: DeserializeOwned>(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(cf)?, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
             let value = decode(&k, &v)?;
             out.push((k.into_vec(), value));
         }

@@ -48,6 +48,8 @@ pub struct Store {
     pub(crate) layers: LayerStore,
     pub(crate) opts: StoreOptions,
     counter: AtomicU64,
+    /// Whether the store's filesystem clones extents (file sharing).
+    pub(crate) reflink: crate::share::Reflink,
 }
 
 const SUBDIRS: [&str; 9] = [
@@ -114,6 +116,7 @@ impl Store {
             root,
             opts,
             counter: AtomicU64::new(0),
+            reflink: Default::default(),
         })
     }
 
@@ -598,7 +601,15 @@ impl Store {
                 } else {
                     classify(&mut du, l.refs, l.file_bytes);
                 }
+                if let Ok(c) = chain {
+                    if l.file_bytes > 0 && !crate::share::index::is_indexed(meta, &c)? {
+                        du.unindexed_layers += 1;
+                    }
+                }
             }
+            let saved = crate::share::savings(&self.layers, meta)?;
+            du.shared_files = saved.files;
+            du.sharing_saved_bytes = saved.bytes;
             Ok(du)
         })
     }

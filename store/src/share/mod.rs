@@ -1,0 +1,482 @@
+//! File sharing across layers (docs/space.md).
+//!
+//! A layer is extracted under `tmp/`; its regular files are hashed
+//! (blake3) as they are written and their identity taken from their fd
+//! (`identity`). Before the staged folder is synced and renamed into
+//! place, [`share_layer`] looks each inode up in the content index
+//! (`index`) and, when another layer holds an inode of the same content,
+//! metadata and names, makes every name of the staged inode a hardlink to
+//! that one (a link under a temporary name, then a rename over the staged
+//! name, so each name always names a whole file). A file of the same
+//! content but other metadata or names shares extents instead where the
+//! filesystem clones (FICLONE: XFS with reflink, btrfs).
+//!
+//! Only inodes whose names in their layer are the same paths are linked:
+//! two names of one image's view are then never one inode unless the
+//! image's tar made them one (overlay shows a lower file's own inode), and
+//! sharing stays invisible to containers except as a link count. Overlay
+//! never writes into a lower layer (copy-up), and lstore's mounts keep
+//! `index` and `metacopy` off.
+//!
+//! Lookups run in a read session (the shared root lock), so no gc removes
+//! a layer between its lookup and the link; a holder whose file is gone
+//! or differs (missing, other inode, other metadata) is passed over and
+//! the staged copy kept.
+
+pub(crate) mod identity;
+pub(crate) mod index;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::io::Errno;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layers::LayerStore;
+use crate::meta::Meta;
+
+pub(crate) use identity::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
+use index::IndexKey;
+
+/// What sharing did for one layer.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Shared {
+    /// The layer's entries for the index, recorded with the layer.
+    pub entries: Vec<(IndexKey, Vec<u8>)>,
+    /// Inodes that became another layer's inode.
+    pub linked: u64,
+    /// Inodes whose extents were cloned from another layer's file.
+    pub cloned: u64,
+    /// Bytes no longer stored twice.
+    pub bytes: u64,
+}
+
+/// Whether FICLONE works on the store's filesystem, found out by the first
+/// clone tried (unknown, yes, no).
+#[derive(Debug, Default)]
+pub(crate) struct Reflink(AtomicU8);
+
+const REFLINK_UNKNOWN: u8 = 0;
+const REFLINK_YES: u8 = 1;
+const REFLINK_NO: u8 = 2;
+
+impl Reflink {
+    fn worth_trying(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != REFLINK_NO
+    }
+    fn set(&self, works: bool) {
+        self.0
+            .store(if works { REFLINK_YES } else { REFLINK_NO }, Ordering::Relaxed);
+    }
+}
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[][..], path),
+    }
+}
+
+/// Opens directory `path` below `root`, never through a symlink.
+fn open_dir(root: BorrowedFd<'_>, path: &[u8]) -> std::result::Result<OwnedFd, Errno> {
+    if path.is_empty() {
+        return rfs::openat(root, c".", dir_flags(), Mode::empty());
+    }
+    rfs::openat2(root, path, dir_flags(), Mode::empty(), beneath())
+}
+
+/// The last directory opened, kept for a run of names in it.
+struct Dirs<'a> {
+    root: BorrowedFd<'a>,
+    last: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl<'a> Dirs<'a> {
+    fn new(root: BorrowedFd<'a>) -> Self {
+        Dirs { root, last: None }
+    }
+    fn get(&mut self, path: &[u8]) -> std::result::Result<BorrowedFd<'_>, Errno> {
+        if !matches!(&self.last, Some((p, _)) if p == path) {
+            self.last = Some((path.to_vec(), open_dir(self.root, path)?));
+        }
+        match &self.last {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(Errno::NOENT),
+        }
+    }
+}
+
+/// One staged inode and its names in the layer.
+struct Group {
+    file: WrittenFile,
+    names: Vec<Vec<u8>>,
+    st: rfs::Stat,
+}
+
+/// Shares the files of the layer staged at `diff`, as described in the
+/// module comment. Layers in `skip` are never linked to (fsck's damaged
+/// layers). Returns the layer's index entries and what was shared.
+pub(crate) fn share_layer(
+    layers: &LayerStore,
+    meta: &Meta,
+    diff: &Path,
+    written: Written,
+    skip: &HashSet<Digest>,
+    reflink: &Reflink,
+) -> Result<Shared> {
+    let io = |what: &str, e: Errno| Error::io(format!("{what} in {}", diff.display()), e.into());
+    let root = rfs::openat(rfs::CWD, diff, dir_flags(), Mode::empty())
+        .map_err(|e| io("open the staged layer", e))?;
+    let groups = staged_groups(root.as_fd(), written);
+    let mut out = Shared::default();
+    let mut touched = DirTimes::default();
+    for g in groups {
+        let key = IndexKey {
+            content: g.file.id.content,
+            meta: g.file.id.meta,
+            names: index::names_hash(&g.names),
+        };
+        let first = g.names.iter().min().cloned().unwrap_or_default();
+        out.entries.push((key, first));
+        let mut done = false;
+        for holder in index::holders(meta, &key)? {
+            if skip.contains(&holder.chain) {
+                continue;
+            }
+            if link_group(layers, root.as_fd(), &g, &holder, &mut touched)? {
+                out.linked += 1;
+                out.bytes += g.file.size;
+                done = true;
+                break;
+            }
+        }
+        if done || !reflink.worth_trying() {
+            continue;
+        }
+        for holder in index::same_content(meta, &key.content)? {
+            if skip.contains(&holder.chain) {
+                continue;
+            }
+            match clone_group(layers, root.as_fd(), &g, &holder, reflink)? {
+                Clone::Done => {
+                    out.cloned += 1;
+                    out.bytes += g.file.size;
+                    break;
+                }
+                Clone::Unsupported => break,
+                Clone::NotHere => {}
+            }
+        }
+    }
+    touched.restore(root.as_fd()).map_err(|e| io("restore directory times", e))?;
+    Ok(out)
+}
+
+/// The staged inodes written files and hardlink names make, each with all
+/// its names; an inode whose names are not all known (its link count says
+/// more) is left out.
+fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
+    let mut files = written.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut dirs = Dirs::new(root);
+    let stat = |dirs: &mut Dirs<'_>, path: &[u8]| {
+        let (parent, name) = split(path);
+        let dir = dirs.get(parent).ok()?;
+        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    };
+    let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
+    for file in files {
+        let Some(st) = stat(&mut dirs, &file.path) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino
+        {
+            continue;
+        }
+        let names = vec![file.path.clone()];
+        groups.insert(st.st_ino, Group { file, names, st });
+    }
+    let mut links = written.links;
+    links.sort();
+    links.dedup();
+    for link in links {
+        let Some(st) = stat(&mut dirs, &link) else {
+            continue;
+        };
+        if let Some(g) = groups.get_mut(&st.st_ino) {
+            if !g.names.contains(&link) {
+                g.names.push(link);
+            }
+        }
+    }
+    groups
+        .into_values()
+        .filter(|g| g.names.len() as u64 == g.st.st_nlink as u64)
+        .collect()
+}
+
+/// Directory times as they were before sharing changed entries in them,
+/// put back at the end (they were set when the extraction finished).
+#[derive(Default)]
+struct DirTimes(HashMap<Vec<u8>, Timestamps>);
+
+impl DirTimes {
+    fn note(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+        if !self.0.contains_key(path) {
+            let st = rfs::fstat(dir)?;
+            let times = Timestamps {
+                last_access: rfs::Timespec {
+                    tv_sec: st.st_atime as _,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: rfs::Timespec {
+                    tv_sec: st.st_mtime as _,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            };
+            self.0.insert(path.to_vec(), times);
+        }
+        Ok(())
+    }
+
+    fn restore(self, root: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+        for (path, times) in self.0 {
+            let dir = open_dir(root, &path)?;
+            rfs::futimens(&dir, &times)?;
+        }
+        Ok(())
+    }
+}
+
+/// A holder's file, opened as extraction resolves names: its parent
+/// beneath the layer's `diff/`, the file itself not followed.
+struct HolderFile {
+    parent: OwnedFd,
+    name: Vec<u8>,
+    st: rfs::Stat,
+}
+
+fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
+    let diff = layers.diff_dir(&holder.chain);
+    let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+    let (parent_path, name) = split(&holder.path);
+    let parent = open_dir(root.as_fd(), parent_path).ok()?;
+    let st = rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(
+        || HolderFile {
+            parent,
+            name: name.to_vec(),
+            st,
+        },
+    )
+}
+
+/// Whether two stats agree on everything a link would share.
+fn same_metadata(a: &rfs::Stat, b: &rfs::Stat) -> bool {
+    (a.st_size, a.st_mode, a.st_uid, a.st_gid, a.st_mtime, a.st_mtime_nsec)
+        == (b.st_size, b.st_mode, b.st_uid, b.st_gid, b.st_mtime, b.st_mtime_nsec)
+}
+
+/// Name used for a link before it is renamed over a staged name.
+fn temp_name() -> Vec<u8> {
+    format!(".lstore-share-{}", std::process::id()).into_bytes()
+}
+
+/// Makes every name of `g` a link to the holder's inode. Returns false
+/// (the staged inode kept whole) when the holder is gone or differs.
+fn link_group(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    g: &Group,
+    holder: &index::Entry,
+    touched: &mut DirTimes,
+) -> Result<bool> {
+    let Some(h) = open_holder(layers, holder) else {
+        return Ok(false);
+    };
+    if !same_metadata(&h.st, &g.st) || (h.st.st_dev, h.st.st_ino) == (g.st.st_dev, g.st.st_ino) {
+        return Ok(false);
+    }
+    let tmp = temp_name();
+    let temp_of = |i: usize| [tmp.as_slice(), b"-", i.to_string().as_bytes()].concat();
+    // Every name gets its link under a temporary name first: should one
+    // fail, the others are taken back and the group stays as extracted.
+    let mut made: Vec<(OwnedFd, &[u8])> = Vec::new();
+    let mut failed = false;
+    for name in &g.names {
+        let (parent_path, base) = split(name);
+        let Ok(parent) = open_dir(root, parent_path) else {
+            failed = true;
+            break;
+        };
+        if touched.note(parent_path, parent.as_fd()).is_err() {
+            failed = true;
+            break;
+        }
+        let tmp_here = temp_of(made.len());
+        match rfs::linkat(&h.parent, h.name.as_slice(), &parent, tmp_here.as_slice(), AtFlags::empty()) {
+            Ok(()) => {}
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+        // The name is the holder's inode (nothing swapped it meanwhile).
+        let linked = rfs::statat(&parent, tmp_here.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
+        let ok = linked.is_ok_and(|st| (st.st_dev, st.st_ino) == (h.st.st_dev, h.st.st_ino));
+        made.push((parent, base));
+        if !ok {
+            failed = true;
+            break;
+        }
+    }
+    if failed {
+        for (i, (parent, _)) in made.iter().enumerate() {
+            let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
+        }
+        return Ok(false);
+    }
+    for (i, (parent, base)) in made.iter().enumerate() {
+        rfs::renameat(parent, temp_of(i).as_slice(), parent, *base).map_err(|e| {
+            Error::io(
+                format!(
+                    "replace {:?} with a link to layer {}",
+                    String::from_utf8_lossy(&g.names[i]),
+                    holder.chain
+                ),
+                e.into(),
+            )
+        })?;
+    }
+    Ok(true)
+}
+
+enum Clone {
+    Done,
+    /// The filesystem does not clone: no use trying again.
+    Unsupported,
+    /// This holder could not give its extents.
+    NotHere,
+}
+
+/// Clones the holder's extents into the staged inode (FICLONE), keeping
+/// the staged inode's own metadata: mode, xattrs and times are put back
+/// as they were (a write may clear setuid bits and file capabilities).
+fn clone_group(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    g: &Group,
+    holder: &index::Entry,
+    reflink: &Reflink,
+) -> Result<Clone> {
+    let Some(h) = open_holder(layers, holder) else {
+        return Ok(Clone::NotHere);
+    };
+    if h.st.st_size != g.st.st_size || (h.st.st_dev, h.st.st_ino) == (g.st.st_dev, g.st.st_ino) {
+        return Ok(Clone::NotHere);
+    }
+    let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(src) = rfs::openat(&h.parent, h.name.as_slice(), read, Mode::empty()) else {
+        return Ok(Clone::NotHere);
+    };
+    let (parent_path, base) = split(&g.file.path);
+    let staged_err = |what: &str, e: Errno| {
+        Error::io(
+            format!("{what} {:?}", String::from_utf8_lossy(&g.file.path)),
+            e.into(),
+        )
+    };
+    let parent = open_dir(root, parent_path).map_err(|e| staged_err("open the parent of", e))?;
+    let write = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dest = rfs::openat(&parent, base, write, Mode::empty())
+        .map_err(|e| staged_err("open for cloning", e))?;
+    let before = rfs::fstat(&dest).map_err(|e| staged_err("inspect", e))?;
+    if before.st_ino != g.st.st_ino {
+        return Ok(Clone::NotHere);
+    }
+    let xattrs = identity::xattrs(dest.as_fd()).map_err(|e| staged_err("read xattrs of", e))?;
+    match rfs::ioctl_ficlone(&dest, &src) {
+        Ok(()) => reflink.set(true),
+        Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::NOSYS) => {
+            reflink.set(false);
+            return Ok(Clone::Unsupported);
+        }
+        Err(_) => return Ok(Clone::NotHere),
+    }
+    // Put back what the clone, being a write, may have changed.
+    let after = rfs::fstat(&dest).map_err(|e| staged_err("inspect", e))?;
+    if after.st_mode != before.st_mode {
+        rfs::fchmod(&dest, Mode::from_raw_mode(before.st_mode & 0o7777))
+            .map_err(|e| staged_err("restore the mode of", e))?;
+    }
+    if identity::xattrs(dest.as_fd()).ok().as_ref() != Some(&xattrs) {
+        for (name, value) in &xattrs {
+            rfs::fsetxattr(&dest, name.as_slice(), value, rfs::XattrFlags::empty())
+                .map_err(|e| staged_err("restore xattrs of", e))?;
+        }
+    }
+    let times = Timestamps {
+        last_access: rfs::Timespec {
+            tv_sec: before.st_atime as _,
+            tv_nsec: before.st_atime_nsec as _,
+        },
+        last_modification: rfs::Timespec {
+            tv_sec: before.st_mtime as _,
+            tv_nsec: before.st_mtime_nsec as _,
+        },
+    };
+    rfs::futimens(&dest, &times).map_err(|e| staged_err("restore the times of", e))?;
+    let (_, id) = identify(dest.as_fd(), g.file.id.content).map_err(|e| staged_err("inspect", e))?;
+    if id != g.file.id {
+        return Err(Error::Invalid(format!(
+            "cloning extents into {:?} changed its metadata",
+            String::from_utf8_lossy(&g.file.path)
+        )));
+    }
+    Ok(Clone::Done)
+}
+
+/// What file sharing saves, as `df` shows it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Savings {
+    /// Inodes two or more layers hold.
+    pub files: u64,
+    /// Over those, size × (layers holding it − 1).
+    pub bytes: u64,
+}
+
+/// Counts, over the content index, the inodes several layers hold: each
+/// entry's file is looked at once (`lstat`, beneath its layer).
+pub(crate) fn savings(layers: &LayerStore, meta: &Meta) -> Result<Savings> {
+    // (dev, ino) -> (layers holding it, size)
+    let mut inodes: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    for entry in index::all(meta)? {
+        if let Some(h) = open_holder(layers, &entry) {
+            let seen = inodes
+                .entry((h.st.st_dev as u64, h.st.st_ino))
+                .or_insert((0, h.st.st_size as u64));
+            seen.0 += 1;
+        }
+    }
+    let mut out = Savings::default();
+    for (holders, size) in inodes.into_values().filter(|(n, _)| *n > 1) {
+        out.files += 1;
+        out.bytes += size * (holders - 1);
+    }
+    Ok(out)
+}
