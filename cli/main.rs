@@ -586,10 +586,11 @@ fn run(cli: Cli) -> lstore::Result<()> {
                     _ => "problems found",
                 };
                 println!(
-                    "checked {} blobs ({}), {} layers, {} images: {verdict}",
+                    "checked {} blobs ({}), {} layers ({} shared files), {} images: {verdict}",
                     report.blobs_checked,
                     human(report.bytes_hashed),
                     report.layers_checked,
+                    report.shared_files_checked,
                     report.images_checked,
                 );
             }

@@ -88,3 +88,55 @@ fn equal_files_in_different_layers_become_one_inode() {
         "df: {df}"
     );
 }
+
+/// The holder of an inode `lstore fsck` checks: a file changed behind the
+/// store's back is found in every layer sharing it, and `--repair` makes
+/// each whole again (extracted anew, not linked to the changed inode).
+#[test]
+fn fsck_finds_and_repair_fixes_a_changed_shared_file() {
+    let store = Lstore::new();
+    let a = ImageBuilder::new()
+        .tar(&base("1"), Compression::Gzip)
+        .build();
+    let b = ImageBuilder::new()
+        .tar(&base("2"), Compression::Gzip)
+        .build();
+    store.load_image(&a, A);
+    store.load_image(&b, B);
+    store.ok(&["fsck"]);
+    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let tool_a = path_in(&ia, 0, "usr/bin/tool");
+    let tool_b = path_in(&ib, 0, "usr/bin/tool");
+    assert_eq!(ino(&tool_a), ino(&tool_b));
+    // Same size, other bytes, mtime put back: only the content tells.
+    let mtime = fs::metadata(&tool_a).unwrap().mtime();
+    let mut bytes = fs::read(&tool_a).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&tool_a, &bytes).unwrap();
+    let status = std::process::Command::new("touch")
+        .args(["-h", "-d", &format!("@{mtime}")])
+        .arg(&tool_a)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let out = store.run(&["fsck", "--format", "json"]);
+    assert!(!out.success(), "damage fails fsck");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let problems = report["problems"].to_string();
+    for chain in [&ia["layers"][0]["chain_id"], &ib["layers"][0]["chain_id"]] {
+        let chain = chain.as_str().unwrap();
+        assert!(problems.contains(chain), "{chain} not named in {problems}");
+    }
+    assert!(problems.contains("usr/bin/tool"), "{problems}");
+
+    store.ok(&["fsck", "--repair"]);
+    store.ok(&["fsck"]);
+    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let tool_a = path_in(&ia, 0, "usr/bin/tool");
+    let tool_b = path_in(&ib, 0, "usr/bin/tool");
+    assert_eq!(fs::read(&tool_a).unwrap(), content("tool binary ", 20_000));
+    assert_eq!(fs::read(&tool_b).unwrap(), content("tool binary ", 20_000));
+    assert_matches_umoci(&store, A, &a);
+    assert_matches_umoci(&store, B, &b);
+}

@@ -1,6 +1,8 @@
 //! What makes two files interchangeable: their content (blake3) and every
 //! piece of metadata a hardlink would make them share (size, mode, owner,
-//! times, xattrs). Computed from the file's own fd just after it was
+//! mtime, xattrs). Access times are left out: reading a lower file through
+//! a mount changes its own (relatime), so they say nothing lasting about a
+//! layer, and `fsck` can then check an identity again at any time. Computed from the file's own fd just after it was
 //! written, so it is what the disk holds, inherited xattrs (a default ACL)
 //! included.
 
@@ -20,7 +22,7 @@ pub(crate) const MIN_SHARED_SIZE: u64 = 1;
 pub(crate) struct FileIdentity {
     /// blake3 of the content.
     pub content: [u8; 32],
-    /// blake3 (first 16 bytes) of the size, mode, owner, times and xattrs.
+    /// blake3 (first 16 bytes) of the size, mode, owner, mtime and xattrs.
     pub meta: [u8; 16],
 }
 
@@ -56,8 +58,6 @@ pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &[(Vec<u8>, Vec<u8>)]) -> [u8; 1
         u64::from(st.st_gid),
         st.st_mtime as u64,
         st.st_mtime_nsec as u64,
-        st.st_atime as u64,
-        st.st_atime_nsec as u64,
     ] {
         h.update(&v.to_le_bytes());
     }

@@ -149,9 +149,3 @@ pub(crate) fn drop_layer(meta: &Meta, batch: &mut Batch<'_>, chain: &Digest) -> 
     }
     Ok(())
 }
-
-/// Drops one entry (its file is gone or changed).
-pub(crate) fn drop_entry(batch: &mut Batch<'_>, entry: &Entry) -> Result<()> {
-    batch.delete(CF_SHARED_FILES, &shared_key(&entry.key, &entry.chain))?;
-    batch.delete(CF_LAYER_FILES, &layer_key(&entry.chain, &entry.key))
-}

@@ -25,6 +25,7 @@
 
 pub(crate) mod identity;
 pub(crate) mod index;
+pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -56,11 +57,10 @@ pub(crate) struct Shared {
 }
 
 /// Whether FICLONE works on the store's filesystem, found out by the first
-/// clone tried (unknown, yes, no).
+/// clone tried (0 unknown, yes, no).
 #[derive(Debug, Default)]
 pub(crate) struct Reflink(AtomicU8);
 
-const REFLINK_UNKNOWN: u8 = 0;
 const REFLINK_YES: u8 = 1;
 const REFLINK_NO: u8 = 2;
 
@@ -265,13 +265,13 @@ impl DirTimes {
 
 /// A holder's file, opened as extraction resolves names: its parent
 /// beneath the layer's `diff/`, the file itself not followed.
-struct HolderFile {
+pub(crate) struct HolderFile {
     parent: OwnedFd,
     name: Vec<u8>,
     st: rfs::Stat,
 }
 
-fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
+pub(crate) fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
     let diff = layers.diff_dir(&holder.chain);
     let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
     let (parent_path, name) = split(&holder.path);
