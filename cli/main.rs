@@ -865,7 +865,7 @@ fn print_df(du: &DiskUsage) {
     );
     if du.unindexed_layers > 0 {
         println!(
-            "Layers not shared yet: {} (extracted before file sharing; lstore gc shares them)",
+            "Layers not shared: {} (extracted before file sharing; see docs/space.md)",
             du.unindexed_layers
         );
     }

@@ -115,8 +115,8 @@ pub struct DiskUsage {
     /// Bytes file sharing saves: over those inodes, size × (layers holding
     /// it − 1), apparent sizes like `layer_bytes` (which counts every name).
     pub sharing_saved_bytes: u64,
-    /// Layers extracted before the content index existed, whose files are
-    /// not shared yet (`lstore gc` indexes and shares them).
+    /// Layers extracted before the content index existed: their files are
+    /// neither shared nor linked to (docs/space.md).
     pub unindexed_layers: u64,
 }
 

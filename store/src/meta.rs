@@ -362,6 +362,14 @@ impl Meta {
         Ok(out)
     }
 
+    /// A reader for many prefix lookups in one family, in any order (one
+    /// iterator, seeked again for each: far cheaper than an iterator each).
+    pub(crate) fn prefix_reader(&self, cf: &str) -> Result<PrefixReader<'_>> {
+        Ok(PrefixReader {
+            iter: self.db.raw_iterator_cf(self.cf(cf)?),
+        })
+    }
+
     /// The record of blob `d`.
     pub fn blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
         self.get(CF_BLOBS, d.as_bytes())
@@ -406,6 +414,31 @@ impl Meta {
     pub fn take_images_changed(&self) -> bool {
         self.images_changed
             .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// See [`Meta::prefix_reader`].
+pub(crate) struct PrefixReader<'a> {
+    iter: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
+}
+
+impl PrefixReader<'_> {
+    /// Every record whose key starts with `prefix`, in key order.
+    pub(crate) fn with_prefix<T: DeserializeOwned>(
+        &mut self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        self.iter.seek(prefix);
+        while let (Some(k), Some(v)) = (self.iter.key(), self.iter.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), decode(k, v)?));
+            self.iter.next();
+        }
+        self.iter.status()?;
+        Ok(out)
     }
 }
 

@@ -13,7 +13,7 @@
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::meta::{Batch, Meta, CF_LAYER_FILES, CF_SHARED_FILES};
+use crate::meta::{Batch, Meta, PrefixReader, CF_LAYER_FILES, CF_SHARED_FILES};
 
 /// Bytes of a key's identity part: content, meta and names hashes.
 pub(crate) const IDENTITY_LEN: usize = 64;
@@ -88,23 +88,33 @@ fn entry_of(k: &[u8], path: Vec<u8>) -> Option<Entry> {
     Some(Entry { key, chain, path })
 }
 
-/// Layers holding an inode of identity `key` (exact: content, metadata and
-/// names).
-pub(crate) fn holders(meta: &Meta, key: &IndexKey) -> Result<Vec<Entry>> {
-    Ok(meta
-        .with_prefix::<Vec<u8>>(CF_SHARED_FILES, &key.bytes())?
-        .into_iter()
-        .filter_map(|(k, path)| entry_of(&k, path))
-        .collect())
-}
+/// Lookups in the index, many in a row.
+pub(crate) struct Lookup<'a>(PrefixReader<'a>);
 
-/// Layers holding a file of this content, whatever its metadata.
-pub(crate) fn same_content(meta: &Meta, content: &[u8; 32]) -> Result<Vec<Entry>> {
-    Ok(meta
-        .with_prefix::<Vec<u8>>(CF_SHARED_FILES, content)?
-        .into_iter()
-        .filter_map(|(k, path)| entry_of(&k, path))
-        .collect())
+impl<'a> Lookup<'a> {
+    pub(crate) fn new(meta: &'a Meta) -> Result<Lookup<'a>> {
+        Ok(Lookup(meta.prefix_reader(CF_SHARED_FILES)?))
+    }
+
+    fn entries(&mut self, prefix: &[u8]) -> Result<Vec<Entry>> {
+        Ok(self
+            .0
+            .with_prefix::<Vec<u8>>(prefix)?
+            .into_iter()
+            .filter_map(|(k, path)| entry_of(&k, path))
+            .collect())
+    }
+
+    /// Layers holding an inode of identity `key` (exact: content,
+    /// metadata and names).
+    pub(crate) fn holders(&mut self, key: &IndexKey) -> Result<Vec<Entry>> {
+        self.entries(&key.bytes())
+    }
+
+    /// Layers holding a file of this content, whatever its metadata.
+    pub(crate) fn same_content(&mut self, content: &[u8; 32]) -> Result<Vec<Entry>> {
+        self.entries(content)
+    }
 }
 
 /// Every entry of the index.

@@ -142,37 +142,64 @@ pub(crate) fn share_layer(
     let io = |what: &str, e: Errno| Error::io(format!("{what} in {}", diff.display()), e.into());
     let root = rfs::openat(rfs::CWD, diff, dir_flags(), Mode::empty())
         .map_err(|e| io("open the staged layer", e))?;
-    let groups = staged_groups(root.as_fd(), written);
+    let mut groups: Vec<(IndexKey, Group)> = staged_groups(root.as_fd(), written)
+        .into_iter()
+        .map(|g| {
+            let key = IndexKey {
+                content: g.file.id.content,
+                meta: g.file.id.meta,
+                names: index::names_hash(&g.names),
+            };
+            (key, g)
+        })
+        .collect();
+    // In key order, the lookups seek forward through the index.
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Shared::default();
-    let mut touched = DirTimes::default();
-    for g in groups {
-        let key = IndexKey {
-            content: g.file.id.content,
-            meta: g.file.id.meta,
-            names: index::names_hash(&g.names),
-        };
+    let mut lookup = index::Lookup::new(meta)?;
+    let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
+    for (i, (key, g)) in groups.iter().enumerate() {
         let first = g.names.iter().min().cloned().unwrap_or_default();
-        out.entries.push((key, first));
-        let mut done = false;
-        for holder in index::holders(meta, &key)? {
+        out.entries.push((*key, first));
+        let holders: Vec<index::Entry> = lookup
+            .holders(key)?
+            .into_iter()
+            .filter(|h| !skip.contains(&h.chain))
+            .collect();
+        if !holders.is_empty() {
+            candidates.push((i, holders));
+        }
+    }
+    // Directory times are noted before any entry in them changes.
+    let mut touched = DirTimes::default();
+    {
+        let mut staged = Dirs::new(root.as_fd());
+        for (i, _) in &candidates {
+            for name in &groups[*i].1.names {
+                let parent_path = split(name).0;
+                let dir = staged.get(parent_path).map_err(|e| io("open a directory", e))?;
+                touched.note(parent_path, dir).map_err(|e| io("inspect a directory", e))?;
+            }
+        }
+    }
+    let linked = link_in_parallel(layers, root.as_fd(), &groups, &candidates)?;
+    let mut unlinked: Vec<usize> = Vec::new();
+    let mut was_linked = vec![false; groups.len()];
+    for i in linked {
+        was_linked[i] = true;
+        out.linked += 1;
+        out.bytes += groups[i].1.file.size;
+    }
+    if reflink.worth_trying() {
+        unlinked.extend((0..groups.len()).filter(|i| !was_linked[*i]));
+    }
+    for i in unlinked {
+        let (key, g) = &groups[i];
+        for holder in lookup.same_content(&key.content)? {
             if skip.contains(&holder.chain) {
                 continue;
             }
-            if link_group(layers, root.as_fd(), &g, &holder, &mut touched)? {
-                out.linked += 1;
-                out.bytes += g.file.size;
-                done = true;
-                break;
-            }
-        }
-        if done || !reflink.worth_trying() {
-            continue;
-        }
-        for holder in index::same_content(meta, &key.content)? {
-            if skip.contains(&holder.chain) {
-                continue;
-            }
-            match clone_group(layers, root.as_fd(), &g, &holder, reflink)? {
+            match clone_group(layers, root.as_fd(), g, &holder, reflink)? {
                 Clone::Done => {
                     out.cloned += 1;
                     out.bytes += g.file.size;
@@ -182,9 +209,70 @@ pub(crate) fn share_layer(
                 Clone::NotHere => {}
             }
         }
+        if !reflink.worth_trying() {
+            break;
+        }
     }
-    touched.restore(root.as_fd()).map_err(|e| io("restore directory times", e))?;
+    touched
+        .restore(root.as_fd())
+        .map_err(|e| io("restore directory times", e))?;
     Ok(out)
+}
+
+/// Links the groups that have holders, on a few threads (each its own
+/// directories: ext4 changes different directories in parallel, and a
+/// replaced inode's blocks are freed as it goes, which is journal work).
+/// Returns the indexes of the groups linked.
+fn link_in_parallel(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    groups: &[(IndexKey, Group)],
+    candidates: &[(usize, Vec<index::Entry>)],
+) -> Result<Vec<usize>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(candidates.len().div_ceil(64).max(1));
+    let mut shares: Vec<Vec<&(usize, Vec<index::Entry>)>> = vec![Vec::new(); threads];
+    for c in candidates {
+        let first = &groups[c.0].1.names[0];
+        let dir_hash = blake3::hash(split(first).0).as_bytes()[0] as usize;
+        shares[dir_hash % threads].push(c);
+    }
+    let work = |thread: usize, share: Vec<&(usize, Vec<index::Entry>)>| -> Result<Vec<usize>> {
+        let mut staged = Dirs::new(root);
+        let mut holder_dirs = HolderDirs::default();
+        let mut linked = Vec::new();
+        for (i, holders) in share {
+            for holder in holders {
+                let g = &groups[*i].1;
+                if link_group(layers, &mut staged, &mut holder_dirs, g, holder, thread)? {
+                    linked.push(*i);
+                    break;
+                }
+            }
+        }
+        Ok(linked)
+    };
+    let results: Vec<Result<Vec<usize>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(thread, share)| scope.spawn(move || work(thread, share)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a file sharing thread failed".into())))
+            })
+            .collect()
+    });
+    let mut linked = Vec::new();
+    for r in results {
+        linked.extend(r?);
+    }
+    Ok(linked)
 }
 
 /// The staged inodes written files and hardlink names make, each with all
@@ -263,6 +351,46 @@ impl DirTimes {
     }
 }
 
+/// Holders' layer folders and the last directory looked in, kept open
+/// across a layer's files (most run in the same few directories).
+#[derive(Default)]
+struct HolderDirs {
+    roots: HashMap<Digest, OwnedFd>,
+    last: Option<(Digest, Vec<u8>, OwnedFd)>,
+}
+
+impl HolderDirs {
+    /// The holder's file: its parent directory (beneath the layer's
+    /// `diff/`, no symlink followed) and its `lstat`, when a regular file.
+    fn find(
+        &mut self,
+        layers: &LayerStore,
+        holder: &index::Entry,
+    ) -> Option<(BorrowedFd<'_>, rfs::Stat)> {
+        let (parent_path, name) = split(&holder.path);
+        let cached = matches!(&self.last,
+            Some((c, p, _)) if *c == holder.chain && p.as_slice() == parent_path);
+        if !cached {
+            if !self.roots.contains_key(&holder.chain) {
+                // Bounded: a store of many layers must not run out of fds.
+                if self.roots.len() >= 64 {
+                    self.roots.clear();
+                }
+                let diff = layers.diff_dir(&holder.chain);
+                let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+                self.roots.insert(holder.chain, root);
+            }
+            let root = self.roots.get(&holder.chain)?;
+            let dir = open_dir(root.as_fd(), parent_path).ok()?;
+            self.last = Some((holder.chain, parent_path.to_vec(), dir));
+        }
+        let (_, _, dir) = self.last.as_ref()?;
+        let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        (regular && st.st_nlink > 0).then_some((dir.as_fd(), st))
+    }
+}
+
 /// A holder's file, opened as extraction resolves names: its parent
 /// beneath the layer's `diff/`, the file itself not followed.
 pub(crate) struct HolderFile {
@@ -292,71 +420,74 @@ fn same_metadata(a: &rfs::Stat, b: &rfs::Stat) -> bool {
         == (b.st_size, b.st_mode, b.st_uid, b.st_gid, b.st_mtime, b.st_mtime_nsec)
 }
 
-/// Name used for a link before it is renamed over a staged name.
-fn temp_name() -> Vec<u8> {
-    format!(".lstore-share-{}", std::process::id()).into_bytes()
+/// Name used for a link before it is renamed over a staged name: the
+/// staged folder is this process's own, and each linking thread (`thread`)
+/// names its links apart.
+fn temp_name(thread: usize, i: usize) -> Vec<u8> {
+    format!(".lstore-share-{thread}-{i}").into_bytes()
 }
 
 /// Makes every name of `g` a link to the holder's inode. Returns false
-/// (the staged inode kept whole) when the holder is gone or differs.
+/// (the staged inode kept whole) when the holder is gone or differs. The
+/// holder cannot go meanwhile: lookups and links run under the shared root
+/// lock, which gc needs exclusive, and lstore never changes a layer folder.
 fn link_group(
     layers: &LayerStore,
-    root: BorrowedFd<'_>,
+    staged: &mut Dirs<'_>,
+    holder_dirs: &mut HolderDirs,
     g: &Group,
     holder: &index::Entry,
-    touched: &mut DirTimes,
+    thread: usize,
 ) -> Result<bool> {
-    let Some(h) = open_holder(layers, holder) else {
+    let Some((holder_dir, hst)) = holder_dirs.find(layers, holder) else {
         return Ok(false);
     };
-    if !same_metadata(&h.st, &g.st) || (h.st.st_dev, h.st.st_ino) == (g.st.st_dev, g.st.st_ino) {
+    if !same_metadata(&hst, &g.st) || (hst.st_dev, hst.st_ino) == (g.st.st_dev, g.st.st_ino) {
         return Ok(false);
     }
-    let tmp = temp_name();
-    let temp_of = |i: usize| [tmp.as_slice(), b"-", i.to_string().as_bytes()].concat();
+    let (_, holder_name) = split(&holder.path);
+    let temp_of = |i: usize| temp_name(thread, i);
     // Every name gets its link under a temporary name first: should one
     // fail, the others are taken back and the group stays as extracted.
-    let mut made: Vec<(OwnedFd, &[u8])> = Vec::new();
+    let mut made: Vec<&[u8]> = Vec::new();
     let mut failed = false;
     for name in &g.names {
-        let (parent_path, base) = split(name);
-        let Ok(parent) = open_dir(root, parent_path) else {
+        let (parent_path, _) = split(name);
+        let Ok(parent) = staged.get(parent_path) else {
             failed = true;
             break;
         };
-        if touched.note(parent_path, parent.as_fd()).is_err() {
+        let linked = rfs::linkat(
+            holder_dir,
+            holder_name,
+            parent,
+            temp_of(made.len()).as_slice(),
+            AtFlags::empty(),
+        );
+        if linked.is_err() {
             failed = true;
             break;
         }
-        let tmp_here = temp_of(made.len());
-        match rfs::linkat(&h.parent, h.name.as_slice(), &parent, tmp_here.as_slice(), AtFlags::empty()) {
-            Ok(()) => {}
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-        // The name is the holder's inode (nothing swapped it meanwhile).
-        let linked = rfs::statat(&parent, tmp_here.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
-        let ok = linked.is_ok_and(|st| (st.st_dev, st.st_ino) == (h.st.st_dev, h.st.st_ino));
-        made.push((parent, base));
-        if !ok {
-            failed = true;
-            break;
-        }
+        made.push(name);
     }
     if failed {
-        for (i, (parent, _)) in made.iter().enumerate() {
-            let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
+        for (i, name) in made.iter().enumerate() {
+            if let Ok(parent) = staged.get(split(name).0) {
+                let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
+            }
         }
         return Ok(false);
     }
-    for (i, (parent, base)) in made.iter().enumerate() {
-        rfs::renameat(parent, temp_of(i).as_slice(), parent, *base).map_err(|e| {
+    for (i, name) in made.iter().enumerate() {
+        let (parent_path, base) = split(name);
+        let renamed = staged.get(parent_path).and_then(|parent| {
+            rfs::renameat(parent, temp_of(i).as_slice(), parent, base)
+        });
+        renamed.map_err(|e| {
             Error::io(
                 format!(
                     "replace {:?} with a link to layer {}",
-                    String::from_utf8_lossy(&g.names[i]),
+                    String::from_utf8_lossy(name),
                     holder.chain
                 ),
                 e.into(),
