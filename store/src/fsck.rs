@@ -1649,6 +1649,8 @@ mod tests {
                     corrupt_blobs: BTreeSet::new(),
                     blob_refs_before: BTreeMap::new(),
                     layer_refs_before: BTreeMap::new(),
+                    changed_files: BTreeMap::new(),
+                    reindexed: Vec::new(),
                 };
                 Ok(check
                     .reextract(&chain, &want, &img.layers[0].digest, oci::OCI_LAYER_GZIP)

@@ -611,3 +611,6 @@ pub(crate) fn savings(layers: &LayerStore, meta: &Meta) -> Result<Savings> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
