@@ -178,7 +178,10 @@ fn equal_content_with_other_metadata_is_not_linked() {
         assert_eq!(fs::read(&pa).unwrap(), fs::read(&pb).unwrap());
     }
     assert_eq!(
-        fs::metadata(path_in(&ib, 0, "usr/bin/tool")).unwrap().mode() & 0o7777,
+        fs::metadata(path_in(&ib, 0, "usr/bin/tool"))
+            .unwrap()
+            .mode()
+            & 0o7777,
         0o700
     );
     assert_matches_umoci(&store, A, &a);
@@ -206,7 +209,10 @@ fn a_shared_file_outlives_the_layer_it_came_from() {
     // Only A's own files were freed: its etc-version (10 bytes), link,
     // tar-split record and such, not the 329,000 shared bytes.
     let freed = removed["freed_bytes"].as_u64().unwrap_or(0);
-    assert!(freed < 20_000, "rmi counted shared bytes as freed: {removed}");
+    assert!(
+        freed < 20_000,
+        "rmi counted shared bytes as freed: {removed}"
+    );
     assert_eq!(inode(&lib_b).1, 1, "one name left");
     assert_eq!(fs::read(&lib_b).unwrap(), content("library ", 300_000));
     assert_matches_umoci(&store, B, &b);
@@ -369,7 +375,12 @@ fn a_load_killed_while_sharing_leaves_a_store_fsck_accepts() {
         let what = format!("round {k} (kill after {delay:?})");
         if !store.run(&["fsck"]).success() {
             let repair = store.run(&["fsck", "--repair"]);
-            assert!(repair.success(), "{what}: {}{}", repair.stdout, repair.stderr);
+            assert!(
+                repair.success(),
+                "{what}: {}{}",
+                repair.stdout,
+                repair.stderr
+            );
             let again = store.run(&["fsck"]);
             assert!(again.success(), "{what}: {}{}", again.stdout, again.stderr);
         }
@@ -429,13 +440,23 @@ impl XfsMount {
         };
         if let Err(e) = run(
             "mkfs.xfs",
-            &["-q".as_ref(), "-m".as_ref(), "reflink=1".as_ref(), file.as_os_str()],
+            &[
+                "-q".as_ref(),
+                "-m".as_ref(),
+                "reflink=1".as_ref(),
+                file.as_os_str(),
+            ],
         ) {
             return fail(e);
         }
         if let Err(e) = run(
             "mount",
-            &["-o".as_ref(), "loop".as_ref(), file.as_os_str(), dir.as_os_str()],
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                file.as_os_str(),
+                dir.as_os_str(),
+            ],
         ) {
             return fail(e);
         }
@@ -499,7 +520,10 @@ fn reflinks_share_extents_on_xfs() {
         assert!(extents_shared(&pb), "{rel}: extents not shared");
     }
     assert_eq!(
-        fs::metadata(path_in(&ib, 0, "usr/bin/tool")).unwrap().mode() & 0o7777,
+        fs::metadata(path_in(&ib, 0, "usr/bin/tool"))
+            .unwrap()
+            .mode()
+            & 0o7777,
         0o700
     );
     assert_matches_umoci(&store, A, &a);

@@ -44,9 +44,9 @@ use crate::meta::{
 };
 use crate::oci;
 use crate::reference::Reference;
-use crate::store::Store;
 use crate::share::index::{self, IndexKey};
 use crate::share::verify::{self, EntryState};
+use crate::store::Store;
 use crate::tarsplit;
 use crate::unpack::{self, UnpackError, Unpacked};
 
@@ -494,9 +494,9 @@ impl Check<'_> {
                 why.push_str(&format!("; layers {} share it", names.join(", ")));
             }
             for c in &sharing {
-                self.changed_files
-                    .entry(*c)
-                    .or_insert_with(|| format!("shares file {path} of layer {}, which changed", e.chain));
+                self.changed_files.entry(*c).or_insert_with(|| {
+                    format!("shares file {path} of layer {}, which changed", e.chain)
+                });
             }
             self.changed_files.entry(e.chain).or_insert(why);
         }

@@ -25,13 +25,13 @@ use crate::digest::{chain_ids, Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::images::Stored;
 use crate::lock::{live_leases, LayerLock, Lease, LeaseContent};
-use crate::share::index::IndexKey;
 use crate::meta::{
     BlobRecord, ImageLayer, ImageRecord, LayerRecord, Meta, TagRecord, CF_BLOBS, CF_IMAGES,
     CF_LAYERS, CF_TAGS,
 };
 use crate::oci::{self, Compression, Descriptor, ImageConfig};
 use crate::reference::Reference;
+use crate::share::index::IndexKey;
 use crate::store::Store;
 use crate::unpack;
 

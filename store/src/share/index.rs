@@ -142,7 +142,11 @@ pub(crate) fn is_indexed(meta: &Meta, chain: &Digest) -> Result<bool> {
 }
 
 /// Records layer `chain`'s entries.
-pub(crate) fn put(batch: &mut Batch<'_>, chain: &Digest, entries: &[(IndexKey, Vec<u8>)]) -> Result<()> {
+pub(crate) fn put(
+    batch: &mut Batch<'_>,
+    chain: &Digest,
+    entries: &[(IndexKey, Vec<u8>)],
+) -> Result<()> {
     for (key, path) in entries {
         batch.put(CF_SHARED_FILES, &shared_key(key, chain), path)?;
         batch.put(CF_LAYER_FILES, &layer_key(chain, key), &())?;

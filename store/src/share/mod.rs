@@ -27,7 +27,7 @@ pub(crate) mod identity;
 pub(crate) mod index;
 pub(crate) mod verify;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -69,8 +69,10 @@ impl Reflink {
         self.0.load(Ordering::Relaxed) != REFLINK_NO
     }
     fn set(&self, works: bool) {
-        self.0
-            .store(if works { REFLINK_YES } else { REFLINK_NO }, Ordering::Relaxed);
+        self.0.store(
+            if works { REFLINK_YES } else { REFLINK_NO },
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -172,15 +174,15 @@ pub(crate) fn share_layer(
     }
     // Directory times are noted before any entry in them changes.
     let mut touched = DirTimes::default();
-    {
-        let mut staged = Dirs::new(root.as_fd());
-        for (i, _) in &candidates {
-            for name in &groups[*i].1.names {
-                let parent_path = split(name).0;
-                let dir = staged.get(parent_path).map_err(|e| io("open a directory", e))?;
-                touched.note(parent_path, dir).map_err(|e| io("inspect a directory", e))?;
-            }
-        }
+    let parents: BTreeSet<&[u8]> = candidates
+        .iter()
+        .flat_map(|(i, _)| groups[*i].1.names.iter().map(|n| split(n).0))
+        .collect();
+    for parent_path in parents {
+        let dir = open_dir(root.as_fd(), parent_path).map_err(|e| io("open a directory", e))?;
+        touched
+            .note(parent_path, dir.as_fd())
+            .map_err(|e| io("inspect a directory", e))?;
     }
     let linked = link_in_parallel(layers, root.as_fd(), &groups, &candidates)?;
     let mut unlinked: Vec<usize> = Vec::new();
@@ -239,6 +241,10 @@ fn link_in_parallel(
         let dir_hash = blake3::hash(split(first).0).as_bytes()[0] as usize;
         shares[dir_hash % threads].push(c);
     }
+    for share in &mut shares {
+        // In path order, a run of files in one directory opens it once.
+        share.sort_by(|a, b| groups[a.0].1.names[0].cmp(&groups[b.0].1.names[0]));
+    }
     let work = |thread: usize, share: Vec<&(usize, Vec<index::Entry>)>| -> Result<Vec<usize>> {
         let mut staged = Dirs::new(root);
         let mut holder_dirs = HolderDirs::default();
@@ -292,8 +298,7 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
         let Some(st) = stat(&mut dirs, &file.path) else {
             continue;
         };
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino
-        {
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
             continue;
         }
         let names = vec![file.path.clone()];
@@ -405,19 +410,32 @@ pub(crate) fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<
     let (parent_path, name) = split(&holder.path);
     let parent = open_dir(root.as_fd(), parent_path).ok()?;
     let st = rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(
-        || HolderFile {
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(|| {
+        HolderFile {
             parent,
             name: name.to_vec(),
             st,
-        },
-    )
+        }
+    })
 }
 
 /// Whether two stats agree on everything a link would share.
 fn same_metadata(a: &rfs::Stat, b: &rfs::Stat) -> bool {
-    (a.st_size, a.st_mode, a.st_uid, a.st_gid, a.st_mtime, a.st_mtime_nsec)
-        == (b.st_size, b.st_mode, b.st_uid, b.st_gid, b.st_mtime, b.st_mtime_nsec)
+    (
+        a.st_size,
+        a.st_mode,
+        a.st_uid,
+        a.st_gid,
+        a.st_mtime,
+        a.st_mtime_nsec,
+    ) == (
+        b.st_size,
+        b.st_mode,
+        b.st_uid,
+        b.st_gid,
+        b.st_mtime,
+        b.st_mtime_nsec,
+    )
 }
 
 /// Name used for a link before it is renamed over a staged name: the
@@ -480,9 +498,9 @@ fn link_group(
     }
     for (i, name) in made.iter().enumerate() {
         let (parent_path, base) = split(name);
-        let renamed = staged.get(parent_path).and_then(|parent| {
-            rfs::renameat(parent, temp_of(i).as_slice(), parent, base)
-        });
+        let renamed = staged
+            .get(parent_path)
+            .and_then(|parent| rfs::renameat(parent, temp_of(i).as_slice(), parent, base));
         renamed.map_err(|e| {
             Error::io(
                 format!(
@@ -572,7 +590,8 @@ fn clone_group(
         },
     };
     rfs::futimens(&dest, &times).map_err(|e| staged_err("restore the times of", e))?;
-    let (_, id) = identify(dest.as_fd(), g.file.id.content).map_err(|e| staged_err("inspect", e))?;
+    let (_, id) =
+        identify(dest.as_fd(), g.file.id.content).map_err(|e| staged_err("inspect", e))?;
     if id != g.file.id {
         return Err(Error::Invalid(format!(
             "cloning extents into {:?} changed its metadata",

@@ -15,8 +15,11 @@ fn note(diff: &Path, rel: &str) -> WrittenFile {
     let path = diff.join(rel);
     let data = fs::read(&path).unwrap();
     let file = fs::File::open(&path).unwrap();
-    let (st, id) = identify(std::os::fd::AsFd::as_fd(&file), *blake3::hash(&data).as_bytes())
-        .unwrap();
+    let (st, id) = identify(
+        std::os::fd::AsFd::as_fd(&file),
+        *blake3::hash(&data).as_bytes(),
+    )
+    .unwrap();
     WrittenFile {
         path: rel.as_bytes().to_vec(),
         ino: st.st_ino,
@@ -123,12 +126,21 @@ fn identity_tells_metadata_apart() {
 fn a_staged_file_becomes_the_holders_inode() {
     let f = fixture();
     let held = Digest::of(b"held layer");
-    committed_layer(&f, &held, &[("usr/lib/a.so", b"shared bytes"), ("own", b"one")]);
+    committed_layer(
+        &f,
+        &held,
+        &[("usr/lib/a.so", b"shared bytes"), ("own", b"one")],
+    );
     write(&f.staged, "usr/lib/a.so", b"shared bytes");
     write(&f.staged, "own", b"two");
     let dir = f.staged.join("usr/lib");
-    rustix::fs::utimensat(rustix::fs::CWD, &dir, &filetime(1_500_000_000), rustix::fs::AtFlags::empty())
-        .unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &dir,
+        &filetime(1_500_000_000),
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
     let written = Written {
         files: vec![note(&f.staged, "usr/lib/a.so"), note(&f.staged, "own")],
         links: Vec::new(),
@@ -147,20 +159,48 @@ fn a_staged_file_becomes_the_holders_inode() {
     assert_eq!(shared.entries.len(), 2);
     let holder = f.layers.diff_dir(&held).join("usr/lib/a.so");
     let staged = f.staged.join("usr/lib/a.so");
-    assert_eq!(fs::metadata(&holder).unwrap().ino(), fs::metadata(&staged).unwrap().ino());
+    assert_eq!(
+        fs::metadata(&holder).unwrap().ino(),
+        fs::metadata(&staged).unwrap().ino()
+    );
     assert_ne!(
-        fs::metadata(f.layers.diff_dir(&held).join("own")).unwrap().ino(),
+        fs::metadata(f.layers.diff_dir(&held).join("own"))
+            .unwrap()
+            .ino(),
         fs::metadata(f.staged.join("own")).unwrap().ino()
     );
-    assert_eq!(fs::metadata(&dir).unwrap().mtime(), 1_500_000_000, "dir time kept");
-    let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("a.so")], "no temporary name left");
+    assert_eq!(
+        fs::metadata(&dir).unwrap().mtime(),
+        1_500_000_000,
+        "dir time kept"
+    );
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("a.so")],
+        "no temporary name left"
+    );
     // The savings df shows need both layers indexed.
     let mut batch = f.meta.batch();
     index::put(&mut batch, &Digest::of(b"staged"), &shared.entries).unwrap();
     batch.commit().unwrap();
-    let key: IndexKey = shared.entries.iter().find(|(_, p)| p == b"usr/lib/a.so").unwrap().0;
-    assert_eq!(index::Lookup::new(&f.meta).unwrap().holders(&key).unwrap().len(), 2);
+    let key: IndexKey = shared
+        .entries
+        .iter()
+        .find(|(_, p)| p == b"usr/lib/a.so")
+        .unwrap()
+        .0;
+    assert_eq!(
+        index::Lookup::new(&f.meta)
+            .unwrap()
+            .holders(&key)
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 /// A holder in `skip` (fsck's damaged layers) is never linked to, and a
@@ -179,8 +219,15 @@ fn skipped_and_vanished_holders_are_passed_over() {
         links: Vec::new(),
     };
     let skip: HashSet<Digest> = [damaged].into();
-    let shared =
-        share_layer(&f.layers, &f.meta, &f.staged, written, &skip, &Reflink::default()).unwrap();
+    let shared = share_layer(
+        &f.layers,
+        &f.meta,
+        &f.staged,
+        written,
+        &skip,
+        &Reflink::default(),
+    )
+    .unwrap();
     assert_eq!(shared.linked, 0);
     assert_eq!(fs::metadata(f.staged.join("f")).unwrap().nlink(), 1);
 }

@@ -22,11 +22,7 @@ pub(crate) enum EntryState {
     /// The file is gone or is no regular file any more.
     Missing,
     /// The file, as inode (dev, ino), whose identity is as indexed or not.
-    Inode {
-        dev: u64,
-        ino: u64,
-        intact: bool,
-    },
+    Inode { dev: u64, ino: u64, intact: bool },
 }
 
 /// Hashes the file a holder names and takes its identity again.
@@ -43,7 +39,11 @@ fn identity_of(h: &HolderFile) -> Option<FileIdentity> {
         }
         hasher.update(&buf[..n]);
     }
-    let (st, id) = identify(std::os::fd::AsFd::as_fd(&file), *hasher.finalize().as_bytes()).ok()?;
+    let (st, id) = identify(
+        std::os::fd::AsFd::as_fd(&file),
+        *hasher.finalize().as_bytes(),
+    )
+    .ok()?;
     (st.st_ino == h.st.st_ino).then_some(id)
 }
 

@@ -952,8 +952,8 @@ impl Op<'_> {
         let mut file = File::from(fd);
         let mut written = 0u64;
         let mut flushed = 0u64;
-        let mut hasher = (state.written.is_some() && entry.size >= MIN_SHARED_SIZE)
-            .then(blake3::Hasher::new);
+        let mut hasher =
+            (state.written.is_some() && entry.size >= MIN_SHARED_SIZE).then(blake3::Hasher::new);
         while written < self.ctx.entry.size {
             let chunk = tar.data_chunk()?;
             if chunk.is_empty() {
