@@ -44,7 +44,7 @@ use crate::meta::{
 };
 use crate::oci;
 use crate::reference::Reference;
-use crate::share::index::{self, IndexKey};
+use crate::share::index::{self, LayerEntries};
 use crate::share::verify::{self, EntryState};
 use crate::store::Store;
 use crate::tarsplit;
@@ -293,7 +293,7 @@ struct Check<'a> {
     /// Layers whose files differ from the content index, and how.
     changed_files: BTreeMap<Digest, String>,
     /// Layers extracted again, with their new content index entries.
-    reindexed: Vec<(Digest, Vec<(IndexKey, Vec<u8>)>)>,
+    reindexed: Vec<(Digest, LayerEntries)>,
 }
 
 impl Check<'_> {
@@ -382,7 +382,7 @@ impl Check<'_> {
         layer: &LayerUse,
         blob: &Digest,
         media_type: &str,
-    ) -> Result<(Unpacked, Vec<(IndexKey, Vec<u8>)>)> {
+    ) -> Result<(Unpacked, LayerEntries)> {
         let store = self.store;
         let declared = store.content().layer_compression(blob, media_type)?;
         // Named like the entries of a dead command, so that gc removes it

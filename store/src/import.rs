@@ -31,7 +31,7 @@ use crate::meta::{
 };
 use crate::oci::{self, Compression, Descriptor, ImageConfig};
 use crate::reference::Reference;
-use crate::share::index::IndexKey;
+use crate::share::index::LayerEntries;
 use crate::store::Store;
 use crate::unpack;
 
@@ -128,7 +128,7 @@ struct DoneLayer {
     reused: bool,
     /// Its entries for the content index (file sharing), when this command
     /// extracted it.
-    index_entries: Vec<(IndexKey, Vec<u8>)>,
+    index_entries: LayerEntries,
 }
 
 /// What reading one layer blob gave.
@@ -140,7 +140,7 @@ struct LayerRead {
     file_bytes: u64,
     /// Another command had extracted it: only measured.
     present: bool,
-    index_entries: Vec<(IndexKey, Vec<u8>)>,
+    index_entries: LayerEntries,
 }
 
 /// Blobs and layers this command created, to remove again on failure.

@@ -47,8 +47,11 @@ pub(crate) struct Written {
     pub links: Vec<Vec<u8>>,
 }
 
+/// Extended attributes: (name, value), sorted by name.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The metadata half of an identity, from a stat and the sorted xattrs.
-pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &[(Vec<u8>, Vec<u8>)]) -> [u8; 16] {
+pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &Xattrs) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(b"lstore file meta 1");
     for v in [
@@ -57,7 +60,7 @@ pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &[(Vec<u8>, Vec<u8>)]) -> [u8; 1
         u64::from(st.st_uid),
         u64::from(st.st_gid),
         st.st_mtime as u64,
-        st.st_mtime_nsec as u64,
+        st.st_mtime_nsec,
     ] {
         h.update(&v.to_le_bytes());
     }
@@ -73,7 +76,7 @@ pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &[(Vec<u8>, Vec<u8>)]) -> [u8; 1
 }
 
 /// The xattrs of an open file, sorted by name.
-pub(crate) fn xattrs(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub(crate) fn xattrs(fd: BorrowedFd<'_>) -> Result<Xattrs, Errno> {
     let mut names = vec![0u8; 256];
     let len = loop {
         match rfs::flistxattr(fd, &mut names) {

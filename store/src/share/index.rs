@@ -62,6 +62,9 @@ pub(crate) fn names_hash(names: &[Vec<u8>]) -> [u8; 16] {
     out
 }
 
+/// A layer's own entries: each identity with a path of it in the layer.
+pub(crate) type LayerEntries = Vec<(IndexKey, Vec<u8>)>;
+
 /// One entry: a layer holds `key` at `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {

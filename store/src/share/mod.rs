@@ -47,7 +47,7 @@ use index::IndexKey;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Shared {
     /// The layer's entries for the index, recorded with the layer.
-    pub entries: Vec<(IndexKey, Vec<u8>)>,
+    pub entries: index::LayerEntries,
     /// Inodes that became another layer's inode.
     pub linked: u64,
     /// Inodes whose extents were cloned from another layer's file.
@@ -156,7 +156,7 @@ pub(crate) fn share_layer(
         })
         .collect();
     // In key order, the lookups seek forward through the index.
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups.sort_by_key(|g| g.0);
     let mut out = Shared::default();
     let mut lookup = index::Lookup::new(meta)?;
     let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
@@ -319,7 +319,7 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
     }
     groups
         .into_values()
-        .filter(|g| g.names.len() as u64 == g.st.st_nlink as u64)
+        .filter(|g| g.names.len() as u64 == g.st.st_nlink)
         .collect()
 }
 
@@ -618,7 +618,7 @@ pub(crate) fn savings(layers: &LayerStore, meta: &Meta) -> Result<Savings> {
     for entry in index::all(meta)? {
         if let Some(h) = open_holder(layers, &entry) {
             let seen = inodes
-                .entry((h.st.st_dev as u64, h.st.st_ino))
+                .entry((h.st.st_dev, h.st.st_ino))
                 .or_insert((0, h.st.st_size as u64));
             seen.0 += 1;
         }

@@ -60,7 +60,7 @@ pub(crate) fn verify(layers: &LayerStore, entries: &[Entry]) -> Vec<EntryState> 
         match open_holder(layers, entry) {
             None => states.push(EntryState::Missing),
             Some(h) => {
-                let key = (h.st.st_dev as u64, h.st.st_ino);
+                let key = (h.st.st_dev, h.st.st_ino);
                 states.push(EntryState::Inode {
                     dev: key.0,
                     ino: key.1,
