@@ -7,8 +7,10 @@
 mod common;
 
 use common::checks::{assert_matches_umoci, inode, layer_diff};
+use common::image::Image;
 use common::tarball::{Compression, TarBuilder};
 use common::{ImageBuilder, Lstore};
+use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,21 @@ fn base(variant: &str) -> TarBuilder {
     t
 }
 
-fn path_in(inspect: &serde_json::Value, layer: usize, rel: &str) -> PathBuf {
+/// An image of one gzip layer made of `tar`.
+fn image_of(tar: &TarBuilder) -> Image {
+    ImageBuilder::new().tar(tar, Compression::Gzip).build()
+}
+
+/// Loads an image of `a` as A, then one of `b` as B: the images and
+/// their `inspect`.
+fn load_pair(store: &Lstore, a: &TarBuilder, b: &TarBuilder) -> (Image, Image, Value, Value) {
+    let (a, b) = (image_of(a), image_of(b));
+    store.load_image(&a, A);
+    store.load_image(&b, B);
+    (a, b, store.inspect(A), store.inspect(B))
+}
+
+fn path_in(inspect: &Value, layer: usize, rel: &str) -> PathBuf {
     layer_diff(inspect, layer).join(rel)
 }
 
@@ -55,15 +71,7 @@ fn ino(path: &Path) -> u64 {
 #[test]
 fn equal_files_in_different_layers_become_one_inode() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base("2"), Compression::Gzip)
-        .build();
-    store.load_image(&a, A);
-    store.load_image(&b, B);
-    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let (a, b, ia, ib) = load_pair(&store, &base("1"), &base("2"));
     for rel in ["usr/bin/tool", "usr/bin/setuid", "usr/lib.so"] {
         let (pa, pb) = (path_in(&ia, 0, rel), path_in(&ib, 0, rel));
         assert_eq!(ino(&pa), ino(&pb), "{rel}: one inode in both layers");
@@ -95,16 +103,8 @@ fn equal_files_in_different_layers_become_one_inode() {
 #[test]
 fn fsck_finds_and_repair_fixes_a_changed_shared_file() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base("2"), Compression::Gzip)
-        .build();
-    store.load_image(&a, A);
-    store.load_image(&b, B);
+    let (a, b, ia, ib) = load_pair(&store, &base("1"), &base("2"));
     store.ok(&["fsck"]);
-    let (ia, ib) = (store.inspect(A), store.inspect(B));
     let tool_a = path_in(&ia, 0, "usr/bin/tool");
     let tool_b = path_in(&ib, 0, "usr/bin/tool");
     assert_eq!(ino(&tool_a), ino(&tool_b));
@@ -162,15 +162,7 @@ fn base_chmod(variant: &str) -> TarBuilder {
 #[test]
 fn equal_content_with_other_metadata_is_not_linked() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base_chmod("2"), Compression::Gzip)
-        .build();
-    store.load_image(&a, A);
-    store.load_image(&b, B);
-    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let (a, b, ia, ib) = load_pair(&store, &base("1"), &base_chmod("2"));
     for rel in ["usr/bin/tool", "usr/lib.so"] {
         let (pa, pb) = (path_in(&ia, 0, rel), path_in(&ib, 0, rel));
         assert_ne!(ino(&pa), ino(&pb), "{rel}: other metadata, other inode");
@@ -193,12 +185,8 @@ fn equal_content_with_other_metadata_is_not_linked() {
 #[test]
 fn a_shared_file_outlives_the_layer_it_came_from() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base("2"), Compression::Gzip)
-        .build();
+    let a = image_of(&base("1"));
+    let b = image_of(&base("2"));
     store.load_image(&a, A);
     store.load_image(&b, B);
     let ib = store.inspect(B);
@@ -240,15 +228,9 @@ fn base_with_link(variant: &str) -> TarBuilder {
 #[test]
 fn hardlinks_inside_a_layer_stay_one_group() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base_with_link("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base_with_link("2"), Compression::Gzip)
-        .build();
-    let c = ImageBuilder::new()
-        .tar(&base("3"), Compression::Gzip)
-        .build();
+    let a = image_of(&base_with_link("1"));
+    let b = image_of(&base_with_link("2"));
+    let c = image_of(&base("3"));
     store.load_image(&a, A);
     store.load_image(&b, B);
     store.load_image(&c, "example.com/space/c:1");
@@ -275,15 +257,7 @@ fn hardlinks_inside_a_layer_stay_one_group() {
 #[test]
 fn copy_up_in_a_rw_mount_leaves_shared_files_alone() {
     let store = Lstore::new();
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base("2"), Compression::Gzip)
-        .build();
-    store.load_image(&a, A);
-    store.load_image(&b, B);
-    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let (a, b, ia, ib) = load_pair(&store, &base("1"), &base("2"));
     let tool_a = path_in(&ia, 0, "usr/bin/tool");
     let lib_a = path_in(&ia, 0, "usr/lib.so");
     assert_eq!(ino(&tool_a), ino(&path_in(&ib, 0, "usr/bin/tool")));
@@ -337,12 +311,8 @@ fn many_files(variant: &str) -> TarBuilder {
 #[test]
 fn a_load_killed_while_sharing_leaves_a_store_fsck_accepts() {
     let scratch = common::scratch();
-    let a = ImageBuilder::new()
-        .tar(&many_files("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&many_files("2"), Compression::Gzip)
-        .build();
+    let a = image_of(&many_files("1"));
+    let b = image_of(&many_files("2"));
     let layout_b = scratch.path().join("b");
     common::image::write_oci_layout(&layout_b, &[(&b, common::LayoutNames::ref_name("b"))]);
     let load_b = ["load", "-i", layout_b.to_str().unwrap(), "--tag", B];
@@ -505,15 +475,7 @@ fn reflinks_share_extents_on_xfs() {
         return;
     };
     let store = Lstore::in_dir(&xfs.dir);
-    let a = ImageBuilder::new()
-        .tar(&base("1"), Compression::Gzip)
-        .build();
-    let b = ImageBuilder::new()
-        .tar(&base_chmod("2"), Compression::Gzip)
-        .build();
-    store.load_image(&a, A);
-    store.load_image(&b, B);
-    let (ia, ib) = (store.inspect(A), store.inspect(B));
+    let (a, b, ia, ib) = load_pair(&store, &base("1"), &base_chmod("2"));
     for rel in ["usr/bin/tool", "usr/lib.so"] {
         let (pa, pb) = (path_in(&ia, 0, rel), path_in(&ib, 0, rel));
         assert_ne!(ino(&pa), ino(&pb), "{rel}: own inode");

@@ -32,13 +32,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::io::Errno;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layers::LayerStore;
 use crate::meta::Meta;
+use crate::unpack::{dir_open_flags as dir_flags, resolve_beneath};
 
 pub(crate) use identity::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
 use index::IndexKey;
@@ -76,17 +77,6 @@ impl Reflink {
     }
 }
 
-fn beneath() -> ResolveFlags {
-    ResolveFlags::BENEATH
-        | ResolveFlags::NO_SYMLINKS
-        | ResolveFlags::NO_MAGICLINKS
-        | ResolveFlags::NO_XDEV
-}
-
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -99,7 +89,7 @@ fn open_dir(root: BorrowedFd<'_>, path: &[u8]) -> std::result::Result<OwnedFd, E
     if path.is_empty() {
         return rfs::openat(root, c".", dir_flags(), Mode::empty());
     }
-    rfs::openat2(root, path, dir_flags(), Mode::empty(), beneath())
+    rfs::openat2(root, path, dir_flags(), Mode::empty(), resolve_beneath())
 }
 
 /// The last directory opened, kept for a run of names in it.
@@ -323,6 +313,18 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
         .collect()
 }
 
+/// A file's access and modification times, to set again.
+fn times_of(st: &rfs::Stat) -> Timestamps {
+    let ts = |sec: i64, nsec: u64| rfs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    Timestamps {
+        last_access: ts(st.st_atime, st.st_atime_nsec),
+        last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
 /// Directory times as they were before sharing changed entries in them,
 /// put back at the end (they were set when the extraction finished).
 #[derive(Default)]
@@ -331,17 +333,7 @@ struct DirTimes(HashMap<Vec<u8>, Timestamps>);
 impl DirTimes {
     fn note(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
         if !self.0.contains_key(path) {
-            let st = rfs::fstat(dir)?;
-            let times = Timestamps {
-                last_access: rfs::Timespec {
-                    tv_sec: st.st_atime as _,
-                    tv_nsec: st.st_atime_nsec as _,
-                },
-                last_modification: rfs::Timespec {
-                    tv_sec: st.st_mtime as _,
-                    tv_nsec: st.st_mtime_nsec as _,
-                },
-            };
+            let times = times_of(&rfs::fstat(dir)?);
             self.0.insert(path.to_vec(), times);
         }
         Ok(())
@@ -579,17 +571,7 @@ fn clone_group(
                 .map_err(|e| staged_err("restore xattrs of", e))?;
         }
     }
-    let times = Timestamps {
-        last_access: rfs::Timespec {
-            tv_sec: before.st_atime as _,
-            tv_nsec: before.st_atime_nsec as _,
-        },
-        last_modification: rfs::Timespec {
-            tv_sec: before.st_mtime as _,
-            tv_nsec: before.st_mtime_nsec as _,
-        },
-    };
-    rfs::futimens(&dest, &times).map_err(|e| staged_err("restore the times of", e))?;
+    rfs::futimens(&dest, &times_of(&before)).map_err(|e| staged_err("restore the times of", e))?;
     let (_, id) =
         identify(dest.as_fd(), g.file.id.content).map_err(|e| staged_err("inspect", e))?;
     if id != g.file.id {

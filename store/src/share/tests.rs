@@ -69,6 +69,11 @@ fn fixture() -> Fixture {
     }
 }
 
+/// The sharing step on the layer at `diff`.
+fn share(f: &Fixture, diff: &Path, written: Written, skip: &HashSet<Digest>) -> super::Shared {
+    share_layer(&f.layers, &f.meta, diff, written, skip, &Reflink::default()).unwrap()
+}
+
 /// Puts a committed layer `chain` holding `files` and indexes it, as an
 /// import does.
 fn committed_layer(f: &Fixture, chain: &Digest, files: &[(&str, &[u8])]) {
@@ -81,15 +86,7 @@ fn committed_layer(f: &Fixture, chain: &Digest, files: &[(&str, &[u8])]) {
         files: files.iter().map(|(rel, _)| note(&diff, rel)).collect(),
         links: Vec::new(),
     };
-    let shared = share_layer(
-        &f.layers,
-        &f.meta,
-        &diff,
-        written,
-        &HashSet::new(),
-        &Reflink::default(),
-    )
-    .unwrap();
+    let shared = share(f, &diff, written, &HashSet::new());
     let mut batch = f.meta.batch();
     index::put(&mut batch, chain, &shared.entries).unwrap();
     batch.commit().unwrap();
@@ -148,15 +145,7 @@ fn a_staged_file_becomes_the_holders_inode() {
         files: vec![note(&f.staged, "usr/lib/a.so"), note(&f.staged, "own")],
         links: Vec::new(),
     };
-    let shared = share_layer(
-        &f.layers,
-        &f.meta,
-        &f.staged,
-        written,
-        &HashSet::new(),
-        &Reflink::default(),
-    )
-    .unwrap();
+    let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 1);
     assert_eq!(shared.bytes, 12);
     assert_eq!(shared.entries.len(), 2);
@@ -248,15 +237,7 @@ fn an_inode_with_unknown_names_is_left_alone() {
         files: vec![note(&f.staged, "f")],
         links: Vec::new(),
     };
-    let shared = share_layer(
-        &f.layers,
-        &f.meta,
-        &f.staged,
-        written,
-        &HashSet::new(),
-        &Reflink::default(),
-    )
-    .unwrap();
+    let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
     assert!(shared.entries.is_empty());
 }

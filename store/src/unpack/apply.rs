@@ -53,14 +53,14 @@ const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
 /// Mode of directories the archive implies but does not list (as Docker).
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
-fn resolve_beneath() -> ResolveFlags {
+pub(crate) fn resolve_beneath() -> ResolveFlags {
     ResolveFlags::BENEATH
         | ResolveFlags::NO_SYMLINKS
         | ResolveFlags::NO_MAGICLINKS
         | ResolveFlags::NO_XDEV
 }
 
-fn dir_open_flags() -> OFlags {
+pub(crate) fn dir_open_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 

@@ -46,7 +46,7 @@ use crate::oci::Compression;
 use crate::share::Written;
 use crate::tarsplit::{self, LayerSummary, Recorder, TarSplitError};
 
-pub(crate) use apply::{open_file_beneath, OpenError};
+pub(crate) use apply::{dir_open_flags, open_file_beneath, resolve_beneath, OpenError};
 pub(crate) use path::{normalize, WHITEOUT_PREFIX};
 
 /// Bounds on what one layer may make us read and create.
