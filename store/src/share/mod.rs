@@ -456,6 +456,9 @@ fn link_group(
         return Ok(false);
     }
     let (_, holder_name) = split(&holder.path);
+    if let [name] = g.names.as_slice() {
+        return link_one(staged, holder_dir, holder_name, &hst, name, holder);
+    }
     let temp_of = |i: usize| temp_name(thread, i);
     // Every name gets its link under a temporary name first: should one
     // fail, the others are taken back and the group stays as extracted.
@@ -504,6 +507,47 @@ fn link_group(
             )
         })?;
     }
+    Ok(true)
+}
+
+/// Most links any filesystem here allows an inode (ext4: 65,000).
+const MAX_LINKS: u64 = 60_000;
+
+/// A single name made the holder's inode: the staged file is unlinked,
+/// then the name linked to the holder (two directory changes rather than
+/// three with a temporary name: this is most of a layer's sharing time).
+/// The name is missing for a moment only inside the staged folder, which
+/// no one else sees and a crash discards; the link cannot fail for want
+/// of the holder (the shared root lock keeps gc away) or of room (the
+/// entry just freed), and the link count is checked first.
+fn link_one(
+    staged: &mut Dirs<'_>,
+    holder_dir: BorrowedFd<'_>,
+    holder_name: &[u8],
+    hst: &rfs::Stat,
+    name: &[u8],
+    holder: &index::Entry,
+) -> Result<bool> {
+    if hst.st_nlink >= MAX_LINKS {
+        return Ok(false);
+    }
+    let (parent_path, base) = split(name);
+    let Ok(parent) = staged.get(parent_path) else {
+        return Ok(false);
+    };
+    if rfs::unlinkat(parent, base, AtFlags::empty()).is_err() {
+        return Ok(false);
+    }
+    rfs::linkat(holder_dir, holder_name, parent, base, AtFlags::empty()).map_err(|e| {
+        Error::io(
+            format!(
+                "replace {:?} with a link to layer {}",
+                String::from_utf8_lossy(name),
+                holder.chain
+            ),
+            e.into(),
+        )
+    })?;
     Ok(true)
 }
 
