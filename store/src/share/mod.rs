@@ -69,12 +69,38 @@ impl Reflink {
     fn worth_trying(&self) -> bool {
         self.0.load(Ordering::Relaxed) != REFLINK_NO
     }
+    /// Whether clones work where `dir` is: the first call tries one
+    /// between two small files made there (and removed), so a filesystem
+    /// that cannot clone costs no content lookups at all.
+    fn probe(&self, dir: BorrowedFd<'_>) -> bool {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            self.set(clones_in(dir).unwrap_or(false));
+        }
+        self.worth_trying()
+    }
+
     fn set(&self, works: bool) {
         self.0.store(
             if works { REFLINK_YES } else { REFLINK_NO },
             Ordering::Relaxed,
         );
     }
+}
+
+/// Tries FICLONE between two files made in `dir` for the purpose.
+fn clones_in(dir: BorrowedFd<'_>) -> std::result::Result<bool, Errno> {
+    let names = [c".lstore-reflink-probe-a", c".lstore-reflink-probe-b"];
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let src = rfs::openat(dir, names[0], flags, Mode::from_raw_mode(0o600))?;
+    let dest = rfs::openat(dir, names[1], flags, Mode::from_raw_mode(0o600));
+    let result = dest.and_then(|dest| {
+        rustix::io::write(&src, &[0u8; 4096])?;
+        Ok(rfs::ioctl_ficlone(&dest, &src).is_ok())
+    });
+    for name in names {
+        let _ = rfs::unlinkat(dir, name, AtFlags::empty());
+    }
+    result
 }
 
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
@@ -182,7 +208,16 @@ pub(crate) fn share_layer(
         out.linked += 1;
         out.bytes += groups[i].1.file.size;
     }
-    if reflink.worth_trying() {
+    // Probed beside diff/ (in the staged folder), not in it: nothing of the
+    // layer changes.
+    let staged_folder = diff.parent().map_or_else(
+        || root.try_clone().map_err(|e| Error::io("dup", e)),
+        |p| {
+            rfs::openat(rfs::CWD, p, dir_flags(), Mode::empty())
+                .map_err(|e| io("open the staged folder", e))
+        },
+    )?;
+    if reflink.probe(staged_folder.as_fd()) {
         unlinked.extend((0..groups.len()).filter(|i| !was_linked[*i]));
     }
     for i in unlinked {
