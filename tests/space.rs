@@ -26,17 +26,23 @@ fn content(seed: &str, len: usize) -> Vec<u8> {
 /// A base layer of a few files; `variant` changes one file and the layer's
 /// own digest (as two releases of one distribution share most files).
 fn base(variant: &str) -> TarBuilder {
+    base_as(variant, 0o755, 1_600_000_000)
+}
+
+/// `base` with the tool's mode and the library's mtime given: the same
+/// content under other metadata when they differ from `base`'s.
+fn base_as(variant: &str, tool_mode: u32, lib_mtime: u64) -> TarBuilder {
     let mut t = TarBuilder::new();
     t.dir("usr/");
     t.dir("usr/bin/");
     t.file("usr/bin/tool", content("tool binary ", 20_000))
-        .mode(0o755)
+        .mode(tool_mode)
         .mtime(1_600_000_000);
     t.file("usr/bin/setuid", content("setuid binary ", 9_000))
         .mode(0o4755)
         .mtime(1_600_000_000);
     t.file("usr/lib.so", content("library ", 300_000))
-        .mtime(1_600_000_000);
+        .mtime(lib_mtime);
     t.file("etc-version", format!("release {variant}\n"))
         .mtime(1_600_000_000);
     t.file("empty", b"").mtime(1_600_000_000);
@@ -141,19 +147,9 @@ fn fsck_finds_and_repair_fixes_a_changed_shared_file() {
     assert_matches_umoci(&store, B, &b);
 }
 
-/// `base` with one file's metadata changed (mode), the content the same.
+/// `base` with the tool's mode and the library's mtime changed.
 fn base_chmod(variant: &str) -> TarBuilder {
-    let mut t = TarBuilder::new();
-    t.dir("usr/");
-    t.dir("usr/bin/");
-    t.file("usr/bin/tool", content("tool binary ", 20_000))
-        .mode(0o700)
-        .mtime(1_600_000_000);
-    t.file("usr/lib.so", content("library ", 300_000))
-        .mtime(1_600_000_001);
-    t.file("etc-version", format!("release {variant}\n"))
-        .mtime(1_600_000_000);
-    t
+    base_as(variant, 0o700, 1_600_000_001)
 }
 
 /// Equal content under other metadata (mode, mtime) is never linked: a

@@ -490,9 +490,12 @@ fn link_group(
     if !same_metadata(&hst, &g.st) || (hst.st_dev, hst.st_ino) == (g.st.st_dev, g.st.st_ino) {
         return Ok(false);
     }
+    if hst.st_nlink + g.names.len() as u64 > MAX_LINKS {
+        return Ok(false);
+    }
     let (_, holder_name) = split(&holder.path);
     if let [name] = g.names.as_slice() {
-        return link_one(staged, holder_dir, holder_name, &hst, name, holder);
+        return link_one(staged, holder_dir, holder_name, name, holder);
     }
     let temp_of = |i: usize| temp_name(thread, i);
     // Every name gets its link under a temporary name first: should one
@@ -531,16 +534,7 @@ fn link_group(
         let renamed = staged
             .get(parent_path)
             .and_then(|parent| rfs::renameat(parent, temp_of(i).as_slice(), parent, base));
-        renamed.map_err(|e| {
-            Error::io(
-                format!(
-                    "replace {:?} with a link to layer {}",
-                    String::from_utf8_lossy(name),
-                    holder.chain
-                ),
-                e.into(),
-            )
-        })?;
+        renamed.map_err(|e| replace_error(name, holder, e))?;
     }
     Ok(true)
 }
@@ -554,18 +548,14 @@ const MAX_LINKS: u64 = 60_000;
 /// The name is missing for a moment only inside the staged folder, which
 /// no one else sees and a crash discards; the link cannot fail for want
 /// of the holder (the shared root lock keeps gc away) or of room (the
-/// entry just freed), and the link count is checked first.
+/// entry just freed), and the caller checked the link count.
 fn link_one(
     staged: &mut Dirs<'_>,
     holder_dir: BorrowedFd<'_>,
     holder_name: &[u8],
-    hst: &rfs::Stat,
     name: &[u8],
     holder: &index::Entry,
 ) -> Result<bool> {
-    if hst.st_nlink >= MAX_LINKS {
-        return Ok(false);
-    }
     let (parent_path, base) = split(name);
     let Ok(parent) = staged.get(parent_path) else {
         return Ok(false);
@@ -573,17 +563,21 @@ fn link_one(
     if rfs::unlinkat(parent, base, AtFlags::empty()).is_err() {
         return Ok(false);
     }
-    rfs::linkat(holder_dir, holder_name, parent, base, AtFlags::empty()).map_err(|e| {
-        Error::io(
-            format!(
-                "replace {:?} with a link to layer {}",
-                String::from_utf8_lossy(name),
-                holder.chain
-            ),
-            e.into(),
-        )
-    })?;
+    rfs::linkat(holder_dir, holder_name, parent, base, AtFlags::empty())
+        .map_err(|e| replace_error(name, holder, e))?;
     Ok(true)
+}
+
+/// A staged name could not be made the holder's inode.
+fn replace_error(name: &[u8], holder: &index::Entry, e: Errno) -> Error {
+    Error::io(
+        format!(
+            "replace {:?} with a link to layer {}",
+            String::from_utf8_lossy(name),
+            holder.chain
+        ),
+        e.into(),
+    )
 }
 
 enum Clone {
