@@ -225,6 +225,9 @@ fn bump_generation(marker: &Path) -> Result<()> {
 /// tables per command.
 const MAX_TABLES: u64 = 8;
 
+/// Memtable bytes a session leaves in the log (see `Meta::flush_if_large`).
+const MAX_LOGGED: u64 = 256 << 10;
+
 /// Memtable and table size per family. Sessions write kilobytes; logs and
 /// tables are preallocated at about this size (64 MiB by default, which
 /// cost more than the writes themselves, most of all on tmpfs).
@@ -312,6 +315,25 @@ impl Meta {
                 opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
                 self.db
                     .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a family's memtable to a table when it holds more than
+    /// `MAX_LOGGED` bytes: every later open (each command opens the database
+    /// several times, read-only opens included) would otherwise replay that
+    /// much of the log again. The content index makes sessions that write
+    /// megabytes (an entry per file of each new layer).
+    pub fn flush_if_large(&self) -> Result<()> {
+        for name in FAMILIES {
+            let cf = self.cf(name)?;
+            let size = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.cur-size-active-mem-table")?
+                .unwrap_or(0);
+            if size > MAX_LOGGED {
+                self.db.flush_cf(cf)?;
             }
         }
         Ok(())

@@ -158,6 +158,7 @@ impl Store {
         };
         let out = out?;
         refreshed?;
+        meta.flush_if_large()?;
         meta.compact_if_needed()?;
         Ok(out)
     }
