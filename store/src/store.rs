@@ -53,6 +53,8 @@ pub struct Store {
     pub(crate) layers: LayerStore,
     pub(crate) opts: StoreOptions,
     counter: AtomicU64,
+    /// Whether the store's filesystem clones extents (file sharing).
+    pub(crate) reflink: crate::share::Reflink,
 }
 
 const SUBDIRS: [&str; 9] = [
@@ -122,6 +124,7 @@ impl Store {
             root,
             opts,
             counter: AtomicU64::new(0),
+            reflink: Default::default(),
         })
     }
 
@@ -163,6 +166,7 @@ impl Store {
         };
         let out = out?;
         refreshed?;
+        meta.flush_if_large()?;
         meta.compact_if_needed()?;
         Ok(out)
     }
@@ -628,7 +632,15 @@ impl Store {
                 } else {
                     classify(&mut du, l.refs, l.file_bytes);
                 }
+                if let Ok(c) = chain {
+                    if l.file_bytes > 0 && !crate::share::index::is_indexed(meta, &c)? {
+                        du.unindexed_layers += 1;
+                    }
+                }
             }
+            let saved = crate::share::savings(&self.layers, meta)?;
+            du.shared_files = saved.files;
+            du.sharing_saved_bytes = saved.bytes;
             Ok(du)
         })
     }
