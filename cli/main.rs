@@ -642,10 +642,11 @@ fn run(cli: Cli) -> lstore::Result<()> {
                     _ => "problems found",
                 };
                 println!(
-                    "checked {} blobs ({}), {} layers, {} images: {verdict}",
+                    "checked {} blobs ({}), {} layers ({} shared files), {} images: {verdict}",
                     report.blobs_checked,
                     human(report.bytes_hashed),
                     report.layers_checked,
+                    report.shared_files_checked,
                     report.images_checked,
                 );
             }
@@ -978,6 +979,17 @@ fn print_df(du: &DiskUsage) {
             "Dropped layer blobs: {} not stored ({} blobs, keep-layer-blobs false)",
             human(du.dropped_blob_bytes),
             du.dropped_layer_blobs
+        );
+    }
+    println!(
+        "Files shared across layers: {} (saves {})",
+        du.shared_files,
+        human(du.sharing_saved_bytes)
+    );
+    if du.unindexed_layers > 0 {
+        println!(
+            "Layers not shared: {} (extracted before file sharing; see docs/space.md)",
+            du.unindexed_layers
         );
     }
     if du.containerd_layers > 0 {

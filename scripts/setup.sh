@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 need_pkgs=(build-essential pkg-config libclang-dev clang docker-registry skopeo umoci
            containerd runc podman
            apache2-utils openssl ca-certificates jq hyperfine pigz zstd tar-split
-           uidmap)
+           uidmap xfsprogs e2fsprogs)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -44,6 +44,8 @@ use crate::meta::{
 };
 use crate::oci;
 use crate::reference::Reference;
+use crate::share::index::{self, LayerEntries};
+use crate::share::verify::{self, EntryState};
 use crate::store::Store;
 use crate::tarsplit;
 use crate::unpack::{self, UnpackError, Unpacked};
@@ -79,6 +81,9 @@ pub struct FsckReport {
     pub images_checked: u64,
     /// Layers `--repair` extracted again from their blobs.
     pub layers_reextracted: u64,
+    /// Files of the content index (file sharing) checked: each inode read
+    /// once and its content and metadata compared with the index.
+    pub shared_files_checked: u64,
     /// Images `--repair` removed because something they need is gone.
     pub images_removed: u64,
     /// Damage: what is wrong with what the records describe.
@@ -184,6 +189,9 @@ enum FolderState {
     Intact,
     Missing,
     Damaged(String),
+    /// Complete, but files in it are not what was extracted (the content
+    /// index says so).
+    Changed(String),
 }
 
 /// Checks a layer folder: `diff/`, `work/`, `link`, and `lower` when the
@@ -284,6 +292,10 @@ struct Check<'a> {
     /// How many images used each blob and layer before any was removed.
     blob_refs_before: BTreeMap<Digest, u64>,
     layer_refs_before: BTreeMap<Digest, u64>,
+    /// Layers whose files differ from the content index, and how.
+    changed_files: BTreeMap<Digest, String>,
+    /// Layers extracted again, with their new content index entries.
+    reindexed: Vec<(Digest, LayerEntries)>,
 }
 
 impl Check<'_> {
@@ -374,7 +386,7 @@ impl Check<'_> {
         layer: &LayerUse,
         blob: &Digest,
         media_type: &str,
-    ) -> Result<Unpacked> {
+    ) -> Result<(Unpacked, LayerEntries)> {
         let store = self.store;
         let declared = store.content().layer_compression(blob, media_type)?;
         // Named like the entries of a dead command, so that gc removes it
@@ -391,7 +403,7 @@ impl Check<'_> {
         } else {
             unpack::LayerPosition::Upper
         };
-        let (unpacked, _) = unpack::unpack_layer_recorded(
+        let (unpacked, _, written) = unpack::unpack_layer_recorded(
             &mut file,
             declared,
             &staging.diff(),
@@ -417,10 +429,92 @@ impl Check<'_> {
                 actual: unpacked.diff_id,
             });
         }
+        // Shared again, never with a layer whose files changed: those are
+        // all being extracted again.
+        let damaged: HashSet<Digest> = self.changed_files.keys().copied().collect();
+        let shared = crate::share::share_layer(
+            store.layer_store(),
+            self.meta,
+            &staging.diff(),
+            written,
+            &damaged,
+            &store.reflink,
+        )?;
         store
             .layer_store()
             .replace(staging, chain, &layer.parents)?;
-        Ok(unpacked)
+        Ok((unpacked, shared.entries))
+    }
+
+    /// Checks the files of the content index: each must still have the
+    /// content and metadata it was indexed with. A layer holding a file
+    /// that changed is damaged, and so is every layer sharing that inode
+    /// (each is named); `check_layers` extracts them again. Entries of
+    /// layers that are gone are dropped when repairing.
+    fn check_shared_files(
+        &mut self,
+        layer_records: &BTreeMap<Digest, LayerRecord>,
+        uses: &BTreeMap<Digest, LayerUse>,
+        batch: &mut crate::meta::Batch<'_>,
+    ) -> Result<()> {
+        let entries: Vec<index::Entry> = index::all(self.meta)?
+            .into_iter()
+            .filter(|e| !self.leased_layers.contains(&e.chain))
+            .collect();
+        let states = verify::verify(self.store.layer_store(), &entries);
+        let mut holders: BTreeMap<(u64, u64), BTreeSet<Digest>> = BTreeMap::new();
+        for (e, state) in entries.iter().zip(&states) {
+            if let EntryState::Inode { dev, ino, .. } = state {
+                holders.entry((*dev, *ino)).or_default().insert(e.chain);
+            }
+        }
+        self.report.shared_files_checked = holders.len() as u64;
+        let mut orphans: BTreeSet<Digest> = BTreeSet::new();
+        for (e, state) in entries.iter().zip(&states) {
+            let path = String::from_utf8_lossy(&e.path);
+            let (why, inode) = match state {
+                EntryState::Inode { intact: true, .. } => continue,
+                EntryState::NoFolder => {
+                    let named = layer_records.contains_key(&e.chain) || uses.contains_key(&e.chain);
+                    if !named {
+                        orphans.insert(e.chain);
+                    }
+                    // A missing folder of a named layer is `check_layers`'s.
+                    continue;
+                }
+                EntryState::Missing => (format!("file {path} is missing"), None),
+                EntryState::Inode { dev, ino, .. } => (
+                    format!("file {path} changed behind the store's back (content or metadata)"),
+                    Some((*dev, *ino)),
+                ),
+            };
+            let sharing: Vec<Digest> = inode
+                .and_then(|i| holders.get(&i))
+                .map(|h| h.iter().filter(|c| **c != e.chain).copied().collect())
+                .unwrap_or_default();
+            let mut why = why;
+            if !sharing.is_empty() {
+                let names: Vec<String> = sharing.iter().map(|c| c.to_string()).collect();
+                why.push_str(&format!("; layers {} share it", names.join(", ")));
+            }
+            for c in &sharing {
+                self.changed_files.entry(*c).or_insert_with(|| {
+                    format!("shares file {path} of layer {}, which changed", e.chain)
+                });
+            }
+            self.changed_files.entry(e.chain).or_insert(why);
+        }
+        for c in orphans {
+            let tail = self.outcome("entries dropped", "--repair drops them");
+            self.problem(
+                format!("the content index names layer {c}, which is gone: {tail}"),
+                self.repair,
+            );
+            if self.repair {
+                index::drop_layer(self.meta, batch, &c)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks every layer folder, record and use; re-extracts (when
@@ -464,7 +558,10 @@ impl Check<'_> {
                 // A folder nothing names: a leftover, not damage.
                 continue;
             }
-            let state = folder_state(&ls, &c, layer.map(|u| u.parents.as_slice()));
+            let mut state = folder_state(&ls, &c, layer.map(|u| u.parents.as_slice()));
+            if let (FolderState::Intact, Some(why)) = (&state, self.changed_files.get(&c)) {
+                state = FolderState::Changed(why.clone());
+            }
             let what = match &state {
                 FolderState::Intact => {
                     self.check_short_link(&c);
@@ -483,6 +580,7 @@ impl Check<'_> {
                 }
                 FolderState::Missing => format!("layer {c}: folder is missing"),
                 FolderState::Damaged(why) => format!("layer {c}: folder is incomplete ({why})"),
+                FolderState::Changed(why) => format!("layer {c}: {why}"),
             };
             if let Some(target) = self.mounted_layers.get(&c).cloned() {
                 self.problem(
@@ -589,7 +687,8 @@ impl Check<'_> {
             let mut fate = Fate::Lost;
             for (b, media_type) in &sources {
                 match self.reextract(&c, layer, b, media_type) {
-                    Ok(u) => {
+                    Ok((u, entries)) => {
+                        self.reindexed.push((c, entries));
                         self.report.layers_reextracted += 1;
                         self.problem(format!("{what}; re-extracted from blob {b}"), true);
                         fate = Fate::Restored {
@@ -703,7 +802,8 @@ impl Check<'_> {
         // Fetched for the repair only: the blob stays dropped.
         let _ = self.store.content().remove(&blob);
         match result {
-            Ok(u) => {
+            Ok((u, entries)) => {
+                self.reindexed.push((*c, entries));
                 self.report.layers_reextracted += 1;
                 self.problem(
                     format!("{what}; re-extracted from blob {blob}, fetched again"),
@@ -874,6 +974,7 @@ impl Check<'_> {
 
         self.check_blob_files(&blob_records, &mut batch)?;
         let uses = layer_uses(&images);
+        self.check_shared_files(&layer_records, &uses, &mut batch)?;
         let fates = self.check_layers(&images, &layer_records, &uses)?;
 
         // Images: broken ones go (unless mounted), a lost index is dropped.
@@ -960,6 +1061,13 @@ impl Check<'_> {
         if self.repair {
             for d in &self.corrupt_blobs {
                 self.store.content().remove(d)?;
+            }
+            for c in &lost {
+                index::drop_layer(meta, &mut batch, c)?;
+            }
+            for (c, entries) in &self.reindexed {
+                index::drop_layer(meta, &mut batch, c)?;
+                index::put(&mut batch, c, entries)?;
             }
             if !batch.is_empty() {
                 batch.commit()?;
@@ -1330,6 +1438,8 @@ impl Store {
                 dropped: meta.dropped_blobs()?,
                 blob_refs_before: BTreeMap::new(),
                 layer_refs_before: BTreeMap::new(),
+                changed_files: BTreeMap::new(),
+                reindexed: Vec::new(),
             }
             .run(&mut trash)
         });
@@ -1737,6 +1847,8 @@ pub(crate) mod tests {
                     corrupt_blobs: BTreeSet::new(),
                     blob_refs_before: BTreeMap::new(),
                     layer_refs_before: BTreeMap::new(),
+                    changed_files: BTreeMap::new(),
+                    reindexed: Vec::new(),
                 };
                 Ok(check
                     .reextract(&chain, &want, &img.layers[0].digest, oci::OCI_LAYER_GZIP)

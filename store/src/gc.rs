@@ -345,6 +345,12 @@ pub(crate) fn apply_sweep(
     for d in &plan.layer_records {
         b.delete(CF_LAYERS, d.as_bytes())?;
     }
+    // A folder that goes takes its content index entries along, in the
+    // same batch: no later lookup links to a file in it. (Its inodes that
+    // other layers link live on in them.)
+    for d in &plan.layer_dirs {
+        crate::share::index::drop_layer(meta, &mut b, d)?;
+    }
     for (d, rec) in &plan.blob_refs {
         b.put(CF_BLOBS, d.as_bytes(), rec)?;
     }

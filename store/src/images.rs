@@ -115,6 +115,14 @@ pub struct DiskUsage {
     pub dropped_layer_blobs: u64,
     /// Their compressed size: bytes not stored.
     pub dropped_blob_bytes: u64,
+    /// Files (inodes) that two or more layers hold as one, by file sharing.
+    pub shared_files: u64,
+    /// Bytes file sharing saves: over those inodes, size × (layers holding
+    /// it − 1), apparent sizes like `layer_bytes` (which counts every name).
+    pub sharing_saved_bytes: u64,
+    /// Layers extracted before the content index existed: their files are
+    /// neither shared nor linked to (docs/space.md).
+    pub unindexed_layers: u64,
 }
 
 /// What a load or pull stored.

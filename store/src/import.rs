@@ -31,6 +31,7 @@ use crate::meta::{
 };
 use crate::oci::{self, Compression, Descriptor, ImageConfig};
 use crate::reference::Reference;
+use crate::share::index::LayerEntries;
 use crate::store::Store;
 use crate::unpack;
 
@@ -125,6 +126,21 @@ struct DoneLayer {
     size: u64,
     file_bytes: u64,
     reused: bool,
+    /// Its entries for the content index (file sharing), when this command
+    /// extracted it.
+    index_entries: LayerEntries,
+}
+
+/// What reading one layer blob gave.
+struct LayerRead {
+    media_type: String,
+    digest: Digest,
+    compressed_size: u64,
+    size: u64,
+    file_bytes: u64,
+    /// Another command had extracted it: only measured.
+    present: bool,
+    index_entries: LayerEntries,
 }
 
 /// Blobs and layers this command created, to remove again on failure.
@@ -408,6 +424,7 @@ fn store_layer(
             size: rec.size,
             file_bytes: rec.file_bytes,
             reused: true,
+            index_entries: Vec::new(),
         });
     }
     req.progress.layer_started(i, expected, false);
@@ -486,7 +503,7 @@ fn store_layer(
         writer.as_mut(),
         created,
     );
-    let (media_type, unpacked_digest, csize, size, file_bytes, present) = match outcome {
+    let read = match outcome {
         Ok(v) => v,
         Err(e) => {
             let e = size_check
@@ -501,26 +518,27 @@ fn store_layer(
         }
     };
     if let Some(w) = writer.take() {
-        let (d, _) = commit_blob(store, lease, w, expected, unpacked_digest, csize)?;
+        let (d, _) = commit_blob(store, lease, w, expected, read.digest, read.compressed_size)?;
         lock_list(&created.blobs)?.push(d);
     }
-    let file_bytes = if present {
+    let file_bytes = if read.present {
         known_layers.get(&chain).map(|r| r.file_bytes).unwrap_or(0)
     } else {
-        file_bytes
+        read.file_bytes
     };
     Ok(DoneLayer {
-        desc: Descriptor::new(&media_type, unpacked_digest, csize),
-        size,
+        desc: Descriptor::new(&read.media_type, read.digest, read.compressed_size),
+        size: read.size,
         file_bytes,
         reused: false,
+        index_entries: read.index_entries,
     })
 }
 
 /// Reads one layer blob through the one-pass pipeline: extracts it (or,
 /// when another command extracted it meanwhile, only hashes it) and checks
-/// both digests. Returns (media type, digest, size, uncompressed size,
-/// file bytes, whether the layer was already present).
+/// both digests. A layer it extracts shares its files with the layers
+/// already here (`crate::share`) before it is renamed into place.
 #[allow(clippy::too_many_arguments)]
 fn extract_or_measure(
     store: &Store,
@@ -534,7 +552,7 @@ fn extract_or_measure(
     reader: Box<dyn Read + Send>,
     writer: Option<&mut crate::content::BlobWriter>,
     created: &Created,
-) -> Result<(String, Digest, u64, u64, u64, bool)> {
+) -> Result<LayerRead> {
     let chain = chains[i];
     let (sniffed, reader) =
         sniff(reader).map_err(|e| Error::io(format!("read layer {layer_name}"), e))?;
@@ -560,6 +578,7 @@ fn extract_or_measure(
     };
 
     let present = store.layers.is_present(&chain);
+    let mut index_entries = Vec::new();
     let (unpacked_digest, csize, got_diff_id, size, file_bytes) = if present {
         // Another command extracted it while we waited: only the blob and
         // the sizes are needed, so hash without applying.
@@ -576,7 +595,7 @@ fn extract_or_measure(
         };
         // The tar-split record is made in the same pass, inside the staged
         // folder, so it appears with the layer.
-        let (u, _) = unpack::unpack_layer_recorded(
+        let (u, _, written) = unpack::unpack_layer_recorded(
             &mut tee,
             declared,
             &staging.diff(),
@@ -594,6 +613,18 @@ fn extract_or_measure(
             u.compressed_size,
             &u.diff_id,
         )?;
+        // Under the shared root lock: no gc removes a layer linked to.
+        let shared = store.read_session(|meta| {
+            crate::share::share_layer(
+                &store.layers,
+                meta,
+                &staging.diff(),
+                written,
+                &Default::default(),
+                &store.reflink,
+            )
+        })?;
+        index_entries = shared.entries;
         let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
         store.layers.commit(staging, &chain, &parents)?;
         lock_list(&created.layers)?.push(chain);
@@ -613,14 +644,15 @@ fn extract_or_measure(
         csize,
         &got_diff_id,
     )?;
-    Ok((
+    Ok(LayerRead {
         media_type,
-        unpacked_digest,
-        csize,
+        digest: unpacked_digest,
+        compressed_size: csize,
         size,
         file_bytes,
         present,
-    ))
+        index_entries,
+    })
 }
 
 /// Ids of the leases of running commands.
@@ -915,6 +947,12 @@ fn commit(
             batch.put(CF_BLOBS, d.as_bytes(), &rec)?;
             known.index = Some(*d);
             batch.put(CF_IMAGES, manifest_digest.as_bytes(), &known)?;
+        }
+    }
+    // The content index learns the layers extracted here, with their records.
+    for (l, c) in done.iter().zip(chains) {
+        if !l.index_entries.is_empty() {
+            crate::share::index::put(&mut batch, c, &l.index_entries)?;
         }
     }
     for n in names {

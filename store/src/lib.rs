@@ -88,6 +88,7 @@ mod reference;
 mod registry;
 mod save;
 mod settings;
+mod share;
 mod store;
 mod tarsplit;
 mod unpack;

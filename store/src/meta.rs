@@ -9,6 +9,8 @@
 //! | tags    | normalised reference (utf8) | `TagRecord`    |
 //! | snapshots | containerd's snapshot key (utf8) | `snapshotter::SnapshotRecord` |
 //! | dropped_blobs | layer blob digest (32 bytes) | `DroppedBlob` |
+//! | shared_files | content, metadata, names hashes + chain id | path in the layer (`share::index`) |
+//! | layer_files | chain id + content, metadata, names hashes | `()` |
 //!
 //! `refs` counts the images that use a blob or layer. A database is only
 //! opened while the process holds the root lock (`lock::RootLock`).
@@ -37,13 +39,21 @@ pub const CF_SNAPSHOTS: &str = "snapshots";
 /// Column family of layer blobs dropped (`keep-layer-blobs false`), by
 /// digest: their blob record stays, their file is gone.
 pub const CF_DROPPED: &str = "dropped_blobs";
-const FAMILIES: [&str; 6] = [
+/// Column family of the content index: which layer holds a file of a given
+/// content and metadata (file sharing, `share::index`).
+pub const CF_SHARED_FILES: &str = "shared_files";
+/// Column family listing each layer's entries in `shared_files`, so that a
+/// removed layer's entries go with it.
+pub const CF_LAYER_FILES: &str = "layer_files";
+const FAMILIES: [&str; 8] = [
     CF_BLOBS,
     CF_LAYERS,
     CF_IMAGES,
     CF_TAGS,
     CF_SNAPSHOTS,
     CF_DROPPED,
+    CF_SHARED_FILES,
+    CF_LAYER_FILES,
 ];
 
 /// A stored blob.
@@ -234,6 +244,9 @@ fn bump_generation(marker: &Path) -> Result<()> {
 /// tables per command.
 const MAX_TABLES: u64 = 8;
 
+/// Memtable bytes a session leaves in the log (see `Meta::flush_if_large`).
+const MAX_LOGGED: u64 = 256 << 10;
+
 /// Memtable and table size per family. Sessions write kilobytes; logs and
 /// tables are preallocated at about this size (64 MiB by default, which
 /// cost more than the writes themselves, most of all on tmpfs).
@@ -326,6 +339,25 @@ impl Meta {
         Ok(())
     }
 
+    /// Writes a family's memtable to a table when it holds more than
+    /// `MAX_LOGGED` bytes: every later open (each command opens the database
+    /// several times, read-only opens included) would otherwise replay that
+    /// much of the log again. The content index makes sessions that write
+    /// megabytes (an entry per file of each new layer).
+    pub fn flush_if_large(&self) -> Result<()> {
+        for name in FAMILIES {
+            let cf = self.cf(name)?;
+            let size = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.cur-size-active-mem-table")?
+                .unwrap_or(0);
+            if size > MAX_LOGGED {
+                self.db.flush_cf(cf)?;
+            }
+        }
+        Ok(())
+    }
+
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(name)
@@ -349,6 +381,34 @@ impl Meta {
             out.push((k.into_vec(), value));
         }
         Ok(out)
+    }
+
+    /// Every record of a family whose key starts with `prefix`, in key
+    /// order.
+    pub fn with_prefix<T: DeserializeOwned>(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(cf)?, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let value = decode(&k, &v)?;
+            out.push((k.into_vec(), value));
+        }
+        Ok(out)
+    }
+
+    /// A reader for many prefix lookups in one family, in any order (one
+    /// iterator, seeked again for each: far cheaper than an iterator each).
+    pub(crate) fn prefix_reader(&self, cf: &str) -> Result<PrefixReader<'_>> {
+        Ok(PrefixReader {
+            iter: self.db.raw_iterator_cf(self.cf(cf)?),
+        })
     }
 
     /// The record of blob `d`.
@@ -407,6 +467,31 @@ impl Meta {
     pub fn take_images_changed(&self) -> bool {
         self.images_changed
             .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// See [`Meta::prefix_reader`].
+pub(crate) struct PrefixReader<'a> {
+    iter: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
+}
+
+impl PrefixReader<'_> {
+    /// Every record whose key starts with `prefix`, in key order.
+    pub(crate) fn with_prefix<T: DeserializeOwned>(
+        &mut self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        self.iter.seek(prefix);
+        while let (Some(k), Some(v)) = (self.iter.key(), self.iter.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), decode(k, v)?));
+            self.iter.next();
+        }
+        self.iter.status()?;
+        Ok(out)
     }
 }
 

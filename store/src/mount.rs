@@ -196,7 +196,9 @@ impl Store {
                 u.display()
             ));
         }
-        opts.push_str(",index=off");
+        // index and metacopy off: either would tie copy-ups to the inodes
+        // that layers share (file sharing, docs/space.md).
+        opts.push_str(",index=off,metacopy=off");
         let fs_fd = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
             .map_err(|e| Error::io("open overlay filesystem", e.into()))?;
         let set = |k: &str, v: &str| {
@@ -226,6 +228,7 @@ impl Store {
             fsconfig_set_flag(fs_fd.as_fd(), "userxattr")
                 .map_err(|e| Error::io("overlay option userxattr", e.into()))?;
         }
+        let _ = set("metacopy", "off");
         fsconfig_create(fs_fd.as_fd()).map_err(|e| Error::io("create overlay mount", e.into()))?;
         let attrs = if upper.is_some() {
             MountAttrFlags::empty()

@@ -56,6 +56,8 @@ pub struct Store {
     /// Where the store's overlay metadata lives (`trusted.` or `user.`).
     overlay_xattrs: OverlayXattrs,
     counter: AtomicU64,
+    /// Whether the store's filesystem clones extents (file sharing).
+    pub(crate) reflink: crate::share::Reflink,
 }
 
 const SUBDIRS: [&str; 9] = [
@@ -131,6 +133,7 @@ impl Store {
             opts,
             overlay_xattrs,
             counter: AtomicU64::new(0),
+            reflink: Default::default(),
         })
     }
 
@@ -178,6 +181,7 @@ impl Store {
         };
         let out = out?;
         refreshed?;
+        meta.flush_if_large()?;
         meta.compact_if_needed()?;
         Ok(out)
     }
@@ -643,7 +647,15 @@ impl Store {
                 } else {
                     classify(&mut du, l.refs, l.file_bytes);
                 }
+                if let Ok(c) = chain {
+                    if l.file_bytes > 0 && !crate::share::index::is_indexed(meta, &c)? {
+                        du.unindexed_layers += 1;
+                    }
+                }
             }
+            let saved = crate::share::savings(&self.layers, meta)?;
+            du.shared_files = saved.files;
+            du.sharing_saved_bytes = saved.bytes;
             Ok(du)
         })
     }

@@ -40,6 +40,16 @@ impl Lstore {
         Lstore { root }
     }
 
+    /// A store whose root is a fresh folder inside `parent` (a filesystem
+    /// a test made).
+    pub fn in_dir(parent: &Path) -> Lstore {
+        let root = tempfile::Builder::new()
+            .prefix("lstore-root-")
+            .tempdir_in(parent)
+            .expect("temp root");
+        Lstore { root }
+    }
+
     /// The store root (passed as `--root`).
     pub fn root(&self) -> &Path {
         self.root.path()

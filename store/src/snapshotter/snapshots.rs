@@ -403,6 +403,9 @@ impl<'a> Snapshots<'a> {
         if Path::new("/sys/module/overlay/parameters/index").exists() {
             options.push("index=off".into());
         }
+        if Path::new("/sys/module/overlay/parameters/metacopy").exists() {
+            options.push("metacopy=off".into());
+        }
         Ok(vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

@@ -70,7 +70,7 @@ impl Layer {
 pub(super) fn extract(blob: &[u8], compression: Compression, position: LayerPosition) -> Layer {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("diff")).unwrap();
-    let (unpacked, summary) = unpack::unpack_layer_recorded(
+    let (unpacked, summary, _) = unpack::unpack_layer_recorded(
         &mut &blob[..],
         compression,
         &dir.path().join("diff"),

@@ -32,7 +32,7 @@ use std::fs::File;
 use std::hash::Hasher;
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{
     self as rfs, AtFlags, Dev, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
@@ -44,6 +44,7 @@ use super::files::{self, FileJob, FilePool};
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
 use super::{writeback, LayerPosition, Limits, UnpackError};
+use crate::share::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
 
 /// A directory's default ACL: files created in it take their mode from it
 /// rather than from the umask.
@@ -51,14 +52,14 @@ const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
 /// Mode of directories the archive implies but does not list (as Docker).
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
-fn resolve_beneath() -> ResolveFlags {
+pub(crate) fn resolve_beneath() -> ResolveFlags {
     ResolveFlags::BENEATH
         | ResolveFlags::NO_SYMLINKS
         | ResolveFlags::NO_MAGICLINKS
         | ResolveFlags::NO_XDEV
 }
 
-fn dir_open_flags() -> OFlags {
+pub(crate) fn dir_open_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
@@ -99,6 +100,35 @@ struct State {
     /// decides the mode of new files: a file created with its final
     /// permission bits then needs no chmod.
     umask: Option<u32>,
+    /// Files written and hardlink names made, for file sharing (None: not
+    /// collected).
+    written: Option<WrittenLog>,
+}
+
+/// Where the files an extraction writes are noted for file sharing, by the
+/// extraction thread and the file pool's threads.
+pub(crate) type WrittenLog = Arc<Mutex<Written>>;
+
+/// Notes a file just written (its data hashed to `content`) in `log`.
+pub(super) fn note_written(
+    log: &WrittenLog,
+    fd: BorrowedFd<'_>,
+    path: &[u8],
+    content: [u8; 32],
+    ctx: &Ctx<'_>,
+) -> Result<(), UnpackError> {
+    let (st, id) = identify(fd, content).map_err(|e| ctx.fs("inspecting the file written", e))?;
+    let file = WrittenFile {
+        path: path.to_vec(),
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        id,
+    };
+    log.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .files
+        .push(file);
+    Ok(())
 }
 
 /// Writes entries into one layer directory.
@@ -277,10 +307,13 @@ impl Ctx<'_> {
 impl Applier {
     /// `root` is the layer directory, opened with `O_DIRECTORY | O_NOFOLLOW`.
     /// `workers` threads create small files (0: none, all on this thread).
+    /// `share`: note every file written for file sharing ([`Applier::finish`]
+    /// gives them back).
     pub(crate) fn new(
         root: OwnedFd,
         position: LayerPosition,
         workers: usize,
+        share: bool,
         limits: &Limits,
     ) -> io::Result<Applier> {
         let st = rfs::fstat(&root)?;
@@ -315,6 +348,7 @@ impl Applier {
                 opaque_xattr: limits.overlay_xattrs.opaque(),
                 default_owner,
                 umask: if inherits_acl { None } else { process_umask() },
+                written: share.then(WrittenLog::default),
             },
         })
     }
@@ -388,7 +422,16 @@ impl Applier {
                     Kind::File => op.file(&mut self.state, tar)?,
                     Kind::Dir => op.dir(&mut self.state).map(|()| 0)?,
                     Kind::Symlink => op.symlink(&mut self.state).map(|()| 0)?,
-                    Kind::Hardlink => op.hardlink(&mut self.state, root).map(|()| 0)?,
+                    Kind::Hardlink => {
+                        op.hardlink(&mut self.state, root)?;
+                        if let Some(log) = &self.state.written {
+                            log.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .links
+                                .push(path.clone());
+                        }
+                        0
+                    }
                     Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
                         op.special(&mut self.state).map(|()| 0)?
                     }
@@ -510,12 +553,19 @@ impl Applier {
                 Err(_) => self.parallel.workers = 0,
             }
         }
+        let noted = self
+            .state
+            .written
+            .as_ref()
+            .filter(|_| written >= MIN_SHARED_SIZE)
+            .map(|log| (log.clone(), path.to_vec()));
         let job = FileJob {
             parent,
             name: name.to_vec(),
             entry,
             data,
             policy,
+            noted,
         };
         let Some(pool) = &mut self.parallel.pool else {
             files::write_job(&job)?;
@@ -554,9 +604,15 @@ impl Applier {
     }
 
     /// Applies the directories' modes, owners and times, deepest first.
-    pub(crate) fn finish(mut self) -> Result<(), UnpackError> {
+    /// Returns the files written, when noted.
+    pub(crate) fn finish(mut self) -> Result<Option<Written>, UnpackError> {
         self.parallel.drain()?;
         self.parallel.pool = None;
+        let written = self
+            .state
+            .written
+            .take()
+            .map(|log| std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())));
         let mut dirs: Vec<(Vec<u8>, DirAttrs)> = self.state.deferred.into_iter().collect();
         dirs.sort_by_key(|(path, _)| {
             Reverse(path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty()))
@@ -597,7 +653,7 @@ impl Applier {
             rfs::futimens(fd, &timestamps(attrs.atime, attrs.mtime))
                 .map_err(|e| fs_err("setting the times", e))?;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -907,6 +963,8 @@ impl Op<'_> {
         let mut file = File::from(fd);
         let mut written = 0u64;
         let mut flushed = 0u64;
+        let mut hasher =
+            (state.written.is_some() && entry.size >= MIN_SHARED_SIZE).then(blake3::Hasher::new);
         while written < self.ctx.entry.size {
             let chunk = tar.data_chunk()?;
             if chunk.is_empty() {
@@ -914,6 +972,9 @@ impl Op<'_> {
             }
             file.write_all(chunk)
                 .map_err(|e| self.ctx.fs("writing the file", e))?;
+            if let Some(h) = &mut hasher {
+                h.update(chunk);
+            }
             let n = chunk.len();
             tar.consume_data(n);
             written += n as u64;
@@ -927,6 +988,10 @@ impl Op<'_> {
             writeback::start(file.as_fd(), flushed, 0);
         }
         file_metadata(file.as_fd(), entry, file_policy(state, entry), self.ctx)?;
+        if let (Some(log), Some(h)) = (&state.written, hasher) {
+            let content = *h.finalize().as_bytes();
+            note_written(log, file.as_fd(), self.path, content, self.ctx)?;
+        }
         Ok(written)
     }
 

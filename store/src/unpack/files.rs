@@ -22,7 +22,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::apply::{create_file, file_metadata, Ctx, FilePolicy};
+use super::apply::{create_file, file_metadata, note_written, Ctx, FilePolicy, WrittenLog};
 use super::tar_reader::Entry;
 use super::UnpackError;
 
@@ -50,6 +50,8 @@ pub(crate) struct FileJob {
     pub entry: Entry,
     pub data: Vec<u8>,
     pub policy: FilePolicy,
+    /// Where to note the file for sharing, and its path in the layer.
+    pub noted: Option<(WrittenLog, Vec<u8>)>,
 }
 
 impl FileJob {
@@ -362,5 +364,10 @@ pub(crate) fn write_job(job: &FileJob) -> Result<(), UnpackError> {
     let mut file = File::from(fd);
     file.write_all(&job.data)
         .map_err(|e| ctx.fs("writing the file", e))?;
-    file_metadata(file.as_fd(), &job.entry, job.policy, &ctx)
+    file_metadata(file.as_fd(), &job.entry, job.policy, &ctx)?;
+    if let Some((log, path)) = &job.noted {
+        let content = *blake3::hash(&job.data).as_bytes();
+        note_written(log, file.as_fd(), path, content, &ctx)?;
+    }
+    Ok(())
 }

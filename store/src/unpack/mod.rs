@@ -43,10 +43,11 @@ use rustix::fs::{Mode, OFlags, CWD};
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::Compression;
+use crate::share::Written;
 use crate::tarsplit::{self, LayerSummary, Recorder, TarSplitError};
 use crate::userns::OverlayXattrs;
 
-pub(crate) use apply::{open_file_beneath, OpenError};
+pub(crate) use apply::{dir_open_flags, open_file_beneath, resolve_beneath, OpenError};
 pub(crate) use path::{normalize, WHITEOUT_PREFIX};
 
 /// Bounds on what one layer may make us read and create.
@@ -286,14 +287,15 @@ pub fn unpack_layer_at(
     position: LayerPosition,
 ) -> Result<Unpacked, UnpackError> {
     let workers = apply::file_workers();
-    unpack_with_workers(blob, declared, dest, limits, position, workers, None)
-        .map(|(unpacked, _)| unpacked)
+    unpack_with_workers(blob, declared, dest, limits, position, workers, None, false)
+        .map(|(unpacked, _, _)| unpacked)
 }
 
 /// [`unpack_layer_at`] that also writes the layer's tar-split record
 /// (`tar-split.gz`) and its summary into `folder`, the layer folder being
 /// staged (`dest` is its `diff/`). Nothing is synced here: the staged
-/// folder is synced whole before it is renamed into place.
+/// folder is synced whole before it is renamed into place. The files
+/// written are noted, hashed, for file sharing (`crate::share`).
 pub(crate) fn unpack_layer_recorded(
     blob: &mut dyn Read,
     declared: Compression,
@@ -301,10 +303,10 @@ pub(crate) fn unpack_layer_recorded(
     limits: &Limits,
     position: LayerPosition,
     folder: &Path,
-) -> Result<(Unpacked, LayerSummary), UnpackError> {
+) -> Result<(Unpacked, LayerSummary, Written), UnpackError> {
     let recorder = tarsplit::create_record(&folder.join(tarsplit::RECORD_FILE))?;
     let workers = apply::file_workers();
-    let (unpacked, recorder) = unpack_with_workers(
+    let (unpacked, recorder, written) = unpack_with_workers(
         blob,
         declared,
         dest,
@@ -312,6 +314,7 @@ pub(crate) fn unpack_layer_recorded(
         position,
         workers,
         Some(recorder),
+        true,
     )?;
     let recorder = recorder.ok_or_else(|| {
         UnpackError::Record(TarSplitError::Io {
@@ -320,7 +323,7 @@ pub(crate) fn unpack_layer_recorded(
         })
     })?;
     let summary = tarsplit::finish_staged(recorder, folder)?;
-    Ok((unpacked, summary))
+    Ok((unpacked, summary, written.unwrap_or_default()))
 }
 
 /// Reads a layer blob to its end like [`unpack_layer_at`] but creates no
@@ -405,7 +408,8 @@ pub(crate) fn scan_ids(tar: impl BufRead) -> Result<(Vec<u32>, Vec<u32>), Unpack
 }
 
 /// [`unpack_layer_at`] with `workers` threads creating small files (0: all
-/// on the extraction thread).
+/// on the extraction thread); `share`: note the files written.
+#[allow(clippy::too_many_arguments)]
 fn unpack_with_workers(
     blob: &mut dyn Read,
     declared: Compression,
@@ -414,7 +418,8 @@ fn unpack_with_workers(
     position: LayerPosition,
     workers: usize,
     record: Option<Recorder>,
-) -> Result<(Unpacked, Option<Recorder>), UnpackError> {
+    share: bool,
+) -> Result<(Unpacked, Option<Recorder>, Option<Written>), UnpackError> {
     let destination = |source: io::Error| UnpackError::Destination {
         path: dest.to_path_buf(),
         source,
@@ -429,7 +434,8 @@ fn unpack_with_workers(
     // Opened before anything is written, so its syncfs reports every
     // write-back error of the extraction.
     let flush_fd = root.try_clone().map_err(destination)?;
-    let applier = apply::Applier::new(root, position, workers, limits).map_err(destination)?;
+    let applier =
+        apply::Applier::new(root, position, workers, share, limits).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
     // The blob reader need not be Send, so this thread reads, hashes the
@@ -471,7 +477,7 @@ fn unpack_with_workers(
     });
     // A read error comes first: it is why the worker saw a truncated tar.
     read_result?;
-    let (entries, file_bytes, diff_hasher, record) = applied?;
+    let (entries, file_bytes, diff_hasher, record, written) = applied?;
     flushed.map_err(|source| UnpackError::WriteBack {
         path: dest.to_path_buf(),
         source,
@@ -486,15 +492,15 @@ fn unpack_with_workers(
         entries,
         file_bytes,
     };
-    Ok((unpacked, record))
+    Ok((unpacked, record, written))
 }
 
 /// What an entry costs to write back besides its data, in bytes.
 const ENTRY_COST: u64 = 4096;
 
 /// What the extraction thread gives back: entries, file bytes, the hash
-/// of the whole tar stream and the record of it.
-type Applied = (u64, u64, Option<Hasher>, Option<Recorder>);
+/// of the whole tar stream, the record of it and the files noted.
+type Applied = (u64, u64, Option<Hasher>, Option<Recorder>, Option<Written>);
 
 /// The extraction thread: parses the tar stream and applies every entry,
 /// then receives the rest of the stream (into the record too, when one is
@@ -525,10 +531,10 @@ fn apply_tar(
         // An inode, a directory entry and a partial block: about a block.
         flusher.extracted(written + ENTRY_COST);
     }
-    applier.finish()?;
+    let written = applier.finish()?;
     flusher.finish();
     let record = tar.finish_record()?;
     // Whatever follows the end-of-archive marker is part of the diff id.
     let diff_hasher = tar.into_inner().finish();
-    Ok((entries, file_bytes, diff_hasher, record))
+    Ok((entries, file_bytes, diff_hasher, record, written))
 }

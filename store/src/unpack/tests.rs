@@ -154,8 +154,9 @@ impl Scene {
             LayerPosition::Upper,
             workers,
             None,
+            false,
         )
-        .map(|(unpacked, _)| unpacked);
+        .map(|(unpacked, _, _)| unpacked);
         self.assert_outside_untouched();
         result
     }
@@ -1608,6 +1609,7 @@ fn the_file_pool_checks_deep_paths_in_linear_time() {
             LayerPosition::Upper,
             workers,
             None,
+            false,
         )
         .unwrap()
         .0;
@@ -1707,6 +1709,7 @@ fn pool_job(dir: &Arc<OwnedFd>, name: String, entry_name: Vec<u8>, data: Vec<u8>
         },
         data,
         policy: FilePolicy::default(),
+        noted: None,
     }
 }
 

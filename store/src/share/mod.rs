@@ -1,0 +1,690 @@
+//! File sharing across layers (docs/space.md).
+//!
+//! A layer is extracted under `tmp/`; its regular files are hashed
+//! (blake3) as they are written and their identity taken from their fd
+//! (`identity`). Before the staged folder is synced and renamed into
+//! place, [`share_layer`] looks each inode up in the content index
+//! (`index`) and, when another layer holds an inode of the same content,
+//! metadata and names, makes every name of the staged inode a hardlink to
+//! that one (a link under a temporary name, then a rename over the staged
+//! name, so each name always names a whole file). A file of the same
+//! content but other metadata or names shares extents instead where the
+//! filesystem clones (FICLONE: XFS with reflink, btrfs).
+//!
+//! Only inodes whose names in their layer are the same paths are linked:
+//! two names of one image's view are then never one inode unless the
+//! image's tar made them one (overlay shows a lower file's own inode), and
+//! sharing stays invisible to containers except as a link count. Overlay
+//! never writes into a lower layer (copy-up), and lstore's mounts keep
+//! `index` and `metacopy` off.
+//!
+//! Lookups run in a read session (the shared root lock), so no gc removes
+//! a layer between its lookup and the link; a holder whose file is gone
+//! or differs (missing, other inode, other metadata) is passed over and
+//! the staged copy kept.
+
+pub(crate) mod identity;
+pub(crate) mod index;
+pub(crate) mod verify;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps};
+use rustix::io::Errno;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layers::LayerStore;
+use crate::meta::Meta;
+use crate::unpack::{dir_open_flags as dir_flags, resolve_beneath};
+
+pub(crate) use identity::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
+use index::IndexKey;
+
+/// What sharing did for one layer.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Shared {
+    /// The layer's entries for the index, recorded with the layer.
+    pub entries: index::LayerEntries,
+    /// Inodes that became another layer's inode.
+    pub linked: u64,
+    /// Inodes whose extents were cloned from another layer's file.
+    pub cloned: u64,
+    /// Bytes no longer stored twice.
+    pub bytes: u64,
+}
+
+/// Whether FICLONE works on the store's filesystem, found out by the first
+/// clone tried (0 unknown, yes, no).
+#[derive(Debug, Default)]
+pub(crate) struct Reflink(AtomicU8);
+
+const REFLINK_YES: u8 = 1;
+const REFLINK_NO: u8 = 2;
+
+impl Reflink {
+    fn worth_trying(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != REFLINK_NO
+    }
+    /// Whether clones work where `dir` is: the first call tries one
+    /// between two small files made there (and removed), so a filesystem
+    /// that cannot clone costs no content lookups at all.
+    fn probe(&self, dir: BorrowedFd<'_>) -> bool {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            self.set(clones_in(dir).unwrap_or(false));
+        }
+        self.worth_trying()
+    }
+
+    fn set(&self, works: bool) {
+        self.0.store(
+            if works { REFLINK_YES } else { REFLINK_NO },
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Tries FICLONE between two files made in `dir` for the purpose.
+fn clones_in(dir: BorrowedFd<'_>) -> std::result::Result<bool, Errno> {
+    let names = [c".lstore-reflink-probe-a", c".lstore-reflink-probe-b"];
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let src = rfs::openat(dir, names[0], flags, Mode::from_raw_mode(0o600))?;
+    let dest = rfs::openat(dir, names[1], flags, Mode::from_raw_mode(0o600));
+    let result = dest.and_then(|dest| {
+        rustix::io::write(&src, &[0u8; 4096])?;
+        Ok(rfs::ioctl_ficlone(&dest, &src).is_ok())
+    });
+    for name in names {
+        let _ = rfs::unlinkat(dir, name, AtFlags::empty());
+    }
+    result
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[][..], path),
+    }
+}
+
+/// Opens directory `path` below `root`, never through a symlink.
+fn open_dir(root: BorrowedFd<'_>, path: &[u8]) -> std::result::Result<OwnedFd, Errno> {
+    if path.is_empty() {
+        return rfs::openat(root, c".", dir_flags(), Mode::empty());
+    }
+    rfs::openat2(root, path, dir_flags(), Mode::empty(), resolve_beneath())
+}
+
+/// The last directory opened, kept for a run of names in it.
+struct Dirs<'a> {
+    root: BorrowedFd<'a>,
+    last: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl<'a> Dirs<'a> {
+    fn new(root: BorrowedFd<'a>) -> Self {
+        Dirs { root, last: None }
+    }
+    fn get(&mut self, path: &[u8]) -> std::result::Result<BorrowedFd<'_>, Errno> {
+        if !matches!(&self.last, Some((p, _)) if p == path) {
+            self.last = Some((path.to_vec(), open_dir(self.root, path)?));
+        }
+        match &self.last {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(Errno::NOENT),
+        }
+    }
+}
+
+/// One staged inode and its names in the layer.
+struct Group {
+    file: WrittenFile,
+    names: Vec<Vec<u8>>,
+    st: rfs::Stat,
+}
+
+/// Shares the files of the layer staged at `diff`, as described in the
+/// module comment. Layers in `skip` are never linked to (fsck's damaged
+/// layers). Returns the layer's index entries and what was shared.
+pub(crate) fn share_layer(
+    layers: &LayerStore,
+    meta: &Meta,
+    diff: &Path,
+    written: Written,
+    skip: &HashSet<Digest>,
+    reflink: &Reflink,
+) -> Result<Shared> {
+    let io = |what: &str, e: Errno| Error::io(format!("{what} in {}", diff.display()), e.into());
+    let root = rfs::openat(rfs::CWD, diff, dir_flags(), Mode::empty())
+        .map_err(|e| io("open the staged layer", e))?;
+    let mut groups: Vec<(IndexKey, Group)> = staged_groups(root.as_fd(), written)
+        .into_iter()
+        .map(|g| {
+            let key = IndexKey {
+                content: g.file.id.content,
+                meta: g.file.id.meta,
+                names: index::names_hash(&g.names),
+            };
+            (key, g)
+        })
+        .collect();
+    // In key order, the lookups seek forward through the index.
+    groups.sort_by_key(|g| g.0);
+    let mut out = Shared::default();
+    let mut lookup = index::Lookup::new(meta)?;
+    let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
+    for (i, (key, g)) in groups.iter().enumerate() {
+        let first = g.names.iter().min().cloned().unwrap_or_default();
+        out.entries.push((*key, first));
+        let holders: Vec<index::Entry> = lookup
+            .holders(key)?
+            .into_iter()
+            .filter(|h| !skip.contains(&h.chain))
+            .collect();
+        if !holders.is_empty() {
+            candidates.push((i, holders));
+        }
+    }
+    // Directory times are noted before any entry in them changes.
+    let mut touched = DirTimes::default();
+    let parents: BTreeSet<&[u8]> = candidates
+        .iter()
+        .flat_map(|(i, _)| groups[*i].1.names.iter().map(|n| split(n).0))
+        .collect();
+    for parent_path in parents {
+        let dir = open_dir(root.as_fd(), parent_path).map_err(|e| io("open a directory", e))?;
+        touched
+            .note(parent_path, dir.as_fd())
+            .map_err(|e| io("inspect a directory", e))?;
+    }
+    let linked = link_in_parallel(layers, root.as_fd(), &groups, &candidates)?;
+    let mut unlinked: Vec<usize> = Vec::new();
+    let mut was_linked = vec![false; groups.len()];
+    for i in linked {
+        was_linked[i] = true;
+        out.linked += 1;
+        out.bytes += groups[i].1.file.size;
+    }
+    // Probed beside diff/ (in the staged folder), not in it: nothing of the
+    // layer changes.
+    let staged_folder = diff.parent().map_or_else(
+        || root.try_clone().map_err(|e| Error::io("dup", e)),
+        |p| {
+            rfs::openat(rfs::CWD, p, dir_flags(), Mode::empty())
+                .map_err(|e| io("open the staged folder", e))
+        },
+    )?;
+    if reflink.probe(staged_folder.as_fd()) {
+        unlinked.extend((0..groups.len()).filter(|i| !was_linked[*i]));
+    }
+    for i in unlinked {
+        let (key, g) = &groups[i];
+        for holder in lookup.same_content(&key.content)? {
+            if skip.contains(&holder.chain) {
+                continue;
+            }
+            match clone_group(layers, root.as_fd(), g, &holder, reflink)? {
+                Clone::Done => {
+                    out.cloned += 1;
+                    out.bytes += g.file.size;
+                    break;
+                }
+                Clone::Unsupported => break,
+                Clone::NotHere => {}
+            }
+        }
+        if !reflink.worth_trying() {
+            break;
+        }
+    }
+    touched
+        .restore(root.as_fd())
+        .map_err(|e| io("restore directory times", e))?;
+    Ok(out)
+}
+
+/// Links the groups that have holders, on a few threads (each its own
+/// directories: ext4 changes different directories in parallel, and a
+/// replaced inode's blocks are freed as it goes, which is journal work).
+/// Returns the indexes of the groups linked.
+fn link_in_parallel(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    groups: &[(IndexKey, Group)],
+    candidates: &[(usize, Vec<index::Entry>)],
+) -> Result<Vec<usize>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(candidates.len().div_ceil(64).max(1));
+    let mut shares: Vec<Vec<&(usize, Vec<index::Entry>)>> = vec![Vec::new(); threads];
+    for c in candidates {
+        let first = &groups[c.0].1.names[0];
+        let dir_hash = blake3::hash(split(first).0).as_bytes()[0] as usize;
+        shares[dir_hash % threads].push(c);
+    }
+    for share in &mut shares {
+        // In path order, a run of files in one directory opens it once.
+        share.sort_by(|a, b| groups[a.0].1.names[0].cmp(&groups[b.0].1.names[0]));
+    }
+    let work = |thread: usize, share: Vec<&(usize, Vec<index::Entry>)>| -> Result<Vec<usize>> {
+        let mut staged = Dirs::new(root);
+        let mut holder_dirs = HolderDirs::default();
+        let mut linked = Vec::new();
+        for (i, holders) in share {
+            for holder in holders {
+                let g = &groups[*i].1;
+                if link_group(layers, &mut staged, &mut holder_dirs, g, holder, thread)? {
+                    linked.push(*i);
+                    break;
+                }
+            }
+        }
+        Ok(linked)
+    };
+    let results: Vec<Result<Vec<usize>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(thread, share)| scope.spawn(move || work(thread, share)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a file sharing thread failed".into())))
+            })
+            .collect()
+    });
+    let mut linked = Vec::new();
+    for r in results {
+        linked.extend(r?);
+    }
+    Ok(linked)
+}
+
+/// The staged inodes written files and hardlink names make, each with all
+/// its names; an inode whose names are not all known (its link count says
+/// more) is left out.
+fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
+    let mut files = written.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut dirs = Dirs::new(root);
+    let stat = |dirs: &mut Dirs<'_>, path: &[u8]| {
+        let (parent, name) = split(path);
+        let dir = dirs.get(parent).ok()?;
+        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    };
+    let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
+    for file in files {
+        let Some(st) = stat(&mut dirs, &file.path) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
+            continue;
+        }
+        let names = vec![file.path.clone()];
+        groups.insert(st.st_ino, Group { file, names, st });
+    }
+    let mut links = written.links;
+    links.sort();
+    links.dedup();
+    for link in links {
+        let Some(st) = stat(&mut dirs, &link) else {
+            continue;
+        };
+        if let Some(g) = groups.get_mut(&st.st_ino) {
+            if !g.names.contains(&link) {
+                g.names.push(link);
+            }
+        }
+    }
+    groups
+        .into_values()
+        .filter(|g| g.names.len() as u64 == g.st.st_nlink)
+        .collect()
+}
+
+/// A file's access and modification times, to set again.
+fn times_of(st: &rfs::Stat) -> Timestamps {
+    let ts = |sec: i64, nsec: u64| rfs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    Timestamps {
+        last_access: ts(st.st_atime, st.st_atime_nsec),
+        last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
+/// Directory times as they were before sharing changed entries in them,
+/// put back at the end (they were set when the extraction finished).
+#[derive(Default)]
+struct DirTimes(HashMap<Vec<u8>, Timestamps>);
+
+impl DirTimes {
+    fn note(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+        if !self.0.contains_key(path) {
+            let times = times_of(&rfs::fstat(dir)?);
+            self.0.insert(path.to_vec(), times);
+        }
+        Ok(())
+    }
+
+    fn restore(self, root: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+        for (path, times) in self.0 {
+            let dir = open_dir(root, &path)?;
+            rfs::futimens(&dir, &times)?;
+        }
+        Ok(())
+    }
+}
+
+/// Holders' layer folders and the last directory looked in, kept open
+/// across a layer's files (most run in the same few directories).
+#[derive(Default)]
+struct HolderDirs {
+    roots: HashMap<Digest, OwnedFd>,
+    last: Option<(Digest, Vec<u8>, OwnedFd)>,
+}
+
+impl HolderDirs {
+    /// The holder's file: its parent directory (beneath the layer's
+    /// `diff/`, no symlink followed) and its `lstat`, when a regular file.
+    fn find(
+        &mut self,
+        layers: &LayerStore,
+        holder: &index::Entry,
+    ) -> Option<(BorrowedFd<'_>, rfs::Stat)> {
+        let (parent_path, name) = split(&holder.path);
+        let cached = matches!(&self.last,
+            Some((c, p, _)) if *c == holder.chain && p.as_slice() == parent_path);
+        if !cached {
+            if !self.roots.contains_key(&holder.chain) {
+                // Bounded: a store of many layers must not run out of fds.
+                if self.roots.len() >= 64 {
+                    self.roots.clear();
+                }
+                let diff = layers.diff_dir(&holder.chain);
+                let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+                self.roots.insert(holder.chain, root);
+            }
+            let root = self.roots.get(&holder.chain)?;
+            let dir = open_dir(root.as_fd(), parent_path).ok()?;
+            self.last = Some((holder.chain, parent_path.to_vec(), dir));
+        }
+        let (_, _, dir) = self.last.as_ref()?;
+        let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        (regular && st.st_nlink > 0).then_some((dir.as_fd(), st))
+    }
+}
+
+/// A holder's file, opened as extraction resolves names: its parent
+/// beneath the layer's `diff/`, the file itself not followed.
+pub(crate) struct HolderFile {
+    parent: OwnedFd,
+    name: Vec<u8>,
+    st: rfs::Stat,
+}
+
+pub(crate) fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
+    let diff = layers.diff_dir(&holder.chain);
+    let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+    let (parent_path, name) = split(&holder.path);
+    let parent = open_dir(root.as_fd(), parent_path).ok()?;
+    let st = rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(|| {
+        HolderFile {
+            parent,
+            name: name.to_vec(),
+            st,
+        }
+    })
+}
+
+/// Whether two stats agree on everything a link would share.
+fn same_metadata(a: &rfs::Stat, b: &rfs::Stat) -> bool {
+    (
+        a.st_size,
+        a.st_mode,
+        a.st_uid,
+        a.st_gid,
+        a.st_mtime,
+        a.st_mtime_nsec,
+    ) == (
+        b.st_size,
+        b.st_mode,
+        b.st_uid,
+        b.st_gid,
+        b.st_mtime,
+        b.st_mtime_nsec,
+    )
+}
+
+/// Name used for a link before it is renamed over a staged name: the
+/// staged folder is this process's own, and each linking thread (`thread`)
+/// names its links apart.
+fn temp_name(thread: usize, i: usize) -> Vec<u8> {
+    format!(".lstore-share-{thread}-{i}").into_bytes()
+}
+
+/// Makes every name of `g` a link to the holder's inode. Returns false
+/// (the staged inode kept whole) when the holder is gone or differs. The
+/// holder cannot go meanwhile: lookups and links run under the shared root
+/// lock, which gc needs exclusive, and lstore never changes a layer folder.
+fn link_group(
+    layers: &LayerStore,
+    staged: &mut Dirs<'_>,
+    holder_dirs: &mut HolderDirs,
+    g: &Group,
+    holder: &index::Entry,
+    thread: usize,
+) -> Result<bool> {
+    let Some((holder_dir, hst)) = holder_dirs.find(layers, holder) else {
+        return Ok(false);
+    };
+    if !same_metadata(&hst, &g.st) || (hst.st_dev, hst.st_ino) == (g.st.st_dev, g.st.st_ino) {
+        return Ok(false);
+    }
+    if hst.st_nlink + g.names.len() as u64 > MAX_LINKS {
+        return Ok(false);
+    }
+    let (_, holder_name) = split(&holder.path);
+    if let [name] = g.names.as_slice() {
+        return link_one(staged, holder_dir, holder_name, name, holder);
+    }
+    let temp_of = |i: usize| temp_name(thread, i);
+    // Every name gets its link under a temporary name first: should one
+    // fail, the others are taken back and the group stays as extracted.
+    let mut made: Vec<&[u8]> = Vec::new();
+    let mut failed = false;
+    for name in &g.names {
+        let (parent_path, _) = split(name);
+        let Ok(parent) = staged.get(parent_path) else {
+            failed = true;
+            break;
+        };
+        let linked = rfs::linkat(
+            holder_dir,
+            holder_name,
+            parent,
+            temp_of(made.len()).as_slice(),
+            AtFlags::empty(),
+        );
+        if linked.is_err() {
+            failed = true;
+            break;
+        }
+        made.push(name);
+    }
+    if failed {
+        for (i, name) in made.iter().enumerate() {
+            if let Ok(parent) = staged.get(split(name).0) {
+                let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
+            }
+        }
+        return Ok(false);
+    }
+    for (i, name) in made.iter().enumerate() {
+        let (parent_path, base) = split(name);
+        let renamed = staged
+            .get(parent_path)
+            .and_then(|parent| rfs::renameat(parent, temp_of(i).as_slice(), parent, base));
+        renamed.map_err(|e| replace_error(name, holder, e))?;
+    }
+    Ok(true)
+}
+
+/// Most links any filesystem here allows an inode (ext4: 65,000).
+const MAX_LINKS: u64 = 60_000;
+
+/// A single name made the holder's inode: the staged file is unlinked,
+/// then the name linked to the holder (two directory changes rather than
+/// three with a temporary name: this is most of a layer's sharing time).
+/// The name is missing for a moment only inside the staged folder, which
+/// no one else sees and a crash discards; the link cannot fail for want
+/// of the holder (the shared root lock keeps gc away) or of room (the
+/// entry just freed), and the caller checked the link count.
+fn link_one(
+    staged: &mut Dirs<'_>,
+    holder_dir: BorrowedFd<'_>,
+    holder_name: &[u8],
+    name: &[u8],
+    holder: &index::Entry,
+) -> Result<bool> {
+    let (parent_path, base) = split(name);
+    let Ok(parent) = staged.get(parent_path) else {
+        return Ok(false);
+    };
+    if rfs::unlinkat(parent, base, AtFlags::empty()).is_err() {
+        return Ok(false);
+    }
+    rfs::linkat(holder_dir, holder_name, parent, base, AtFlags::empty())
+        .map_err(|e| replace_error(name, holder, e))?;
+    Ok(true)
+}
+
+/// A staged name could not be made the holder's inode.
+fn replace_error(name: &[u8], holder: &index::Entry, e: Errno) -> Error {
+    Error::io(
+        format!(
+            "replace {:?} with a link to layer {}",
+            String::from_utf8_lossy(name),
+            holder.chain
+        ),
+        e.into(),
+    )
+}
+
+enum Clone {
+    Done,
+    /// The filesystem does not clone: no use trying again.
+    Unsupported,
+    /// This holder could not give its extents.
+    NotHere,
+}
+
+/// Clones the holder's extents into the staged inode (FICLONE), keeping
+/// the staged inode's own metadata: mode, xattrs and times are put back
+/// as they were (a write may clear setuid bits and file capabilities).
+fn clone_group(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    g: &Group,
+    holder: &index::Entry,
+    reflink: &Reflink,
+) -> Result<Clone> {
+    let Some(h) = open_holder(layers, holder) else {
+        return Ok(Clone::NotHere);
+    };
+    if h.st.st_size != g.st.st_size || (h.st.st_dev, h.st.st_ino) == (g.st.st_dev, g.st.st_ino) {
+        return Ok(Clone::NotHere);
+    }
+    let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(src) = rfs::openat(&h.parent, h.name.as_slice(), read, Mode::empty()) else {
+        return Ok(Clone::NotHere);
+    };
+    let (parent_path, base) = split(&g.file.path);
+    let staged_err = |what: &str, e: Errno| {
+        Error::io(
+            format!("{what} {:?}", String::from_utf8_lossy(&g.file.path)),
+            e.into(),
+        )
+    };
+    let parent = open_dir(root, parent_path).map_err(|e| staged_err("open the parent of", e))?;
+    let write = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dest = rfs::openat(&parent, base, write, Mode::empty())
+        .map_err(|e| staged_err("open for cloning", e))?;
+    let before = rfs::fstat(&dest).map_err(|e| staged_err("inspect", e))?;
+    if before.st_ino != g.st.st_ino {
+        return Ok(Clone::NotHere);
+    }
+    let xattrs = identity::xattrs(dest.as_fd()).map_err(|e| staged_err("read xattrs of", e))?;
+    match rfs::ioctl_ficlone(&dest, &src) {
+        Ok(()) => reflink.set(true),
+        Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::NOSYS) => {
+            reflink.set(false);
+            return Ok(Clone::Unsupported);
+        }
+        Err(_) => return Ok(Clone::NotHere),
+    }
+    // Put back what the clone, being a write, may have changed.
+    let after = rfs::fstat(&dest).map_err(|e| staged_err("inspect", e))?;
+    if after.st_mode != before.st_mode {
+        rfs::fchmod(&dest, Mode::from_raw_mode(before.st_mode & 0o7777))
+            .map_err(|e| staged_err("restore the mode of", e))?;
+    }
+    if identity::xattrs(dest.as_fd()).ok().as_ref() != Some(&xattrs) {
+        for (name, value) in &xattrs {
+            rfs::fsetxattr(&dest, name.as_slice(), value, rfs::XattrFlags::empty())
+                .map_err(|e| staged_err("restore xattrs of", e))?;
+        }
+    }
+    rfs::futimens(&dest, &times_of(&before)).map_err(|e| staged_err("restore the times of", e))?;
+    let (_, id) =
+        identify(dest.as_fd(), g.file.id.content).map_err(|e| staged_err("inspect", e))?;
+    if id != g.file.id {
+        return Err(Error::Invalid(format!(
+            "cloning extents into {:?} changed its metadata",
+            String::from_utf8_lossy(&g.file.path)
+        )));
+    }
+    Ok(Clone::Done)
+}
+
+/// What file sharing saves, as `df` shows it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Savings {
+    /// Inodes two or more layers hold.
+    pub files: u64,
+    /// Over those, size × (layers holding it − 1).
+    pub bytes: u64,
+}
+
+/// Counts, over the content index, the inodes several layers hold: each
+/// entry's file is looked at once (`lstat`, beneath its layer).
+pub(crate) fn savings(layers: &LayerStore, meta: &Meta) -> Result<Savings> {
+    // (dev, ino) -> (layers holding it, size)
+    let mut inodes: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    for entry in index::all(meta)? {
+        if let Some(h) = open_holder(layers, &entry) {
+            let seen = inodes
+                .entry((h.st.st_dev, h.st.st_ino))
+                .or_insert((0, h.st.st_size as u64));
+            seen.0 += 1;
+        }
+    }
+    let mut out = Savings::default();
+    for (holders, size) in inodes.into_values().filter(|(n, _)| *n > 1) {
+        out.files += 1;
+        out.bytes += size * (holders - 1);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

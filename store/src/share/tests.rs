@@ -1,0 +1,243 @@
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::identity::{identify, Written, WrittenFile};
+use super::index::{self, IndexKey};
+use super::{share_layer, Reflink};
+use crate::digest::Digest;
+use crate::layers::LayerStore;
+use crate::meta::Meta;
+
+/// What extraction notes for a file just written at `rel` in `diff`.
+fn note(diff: &Path, rel: &str) -> WrittenFile {
+    let path = diff.join(rel);
+    let data = fs::read(&path).unwrap();
+    let file = fs::File::open(&path).unwrap();
+    let (st, id) = identify(
+        std::os::fd::AsFd::as_fd(&file),
+        *blake3::hash(&data).as_bytes(),
+    )
+    .unwrap();
+    WrittenFile {
+        path: rel.as_bytes().to_vec(),
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        id,
+    }
+}
+
+fn write(diff: &Path, rel: &str, data: &[u8]) {
+    let path = diff.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, data).unwrap();
+    let t = filetime(1_600_000_000);
+    rustix::fs::utimensat(rustix::fs::CWD, &path, &t, rustix::fs::AtFlags::empty()).unwrap();
+}
+
+fn filetime(sec: i64) -> rustix::fs::Timestamps {
+    let ts = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: 0,
+    };
+    rustix::fs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    layers: LayerStore,
+    meta: Meta,
+    staged: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("overlay2/l")).unwrap();
+    fs::create_dir_all(dir.path().join("tmp/staged/diff")).unwrap();
+    let layers = LayerStore::new(dir.path().join("overlay2"), dir.path().join("tmp"));
+    let meta = Meta::open(&dir.path().join("db")).unwrap();
+    let staged = dir.path().join("tmp/staged/diff");
+    Fixture {
+        _dir: dir,
+        layers,
+        meta,
+        staged,
+    }
+}
+
+/// The sharing step on the layer at `diff`.
+fn share(f: &Fixture, diff: &Path, written: Written, skip: &HashSet<Digest>) -> super::Shared {
+    share_layer(&f.layers, &f.meta, diff, written, skip, &Reflink::default()).unwrap()
+}
+
+/// Puts a committed layer `chain` holding `files` and indexes it, as an
+/// import does.
+fn committed_layer(f: &Fixture, chain: &Digest, files: &[(&str, &[u8])]) {
+    let diff = f.layers.diff_dir(chain);
+    fs::create_dir_all(&diff).unwrap();
+    for (rel, data) in files {
+        write(&diff, rel, data);
+    }
+    let written = Written {
+        files: files.iter().map(|(rel, _)| note(&diff, rel)).collect(),
+        links: Vec::new(),
+    };
+    let shared = share(f, &diff, written, &HashSet::new());
+    let mut batch = f.meta.batch();
+    index::put(&mut batch, chain, &shared.entries).unwrap();
+    batch.commit().unwrap();
+}
+
+#[test]
+fn names_hash_ignores_order_and_tells_sets_apart() {
+    let (a, b) = (b"usr/a".to_vec(), b"usr/b".to_vec());
+    assert_eq!(
+        index::names_hash(&[a.clone(), b.clone()]),
+        index::names_hash(&[b.clone(), a.clone()])
+    );
+    assert_ne!(
+        index::names_hash(std::slice::from_ref(&a)),
+        index::names_hash(&[a, b])
+    );
+}
+
+#[test]
+fn identity_tells_metadata_apart() {
+    let f = fixture();
+    write(&f.staged, "x", b"same bytes");
+    write(&f.staged, "y", b"same bytes");
+    let (x, y) = (note(&f.staged, "x"), note(&f.staged, "y"));
+    assert_eq!(x.id, y.id, "same content, mode, owner, mtime");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.staged.join("y"), fs::Permissions::from_mode(0o600)).unwrap();
+    let y = note(&f.staged, "y");
+    assert_eq!(x.id.content, y.id.content);
+    assert_ne!(x.id.meta, y.id.meta, "another mode");
+}
+
+/// A staged file equal to a committed layer's becomes its inode; one with
+/// other content stays; the staged directory keeps its times; the index
+/// lookup finds the holder by key.
+#[test]
+fn a_staged_file_becomes_the_holders_inode() {
+    let f = fixture();
+    let held = Digest::of(b"held layer");
+    committed_layer(
+        &f,
+        &held,
+        &[("usr/lib/a.so", b"shared bytes"), ("own", b"one")],
+    );
+    write(&f.staged, "usr/lib/a.so", b"shared bytes");
+    write(&f.staged, "own", b"two");
+    let dir = f.staged.join("usr/lib");
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &dir,
+        &filetime(1_500_000_000),
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    let written = Written {
+        files: vec![note(&f.staged, "usr/lib/a.so"), note(&f.staged, "own")],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 1);
+    assert_eq!(shared.bytes, 12);
+    assert_eq!(shared.entries.len(), 2);
+    let holder = f.layers.diff_dir(&held).join("usr/lib/a.so");
+    let staged = f.staged.join("usr/lib/a.so");
+    assert_eq!(
+        fs::metadata(&holder).unwrap().ino(),
+        fs::metadata(&staged).unwrap().ino()
+    );
+    assert_ne!(
+        fs::metadata(f.layers.diff_dir(&held).join("own"))
+            .unwrap()
+            .ino(),
+        fs::metadata(f.staged.join("own")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::metadata(&dir).unwrap().mtime(),
+        1_500_000_000,
+        "dir time kept"
+    );
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("a.so")],
+        "no temporary name left"
+    );
+    // The savings df shows need both layers indexed.
+    let mut batch = f.meta.batch();
+    index::put(&mut batch, &Digest::of(b"staged"), &shared.entries).unwrap();
+    batch.commit().unwrap();
+    let key: IndexKey = shared
+        .entries
+        .iter()
+        .find(|(_, p)| p == b"usr/lib/a.so")
+        .unwrap()
+        .0;
+    assert_eq!(
+        index::Lookup::new(&f.meta)
+            .unwrap()
+            .holders(&key)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// A holder in `skip` (fsck's damaged layers) is never linked to, and a
+/// holder whose file is gone is passed over.
+#[test]
+fn skipped_and_vanished_holders_are_passed_over() {
+    let f = fixture();
+    let damaged = Digest::of(b"damaged");
+    let gone = Digest::of(b"gone");
+    committed_layer(&f, &damaged, &[("f", b"bytes")]);
+    committed_layer(&f, &gone, &[("f", b"bytes")]);
+    fs::remove_file(f.layers.diff_dir(&gone).join("f")).unwrap();
+    write(&f.staged, "f", b"bytes");
+    let written = Written {
+        files: vec![note(&f.staged, "f")],
+        links: Vec::new(),
+    };
+    let skip: HashSet<Digest> = [damaged].into();
+    let shared = share_layer(
+        &f.layers,
+        &f.meta,
+        &f.staged,
+        written,
+        &skip,
+        &Reflink::default(),
+    )
+    .unwrap();
+    assert_eq!(shared.linked, 0);
+    assert_eq!(fs::metadata(f.staged.join("f")).unwrap().nlink(), 1);
+}
+
+/// An inode with a name sharing does not know of (its link count says
+/// more) is left whole.
+#[test]
+fn an_inode_with_unknown_names_is_left_alone() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    committed_layer(&f, &held, &[("f", b"bytes")]);
+    write(&f.staged, "f", b"bytes");
+    fs::hard_link(f.staged.join("f"), f.staged.join("g")).unwrap();
+    let written = Written {
+        files: vec![note(&f.staged, "f")],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert!(shared.entries.is_empty());
+}
