@@ -220,7 +220,7 @@ user="lstore-demo-$$" uhome="$demo/home"
 mkdir -p "$uhome/run"; chmod 711 "$demo"; chmod 755 "$uhome"
 useradd -M -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 -d "$uhome" -s /bin/sh "$user"
 usermod --add-subuids 400000-465535 --add-subgids 400000-465535 "$user"
-cp "$demo/app.tar" "$uhome/"; chown -R "$user" "$uhome"
+cp "$demo/app.tar" "$uhome/"; chown -R "$user" "$uhome"; chmod 700 "$uhome/run"
 as_user() {
   runuser -u "$user" -- env HOME="$uhome" XDG_DATA_HOME="$uhome/data" XDG_RUNTIME_DIR="$uhome/run" \
     USER="$user" PATH="$CARGO_TARGET_DIR/debug:$PATH" lstore "$@"

@@ -41,10 +41,17 @@ layer "$base" gzip; B=("$L_DIGEST" "$L_SIZE" "$L_DIFF" "$L_TYPE")
 app="$work/app"; mkdir -p "$app/opt/app" "$app/usr/share/doc/sample"
 printf '#!/bin/sh\necho hello from the sample app\n' > "$app/opt/app/run.sh"; chmod 755 "$app/opt/app/run.sh"
 : > "$app/usr/share/doc/sample/.wh.file1.txt"     # deletes a base file
-layer "$app" zstd; A=("$L_DIGEST" "$L_SIZE" "$L_DIFF" "$L_TYPE")
 
 tool="$work/tool"; mkdir -p "$tool/usr/local/bin"
 printf '#!/bin/sh\necho tool 1.0\n' > "$tool/usr/local/bin/tool"; chmod 755 "$tool/usr/local/bin/tool"
+# The same file in the app's and the tool's layers (equal content and
+# metadata): lstore keeps it once (file sharing, `lstore df`).
+for d in "$app" "$tool"; do
+  mkdir -p "$d/usr/share/licenses/sample"
+  cp /usr/share/common-licenses/Apache-2.0 "$d/usr/share/licenses/sample/LICENSE"
+  chmod 644 "$d/usr/share/licenses/sample/LICENSE"
+done
+layer "$app" zstd; A=("$L_DIGEST" "$L_SIZE" "$L_DIFF" "$L_TYPE")
 layer "$tool" none; T=("$L_DIGEST" "$L_SIZE" "$L_DIFF" "$L_TYPE")
 
 # image NAME L1... -> appends an index entry
