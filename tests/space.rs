@@ -494,3 +494,38 @@ fn reflinks_share_extents_on_xfs() {
     assert_matches_umoci(&store, B, &b);
     drop(store);
 }
+
+/// `lstore fsck` of a store sharing more inodes than it may have files
+/// open (RLIMIT_NOFILE 64, as a low soft limit would give): no inode stays
+/// open between its stat and its hash, so every shared file is checked and
+/// found whole.
+#[test]
+fn fsck_checks_more_shared_files_than_it_may_open() {
+    use std::os::unix::process::CommandExt;
+    let store = Lstore::new();
+    load_pair(&store, &many_files("1"), &many_files("2"));
+    let mut command = store.command(&["fsck", "--format", "json"]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().expect("run lstore fsck");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fsck under 64 open files: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let checked = report["shared_files_checked"].as_u64().unwrap_or(0);
+    assert!(checked > 300, "shared files checked: {report}");
+}

@@ -457,7 +457,7 @@ impl Check<'_> {
             .into_iter()
             .filter(|e| !self.leased_layers.contains(&e.chain))
             .collect();
-        let states = verify::verify(self.store.layer_store(), &entries);
+        let states = verify::verify(self.store.layer_store(), &entries)?;
         let mut holders: BTreeMap<(u64, u64), BTreeSet<Digest>> = BTreeMap::new();
         for (e, state) in entries.iter().zip(&states) {
             if let EntryState::Inode { dev, ino, .. } = state {

@@ -432,18 +432,44 @@ pub(crate) struct HolderFile {
 }
 
 pub(crate) fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
+    find_holder(layers, holder).ok().flatten()
+}
+
+/// Whether an error opening a holder's file says the file is not there
+/// (any more): a name gone, or a directory of its path replaced by a file
+/// or a symlink. Any other error (EMFILE, EACCES, ENOMEM…) says nothing
+/// about the file.
+pub(crate) fn means_missing(e: Errno) -> bool {
+    matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV)
+}
+
+/// As [`open_holder`], telling a file that is not there (`Ok(None)`, or
+/// no regular file) from an error of the lookup itself.
+pub(crate) fn find_holder(
+    layers: &LayerStore,
+    holder: &index::Entry,
+) -> std::result::Result<Option<HolderFile>, Errno> {
+    let missing = |e: Errno| if means_missing(e) { Ok(None) } else { Err(e) };
     let diff = layers.diff_dir(&holder.chain);
-    let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+    let root = match rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return missing(e),
+    };
     let (parent_path, name) = split(&holder.path);
-    let parent = open_dir(root.as_fd(), parent_path).ok()?;
-    let st = rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(|| {
-        HolderFile {
-            parent,
-            name: name.to_vec(),
-            st,
-        }
-    })
+    let parent = match open_dir(root.as_fd(), parent_path) {
+        Ok(fd) => fd,
+        Err(e) => return missing(e),
+    };
+    let st = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) => return missing(e),
+    };
+    let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0;
+    Ok(regular.then(|| HolderFile {
+        parent,
+        name: name.to_vec(),
+        st,
+    }))
 }
 
 /// Whether two stats agree on everything a link would share.
