@@ -276,8 +276,9 @@ fn link_in_parallel(
         let mut linked = Vec::new();
         for (i, holders) in share {
             for holder in holders {
-                let g = &groups[*i].1;
-                if link_group(layers, &mut staged, &mut holder_dirs, g, holder, thread)? {
+                let (key, g) = &groups[*i];
+                let link = Link { key, g, holder };
+                if link_group(layers, &mut staged, &mut holder_dirs, link, thread)? {
                     linked.push(*i);
                     break;
                 }
@@ -498,6 +499,38 @@ fn temp_name(thread: usize, i: usize) -> Vec<u8> {
     format!(".lstore-share-{thread}-{i}").into_bytes()
 }
 
+/// Whether the holder's file `name` in `dir`, inode `hst`, has the
+/// metadata hash `meta` now, its xattrs read again: the index's word is
+/// not enough (an entry recorded for a folder that is not the one
+/// indexed, a relabel), and a link must never give a staged file another
+/// file's xattrs (capabilities, ACLs).
+fn holder_meta_is(dir: BorrowedFd<'_>, name: &[u8], hst: &rfs::Stat, meta: &[u8; 16]) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    // O_NOATIME needs the file's owner or CAP_FOWNER.
+    let fd = match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    };
+    let Ok(fd) = fd else {
+        return false;
+    };
+    let Ok(st) = rfs::fstat(&fd) else {
+        return false;
+    };
+    if (st.st_dev, st.st_ino) != (hst.st_dev, hst.st_ino) {
+        return false;
+    }
+    identity::xattrs(fd.as_fd()).is_ok_and(|x| identity::meta_hash(&st, &x) == *meta)
+}
+
+/// A staged inode, its index key, and the holder it may become.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    key: &'a IndexKey,
+    g: &'a Group,
+    holder: &'a index::Entry,
+}
+
 /// Makes every name of `g` a link to the holder's inode. Returns false
 /// (the staged inode kept whole) when the holder is gone or differs. The
 /// holder cannot go meanwhile: lookups and links run under the shared root
@@ -506,10 +539,10 @@ fn link_group(
     layers: &LayerStore,
     staged: &mut Dirs<'_>,
     holder_dirs: &mut HolderDirs,
-    g: &Group,
-    holder: &index::Entry,
+    link: Link<'_>,
     thread: usize,
 ) -> Result<bool> {
+    let Link { key, g, holder } = link;
     let Some((holder_dir, hst)) = holder_dirs.find(layers, holder) else {
         return Ok(false);
     };
@@ -520,6 +553,9 @@ fn link_group(
         return Ok(false);
     }
     let (_, holder_name) = split(&holder.path);
+    if !holder_meta_is(holder_dir, holder_name, &hst, &key.meta) {
+        return Ok(false);
+    }
     if let [name] = g.names.as_slice() {
         return link_one(staged, holder_dir, holder_name, name, holder);
     }

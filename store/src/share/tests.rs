@@ -241,3 +241,32 @@ fn an_inode_with_unknown_names_is_left_alone() {
     assert_eq!(shared.linked, 0);
     assert!(shared.entries.is_empty());
 }
+
+/// A holder whose file has xattrs its index entry does not describe (an
+/// entry recorded for another folder, a relabel) is not linked to: the
+/// staged file would take on its xattrs.
+#[test]
+fn a_holder_whose_xattrs_differ_from_its_entry_is_not_linked() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    committed_layer(&f, &held, &[("f", b"bytes")]);
+    let holder = f.layers.diff_dir(&held).join("f");
+    rustix::fs::setxattr(
+        &holder,
+        "user.lstore-test",
+        b"added later",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("user xattrs on the test filesystem");
+    write(&f.staged, "f", b"bytes");
+    let written = Written {
+        files: vec![note(&f.staged, "f")],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0, "linked to a file with other xattrs");
+    assert_ne!(
+        fs::metadata(&holder).unwrap().ino(),
+        fs::metadata(f.staged.join("f")).unwrap().ino()
+    );
+}
