@@ -147,6 +147,39 @@ fn fsck_finds_and_repair_fixes_a_changed_shared_file() {
     assert_matches_umoci(&store, B, &b);
 }
 
+/// A shared file whose metadata alone changed behind the store's back
+/// (here its mode): `fsck` reports its index entries as stale, not the
+/// layers as damaged, and `--repair` re-indexes them without extracting
+/// or removing anything.
+#[test]
+fn fsck_reindexes_a_shared_file_whose_metadata_alone_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Lstore::new();
+    let (_, _, ia, ib) = load_pair(&store, &base("1"), &base("2"));
+    let tool_a = path_in(&ia, 0, "usr/bin/tool");
+    let shared_ino = ino(&tool_a);
+    fs::set_permissions(&tool_a, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = store.run(&["fsck", "--format", "json"]);
+    assert!(!out.success(), "a stale entry fails fsck");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("stale"), "{problems}");
+    assert!(!problems.contains("re-extracts"), "{problems}");
+
+    store.ok(&["fsck", "--repair"]);
+    store.ok(&["fsck"]);
+    let (ia2, ib2) = (store.inspect(A), store.inspect(B));
+    assert_eq!(ia2["layers"][0]["chain_id"], ia["layers"][0]["chain_id"]);
+    assert_eq!(ib2["layers"][0]["chain_id"], ib["layers"][0]["chain_id"]);
+    assert_eq!(
+        ino(&path_in(&ia2, 0, "usr/bin/tool")),
+        shared_ino,
+        "not extracted again"
+    );
+    assert_eq!(ino(&path_in(&ib2, 0, "usr/bin/tool")), shared_ino);
+}
+
 /// `base` with the tool's mode and the library's mtime changed.
 fn base_chmod(variant: &str) -> TarBuilder {
     base_as(variant, 0o700, 1_600_000_001)

@@ -270,3 +270,20 @@ fn a_holder_whose_xattrs_differ_from_its_entry_is_not_linked() {
         fs::metadata(f.staged.join("f")).unwrap().ino()
     );
 }
+
+/// IMA/EVM measurements and SELinux labels are the host's: they are no
+/// part of a file's identity, other xattrs are.
+#[test]
+fn host_xattrs_are_no_part_of_the_identity() {
+    use super::identity::meta_hash;
+    let f = fixture();
+    write(&f.staged, "x", b"bytes");
+    let st = rustix::fs::stat(f.staged.join("x")).unwrap();
+    let plain = meta_hash(&st, &Vec::new());
+    for name in ["security.ima", "security.evm", "security.selinux"] {
+        let x = vec![(name.as_bytes().to_vec(), b"value".to_vec())];
+        assert_eq!(meta_hash(&st, &x), plain, "{name}");
+    }
+    let acl = vec![(b"system.posix_acl_access".to_vec(), b"value".to_vec())];
+    assert_ne!(meta_hash(&st, &acl), plain);
+}

@@ -25,8 +25,23 @@ pub(crate) enum EntryState {
     NoFolder,
     /// The file is gone or is no regular file any more.
     Missing,
-    /// The file, as inode (dev, ino), whose identity is as indexed or not.
-    Inode { dev: u64, ino: u64, intact: bool },
+    /// The file, as inode (dev, ino), and how it compares with its entry.
+    Inode {
+        dev: u64,
+        ino: u64,
+        fidelity: Fidelity,
+    },
+}
+
+/// An indexed file against its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fidelity {
+    Intact,
+    /// Same content, other metadata (mode, owner, xattrs): the entry is
+    /// stale; the file holds the metadata hash given now.
+    MetaChanged([u8; 16]),
+    /// Other content, or another file by now.
+    ContentChanged,
 }
 
 /// Hashes the file `entry` names and takes its identity again; `None`
@@ -93,7 +108,7 @@ pub(crate) fn verify(layers: &LayerStore, entries: &[Entry]) -> Result<Vec<Entry
                 states.push(EntryState::Inode {
                     dev: key.0,
                     ino: key.1,
-                    intact: false,
+                    fidelity: Fidelity::ContentChanged,
                 });
                 inodes.entry(key).or_insert((i, Vec::new())).1.push(i);
             }
@@ -111,9 +126,14 @@ pub(crate) fn verify(layers: &LayerStore, entries: &[Entry]) -> Result<Vec<Entry
         let (id, users) = r?;
         for i in users {
             let key = &entries[i].key;
-            let intact = id.is_some_and(|id| id.content == key.content && id.meta == key.meta);
-            if let EntryState::Inode { intact: slot, .. } = &mut states[i] {
-                *slot = intact;
+            let fidelity = match id {
+                Some(id) if id.content != key.content => Fidelity::ContentChanged,
+                Some(id) if id.meta != key.meta => Fidelity::MetaChanged(id.meta),
+                Some(_) => Fidelity::Intact,
+                None => Fidelity::ContentChanged,
+            };
+            if let EntryState::Inode { fidelity: slot, .. } = &mut states[i] {
+                *slot = fidelity;
             }
         }
     }
