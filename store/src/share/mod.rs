@@ -324,7 +324,10 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
         let Some(st) = stat(&mut dirs, &file.path) else {
             continue;
         };
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
+        // A reused inode number (the file replaced by a later entry, its
+        // inode freed and handed out again) shows in the size at least.
+        let same_file = st.st_ino == file.ino && st.st_size as u64 == file.size;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !same_file {
             continue;
         }
         let names = vec![file.path.clone()];

@@ -287,3 +287,23 @@ fn host_xattrs_are_no_part_of_the_identity() {
     let acl = vec![(b"system.posix_acl_access".to_vec(), b"value".to_vec())];
     assert_ne!(meta_hash(&st, &acl), plain);
 }
+
+/// A record whose inode number is the file's but whose size is not (the
+/// inode freed and reused by a later entry of the layer) describes
+/// another file: it is neither linked nor indexed.
+#[test]
+fn a_record_of_another_size_is_stale() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    committed_layer(&f, &held, &[("f", b"bytes")]);
+    write(&f.staged, "f", b"bytes");
+    let mut record = note(&f.staged, "f");
+    record.size += 1;
+    let written = Written {
+        files: vec![record],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert!(shared.entries.is_empty());
+}
