@@ -587,10 +587,13 @@ fn link_group(
         made.push(name);
     }
     if failed {
+        // A temporary name left behind would be committed into the layer.
         for (i, name) in made.iter().enumerate() {
-            if let Ok(parent) = staged.get(split(name).0) {
-                let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
-            }
+            let temp = temp_of(i);
+            staged
+                .get(split(name).0)
+                .and_then(|parent| rfs::unlinkat(parent, temp.as_slice(), AtFlags::empty()))
+                .map_err(|e| replace_error(name, holder, e))?;
         }
         return Ok(false);
     }
