@@ -174,13 +174,22 @@ pub(crate) fn share_layer(
     // In key order, the lookups seek forward through the index.
     groups.sort_by_key(|g| g.0);
     let mut out = Shared::default();
-    let mut lookup = index::Lookup::new(meta)?;
+    // Sharing is an optimisation: an index that cannot be read (an error
+    // of the lookup, a value that does not decode) leaves the layer
+    // unshared, never fails it. Nothing has changed yet at this point.
+    let mut lookup = index::Lookup::new(meta).ok();
     let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
     for (i, (key, g)) in groups.iter().enumerate() {
         let first = g.names.iter().min().cloned().unwrap_or_default();
         out.entries.push((*key, first));
-        let holders: Vec<index::Entry> = lookup
-            .holders(key)?
+        let found = match lookup.as_mut().map(|l| l.holders(key)) {
+            Some(Ok(found)) => found,
+            Some(Err(_)) | None => {
+                lookup = None;
+                Vec::new()
+            }
+        };
+        let holders: Vec<index::Entry> = found
             .into_iter()
             .filter(|h| !skip.contains(&h.chain))
             .collect();
@@ -222,7 +231,10 @@ pub(crate) fn share_layer(
     }
     for i in unlinked {
         let (key, g) = &groups[i];
-        for holder in lookup.same_content(&key.content)? {
+        let Some(Ok(same)) = lookup.as_mut().map(|l| l.same_content(&key.content)) else {
+            break;
+        };
+        for holder in same {
             if skip.contains(&holder.chain) {
                 continue;
             }

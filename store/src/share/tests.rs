@@ -307,3 +307,32 @@ fn a_record_of_another_size_is_stale() {
     assert_eq!(shared.linked, 0);
     assert!(shared.entries.is_empty());
 }
+
+/// An index value that does not decode leaves the layer unshared (its
+/// copies kept, its entries still made), never fails it.
+#[test]
+fn an_unreadable_index_keeps_the_copy() {
+    let f = fixture();
+    write(&f.staged, "f", b"bytes");
+    let record = note(&f.staged, "f");
+    let key = IndexKey {
+        content: record.id.content,
+        meta: record.id.meta,
+        names: index::names_hash(&[b"f".to_vec()]),
+    };
+    let mut raw = key.bytes().to_vec();
+    raw.extend_from_slice(Digest::of(b"other").as_bytes());
+    let mut batch = f.meta.batch();
+    batch
+        .put(crate::meta::CF_SHARED_FILES, &raw, &42u64)
+        .unwrap();
+    batch.commit().unwrap();
+    let written = Written {
+        files: vec![record],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert_eq!(shared.entries.len(), 1);
+    assert_eq!(fs::read(f.staged.join("f")).unwrap(), b"bytes");
+}
