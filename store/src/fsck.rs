@@ -894,15 +894,25 @@ impl Check<'_> {
             for d in &self.corrupt_blobs {
                 self.store.content().remove(d)?;
             }
-            // Stale entries of layers that are going or were extracted
-            // again are dropped with the rest of the layer's below.
+            // A layer whose files changed and that was not extracted again
+            // (its mount or containerd keeps it) must not be linked to any
+            // more: its entries go, with those of the layers lost.
+            let redone: BTreeSet<Digest> = self.reindexed.iter().map(|(c, _)| *c).collect();
+            let unindexed: BTreeSet<Digest> = self
+                .changed_files
+                .keys()
+                .filter(|c| !redone.contains(c))
+                .chain(lost.iter())
+                .copied()
+                .collect();
+            // Stale entries of layers whose entries all go or are replaced
+            // are dropped with the rest below.
             for (entry, now) in &self.stale_entries {
-                let redone = self.reindexed.iter().any(|(c, _)| *c == entry.chain);
-                if !redone && !lost.contains(&entry.chain) {
+                if !redone.contains(&entry.chain) && !unindexed.contains(&entry.chain) {
                     index::reindex(&mut batch, entry, *now)?;
                 }
             }
-            for c in &lost {
+            for c in &unindexed {
                 index::drop_layer(meta, &mut batch, c)?;
             }
             for (c, entries) in &self.reindexed {
