@@ -147,6 +147,39 @@ fn fsck_finds_and_repair_fixes_a_changed_shared_file() {
     assert_matches_umoci(&store, B, &b);
 }
 
+/// A shared file whose metadata alone changed behind the store's back
+/// (here its mode): `fsck` reports its index entries as stale, not the
+/// layers as damaged, and `--repair` re-indexes them without extracting
+/// or removing anything.
+#[test]
+fn fsck_reindexes_a_shared_file_whose_metadata_alone_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Lstore::new();
+    let (_, _, ia, ib) = load_pair(&store, &base("1"), &base("2"));
+    let tool_a = path_in(&ia, 0, "usr/bin/tool");
+    let shared_ino = ino(&tool_a);
+    fs::set_permissions(&tool_a, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = store.run(&["fsck", "--format", "json"]);
+    assert!(!out.success(), "a stale entry fails fsck");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("stale"), "{problems}");
+    assert!(!problems.contains("re-extracts"), "{problems}");
+
+    store.ok(&["fsck", "--repair"]);
+    store.ok(&["fsck"]);
+    let (ia2, ib2) = (store.inspect(A), store.inspect(B));
+    assert_eq!(ia2["layers"][0]["chain_id"], ia["layers"][0]["chain_id"]);
+    assert_eq!(ib2["layers"][0]["chain_id"], ib["layers"][0]["chain_id"]);
+    assert_eq!(
+        ino(&path_in(&ia2, 0, "usr/bin/tool")),
+        shared_ino,
+        "not extracted again"
+    );
+    assert_eq!(ino(&path_in(&ib2, 0, "usr/bin/tool")), shared_ino);
+}
+
 /// `base` with the tool's mode and the library's mtime changed.
 fn base_chmod(variant: &str) -> TarBuilder {
     base_as(variant, 0o700, 1_600_000_001)
@@ -493,4 +526,39 @@ fn reflinks_share_extents_on_xfs() {
     assert_eq!(fs::read(&lib_b).unwrap(), content("library ", 300_000));
     assert_matches_umoci(&store, B, &b);
     drop(store);
+}
+
+/// `lstore fsck` of a store sharing more inodes than it may have files
+/// open (RLIMIT_NOFILE 64, as a low soft limit would give): no inode stays
+/// open between its stat and its hash, so every shared file is checked and
+/// found whole.
+#[test]
+fn fsck_checks_more_shared_files_than_it_may_open() {
+    use std::os::unix::process::CommandExt;
+    let store = Lstore::new();
+    load_pair(&store, &many_files("1"), &many_files("2"));
+    let mut command = store.command(&["fsck", "--format", "json"]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().expect("run lstore fsck");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fsck under 64 open files: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let checked = report["shared_files_checked"].as_u64().unwrap_or(0);
+    assert!(checked > 300, "shared files checked: {report}");
 }

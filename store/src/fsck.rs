@@ -45,7 +45,7 @@ use crate::meta::{
 use crate::oci;
 use crate::reference::Reference;
 use crate::share::index::{self, LayerEntries};
-use crate::share::verify::{self, EntryState};
+use crate::share::verify::{self, EntryState, Fidelity};
 use crate::store::Store;
 use crate::tarsplit;
 use crate::unpack::{self, UnpackError, Unpacked};
@@ -296,6 +296,9 @@ struct Check<'a> {
     changed_files: BTreeMap<Digest, String>,
     /// Layers extracted again, with their new content index entries.
     reindexed: Vec<(Digest, LayerEntries)>,
+    /// Content index entries whose file's metadata changed (not its
+    /// content), with the metadata hash it has now.
+    stale_entries: Vec<(index::Entry, [u8; 16])>,
 }
 
 impl Check<'_> {
@@ -448,9 +451,11 @@ impl Check<'_> {
 
     /// Checks the files of the content index: each must still have the
     /// content and metadata it was indexed with. A layer holding a file
-    /// that changed is damaged, and so is every layer sharing that inode
-    /// (each is named); `check_layers` extracts them again. Entries of
-    /// layers that are gone are dropped when repairing.
+    /// whose content changed is damaged, and so is every layer sharing that
+    /// inode (each is named); `check_layers` extracts them again. A file
+    /// whose metadata alone changed is no damage: its entry is stale, and
+    /// repairing re-indexes it. Entries of layers that are gone are
+    /// dropped when repairing.
     fn check_shared_files(
         &mut self,
         layer_records: &BTreeMap<Digest, LayerRecord>,
@@ -461,7 +466,7 @@ impl Check<'_> {
             .into_iter()
             .filter(|e| !self.leased_layers.contains(&e.chain))
             .collect();
-        let states = verify::verify(self.store.layer_store(), &entries);
+        let states = verify::verify(self.store.layer_store(), &entries)?;
         let mut holders: BTreeMap<(u64, u64), BTreeSet<Digest>> = BTreeMap::new();
         for (e, state) in entries.iter().zip(&states) {
             if let EntryState::Inode { dev, ino, .. } = state {
@@ -473,7 +478,29 @@ impl Check<'_> {
         for (e, state) in entries.iter().zip(&states) {
             let path = String::from_utf8_lossy(&e.path);
             let (why, inode) = match state {
-                EntryState::Inode { intact: true, .. } => continue,
+                EntryState::Inode {
+                    fidelity: Fidelity::Intact,
+                    ..
+                } => continue,
+                EntryState::Inode {
+                    fidelity: Fidelity::MetaChanged(meta),
+                    ..
+                } => {
+                    // Not damage: the content is whole. The entry no longer
+                    // describes the file, and sharing passes it over until
+                    // it is re-indexed.
+                    let tail = self.outcome("re-indexed", "--repair re-indexes it");
+                    self.problem(
+                        format!(
+                            "content index entry of file {path} of layer {} is stale (the \
+                             file's metadata changed since, its content did not): {tail}",
+                            e.chain
+                        ),
+                        self.repair,
+                    );
+                    self.stale_entries.push((e.clone(), *meta));
+                    continue;
+                }
                 EntryState::NoFolder => {
                     let named = layer_records.contains_key(&e.chain) || uses.contains_key(&e.chain);
                     if !named {
@@ -484,7 +511,7 @@ impl Check<'_> {
                 }
                 EntryState::Missing => (format!("file {path} is missing"), None),
                 EntryState::Inode { dev, ino, .. } => (
-                    format!("file {path} changed behind the store's back (content or metadata)"),
+                    format!("file {path} changed behind the store's back (its content)"),
                     Some((*dev, *ino)),
                 ),
             };
@@ -1062,7 +1089,25 @@ impl Check<'_> {
             for d in &self.corrupt_blobs {
                 self.store.content().remove(d)?;
             }
-            for c in &lost {
+            // A layer whose files changed and that was not extracted again
+            // (its mount or containerd keeps it) must not be linked to any
+            // more: its entries go, with those of the layers lost.
+            let redone: BTreeSet<Digest> = self.reindexed.iter().map(|(c, _)| *c).collect();
+            let unindexed: BTreeSet<Digest> = self
+                .changed_files
+                .keys()
+                .filter(|c| !redone.contains(c))
+                .chain(lost.iter())
+                .copied()
+                .collect();
+            // Stale entries of layers whose entries all go or are replaced
+            // are dropped with the rest below.
+            for (entry, now) in &self.stale_entries {
+                if !redone.contains(&entry.chain) && !unindexed.contains(&entry.chain) {
+                    index::reindex(&mut batch, entry, *now)?;
+                }
+            }
+            for c in &unindexed {
                 index::drop_layer(meta, &mut batch, c)?;
             }
             for (c, entries) in &self.reindexed {
@@ -1440,6 +1485,7 @@ impl Store {
                 layer_refs_before: BTreeMap::new(),
                 changed_files: BTreeMap::new(),
                 reindexed: Vec::new(),
+                stale_entries: Vec::new(),
             }
             .run(&mut trash)
         });
@@ -1849,6 +1895,7 @@ pub(crate) mod tests {
                     layer_refs_before: BTreeMap::new(),
                     changed_files: BTreeMap::new(),
                     reindexed: Vec::new(),
+                    stale_entries: Vec::new(),
                 };
                 Ok(check
                     .reextract(&chain, &want, &img.layers[0].digest, oci::OCI_LAYER_GZIP)

@@ -624,9 +624,10 @@ fn extract_or_measure(
                 &store.reflink,
             )
         })?;
-        index_entries = shared.entries;
         let parents: Vec<Digest> = chains[..i].iter().rev().copied().collect();
-        store.layers.commit(staging, &chain, &parents)?;
+        if store.layers.commit(staging, &chain, &parents)? {
+            index_entries = shared.entries;
+        }
         lock_list(&created.layers)?.push(chain);
         (
             u.compressed_digest,
@@ -950,8 +951,11 @@ fn commit(
         }
     }
     // The content index learns the layers extracted here, with their records.
+    // Entries of a folder extracted before (its record kept) are dropped
+    // first: they described files this folder no longer has.
     for (l, c) in done.iter().zip(chains) {
         if !l.index_entries.is_empty() {
+            crate::share::index::drop_layer(meta, &mut batch, c)?;
             crate::share::index::put(&mut batch, c, &l.index_entries)?;
         }
     }

@@ -106,13 +106,16 @@ impl LayerStore {
     }
 
     /// Completes a staged layer and moves it to `overlay2/<chain-hex>`.
-    /// `parents` are the chain ids below it, nearest first.
+    /// `parents` are the chain ids below it, nearest first. Returns false
+    /// when another's folder for the chain was there first and is kept (the
+    /// staged one dropped): what the caller learnt of its own files (index
+    /// entries) does not describe the folder in place.
     pub fn commit(
         &self,
         mut staging: Staging,
         chain_id: &Digest,
         parents: &[Digest],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.complete(&staging, chain_id, parents)?;
         let p = &staging.path;
         let dest = self.dir(chain_id);
@@ -122,13 +125,13 @@ impl LayerStore {
             // good as ours; ours is dropped.
             Err(e) if dest.join("link").is_file() => {
                 let _ = e;
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(Error::io(format!("rename into {}", dest.display()), e)),
         }
         staging.done = true;
         crate::content::sync_dir(&self.overlay)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `link`, `lower` and `work/` of a staged layer, makes it

@@ -50,7 +50,14 @@ pub(crate) struct Written {
 /// Extended attributes: (name, value), sorted by name.
 pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The metadata half of an identity, from a stat and the sorted xattrs.
+/// Xattrs the kernel or host policy writes, not the image: IMA/EVM
+/// measurements appear when a written file is closed (after its identity
+/// is taken) and SELinux labels change with `restorecon`. Equal files with
+/// other values of these are still one file to an image.
+const HOST_XATTRS: [&[u8]; 3] = [b"security.ima", b"security.evm", b"security.selinux"];
+
+/// The metadata half of an identity, from a stat and the sorted xattrs
+/// (the host's own, [`HOST_XATTRS`], left out).
 pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &Xattrs) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(b"lstore file meta 1");
@@ -65,6 +72,9 @@ pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &Xattrs) -> [u8; 16] {
         h.update(&v.to_le_bytes());
     }
     for (name, value) in xattrs {
+        if HOST_XATTRS.contains(&name.as_slice()) {
+            continue;
+        }
         h.update(&(name.len() as u64).to_le_bytes());
         h.update(name);
         h.update(&(value.len() as u64).to_le_bytes());

@@ -166,3 +166,12 @@ pub(crate) fn drop_layer(meta: &Meta, batch: &mut Batch<'_>, chain: &Digest) -> 
     }
     Ok(())
 }
+
+/// Re-indexes one entry whose file's metadata changed: the entry is put
+/// again under the file's metadata hash `meta` now.
+pub(crate) fn reindex(batch: &mut Batch<'_>, entry: &Entry, meta: [u8; 16]) -> Result<()> {
+    batch.delete(CF_SHARED_FILES, &shared_key(&entry.key, &entry.chain))?;
+    batch.delete(CF_LAYER_FILES, &layer_key(&entry.chain, &entry.key))?;
+    let key = IndexKey { meta, ..entry.key };
+    put(batch, &entry.chain, &[(key, entry.path.clone())])
+}

@@ -174,13 +174,22 @@ pub(crate) fn share_layer(
     // In key order, the lookups seek forward through the index.
     groups.sort_by_key(|g| g.0);
     let mut out = Shared::default();
-    let mut lookup = index::Lookup::new(meta)?;
+    // Sharing is an optimisation: an index that cannot be read (an error
+    // of the lookup, a value that does not decode) leaves the layer
+    // unshared, never fails it. Nothing has changed yet at this point.
+    let mut lookup = index::Lookup::new(meta).ok();
     let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
     for (i, (key, g)) in groups.iter().enumerate() {
         let first = g.names.iter().min().cloned().unwrap_or_default();
         out.entries.push((*key, first));
-        let holders: Vec<index::Entry> = lookup
-            .holders(key)?
+        let found = match lookup.as_mut().map(|l| l.holders(key)) {
+            Some(Ok(found)) => found,
+            Some(Err(_)) | None => {
+                lookup = None;
+                Vec::new()
+            }
+        };
+        let holders: Vec<index::Entry> = found
             .into_iter()
             .filter(|h| !skip.contains(&h.chain))
             .collect();
@@ -222,7 +231,10 @@ pub(crate) fn share_layer(
     }
     for i in unlinked {
         let (key, g) = &groups[i];
-        for holder in lookup.same_content(&key.content)? {
+        let Some(Ok(same)) = lookup.as_mut().map(|l| l.same_content(&key.content)) else {
+            break;
+        };
+        for holder in same {
             if skip.contains(&holder.chain) {
                 continue;
             }
@@ -276,8 +288,9 @@ fn link_in_parallel(
         let mut linked = Vec::new();
         for (i, holders) in share {
             for holder in holders {
-                let g = &groups[*i].1;
-                if link_group(layers, &mut staged, &mut holder_dirs, g, holder, thread)? {
+                let (key, g) = &groups[*i];
+                let link = Link { key, g, holder };
+                if link_group(layers, &mut staged, &mut holder_dirs, link, thread)? {
                     linked.push(*i);
                     break;
                 }
@@ -323,7 +336,10 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
         let Some(st) = stat(&mut dirs, &file.path) else {
             continue;
         };
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
+        // A reused inode number (the file replaced by a later entry, its
+        // inode freed and handed out again) shows in the size at least.
+        let same_file = st.st_ino == file.ino && st.st_size as u64 == file.size;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !same_file {
             continue;
         }
         let names = vec![file.path.clone()];
@@ -432,18 +448,44 @@ pub(crate) struct HolderFile {
 }
 
 pub(crate) fn open_holder(layers: &LayerStore, holder: &index::Entry) -> Option<HolderFile> {
+    find_holder(layers, holder).ok().flatten()
+}
+
+/// Whether an error opening a holder's file says the file is not there
+/// (any more): a name gone, or a directory of its path replaced by a file
+/// or a symlink. Any other error (EMFILE, EACCES, ENOMEM…) says nothing
+/// about the file.
+pub(crate) fn means_missing(e: Errno) -> bool {
+    matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV)
+}
+
+/// As [`open_holder`], telling a file that is not there (`Ok(None)`, or
+/// no regular file) from an error of the lookup itself.
+pub(crate) fn find_holder(
+    layers: &LayerStore,
+    holder: &index::Entry,
+) -> std::result::Result<Option<HolderFile>, Errno> {
+    let missing = |e: Errno| if means_missing(e) { Ok(None) } else { Err(e) };
     let diff = layers.diff_dir(&holder.chain);
-    let root = rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()).ok()?;
+    let root = match rfs::openat(rfs::CWD, &diff, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return missing(e),
+    };
     let (parent_path, name) = split(&holder.path);
-    let parent = open_dir(root.as_fd(), parent_path).ok()?;
-    let st = rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0).then(|| {
-        HolderFile {
-            parent,
-            name: name.to_vec(),
-            st,
-        }
-    })
+    let parent = match open_dir(root.as_fd(), parent_path) {
+        Ok(fd) => fd,
+        Err(e) => return missing(e),
+    };
+    let st = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) => return missing(e),
+    };
+    let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 0;
+    Ok(regular.then(|| HolderFile {
+        parent,
+        name: name.to_vec(),
+        st,
+    }))
 }
 
 /// Whether two stats agree on everything a link would share.
@@ -472,6 +514,38 @@ fn temp_name(thread: usize, i: usize) -> Vec<u8> {
     format!(".lstore-share-{thread}-{i}").into_bytes()
 }
 
+/// Whether the holder's file `name` in `dir`, inode `hst`, has the
+/// metadata hash `meta` now, its xattrs read again: the index's word is
+/// not enough (an entry recorded for a folder that is not the one
+/// indexed, a relabel), and a link must never give a staged file another
+/// file's xattrs (capabilities, ACLs).
+fn holder_meta_is(dir: BorrowedFd<'_>, name: &[u8], hst: &rfs::Stat, meta: &[u8; 16]) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    // O_NOATIME needs the file's owner or CAP_FOWNER.
+    let fd = match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    };
+    let Ok(fd) = fd else {
+        return false;
+    };
+    let Ok(st) = rfs::fstat(&fd) else {
+        return false;
+    };
+    if (st.st_dev, st.st_ino) != (hst.st_dev, hst.st_ino) {
+        return false;
+    }
+    identity::xattrs(fd.as_fd()).is_ok_and(|x| identity::meta_hash(&st, &x) == *meta)
+}
+
+/// A staged inode, its index key, and the holder it may become.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    key: &'a IndexKey,
+    g: &'a Group,
+    holder: &'a index::Entry,
+}
+
 /// Makes every name of `g` a link to the holder's inode. Returns false
 /// (the staged inode kept whole) when the holder is gone or differs. The
 /// holder cannot go meanwhile: lookups and links run under the shared root
@@ -480,10 +554,10 @@ fn link_group(
     layers: &LayerStore,
     staged: &mut Dirs<'_>,
     holder_dirs: &mut HolderDirs,
-    g: &Group,
-    holder: &index::Entry,
+    link: Link<'_>,
     thread: usize,
 ) -> Result<bool> {
+    let Link { key, g, holder } = link;
     let Some((holder_dir, hst)) = holder_dirs.find(layers, holder) else {
         return Ok(false);
     };
@@ -494,6 +568,9 @@ fn link_group(
         return Ok(false);
     }
     let (_, holder_name) = split(&holder.path);
+    if !holder_meta_is(holder_dir, holder_name, &hst, &key.meta) {
+        return Ok(false);
+    }
     if let [name] = g.names.as_slice() {
         return link_one(staged, holder_dir, holder_name, name, holder);
     }
@@ -522,10 +599,13 @@ fn link_group(
         made.push(name);
     }
     if failed {
+        // A temporary name left behind would be committed into the layer.
         for (i, name) in made.iter().enumerate() {
-            if let Ok(parent) = staged.get(split(name).0) {
-                let _ = rfs::unlinkat(parent, temp_of(i).as_slice(), AtFlags::empty());
-            }
+            let temp = temp_of(i);
+            staged
+                .get(split(name).0)
+                .and_then(|parent| rfs::unlinkat(parent, temp.as_slice(), AtFlags::empty()))
+                .map_err(|e| replace_error(name, holder, e))?;
         }
         return Ok(false);
     }

@@ -241,3 +241,98 @@ fn an_inode_with_unknown_names_is_left_alone() {
     assert_eq!(shared.linked, 0);
     assert!(shared.entries.is_empty());
 }
+
+/// A holder whose file has xattrs its index entry does not describe (an
+/// entry recorded for another folder, a relabel) is not linked to: the
+/// staged file would take on its xattrs.
+#[test]
+fn a_holder_whose_xattrs_differ_from_its_entry_is_not_linked() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    committed_layer(&f, &held, &[("f", b"bytes")]);
+    let holder = f.layers.diff_dir(&held).join("f");
+    rustix::fs::setxattr(
+        &holder,
+        "user.lstore-test",
+        b"added later",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("user xattrs on the test filesystem");
+    write(&f.staged, "f", b"bytes");
+    let written = Written {
+        files: vec![note(&f.staged, "f")],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0, "linked to a file with other xattrs");
+    assert_ne!(
+        fs::metadata(&holder).unwrap().ino(),
+        fs::metadata(f.staged.join("f")).unwrap().ino()
+    );
+}
+
+/// IMA/EVM measurements and SELinux labels are the host's: they are no
+/// part of a file's identity, other xattrs are.
+#[test]
+fn host_xattrs_are_no_part_of_the_identity() {
+    use super::identity::meta_hash;
+    let f = fixture();
+    write(&f.staged, "x", b"bytes");
+    let st = rustix::fs::stat(f.staged.join("x")).unwrap();
+    let plain = meta_hash(&st, &Vec::new());
+    for name in ["security.ima", "security.evm", "security.selinux"] {
+        let x = vec![(name.as_bytes().to_vec(), b"value".to_vec())];
+        assert_eq!(meta_hash(&st, &x), plain, "{name}");
+    }
+    let acl = vec![(b"system.posix_acl_access".to_vec(), b"value".to_vec())];
+    assert_ne!(meta_hash(&st, &acl), plain);
+}
+
+/// A record whose inode number is the file's but whose size is not (the
+/// inode freed and reused by a later entry of the layer) describes
+/// another file: it is neither linked nor indexed.
+#[test]
+fn a_record_of_another_size_is_stale() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    committed_layer(&f, &held, &[("f", b"bytes")]);
+    write(&f.staged, "f", b"bytes");
+    let mut record = note(&f.staged, "f");
+    record.size += 1;
+    let written = Written {
+        files: vec![record],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert!(shared.entries.is_empty());
+}
+
+/// An index value that does not decode leaves the layer unshared (its
+/// copies kept, its entries still made), never fails it.
+#[test]
+fn an_unreadable_index_keeps_the_copy() {
+    let f = fixture();
+    write(&f.staged, "f", b"bytes");
+    let record = note(&f.staged, "f");
+    let key = IndexKey {
+        content: record.id.content,
+        meta: record.id.meta,
+        names: index::names_hash(&[b"f".to_vec()]),
+    };
+    let mut raw = key.bytes().to_vec();
+    raw.extend_from_slice(Digest::of(b"other").as_bytes());
+    let mut batch = f.meta.batch();
+    batch
+        .put(crate::meta::CF_SHARED_FILES, &raw, &42u64)
+        .unwrap();
+    batch.commit().unwrap();
+    let written = Written {
+        files: vec![record],
+        links: Vec::new(),
+    };
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert_eq!(shared.entries.len(), 1);
+    assert_eq!(fs::read(f.staged.join("f")).unwrap(), b"bytes");
+}
