@@ -200,6 +200,9 @@ pub(super) fn join_or_start() -> Result<(), UsernsError> {
 /// Enters the user and mount namespaces of `pid`, keeping the cwd.
 fn join(pid: i32) -> Result<(), UsernsError> {
     let cwd = std::env::current_dir().ok();
+    // The cwd itself, for when its path cannot be walked from inside (a
+    // folder below one the user may not enter, as `sudo -u` leaves it).
+    let cwd_fd = File::open(".").ok();
     let open = |ns: &str| {
         File::open(format!("/proc/{pid}/ns/{ns}"))
             .map_err(|e| setup(format!("open the pause process's {ns} namespace: {e}")))
@@ -218,8 +221,15 @@ fn join(pid: i32) -> Result<(), UsernsError> {
     }
     // Joining a mount namespace moves the cwd to its root.
     if let Some(cwd) = cwd {
-        std::env::set_current_dir(&cwd)
-            .map_err(|e| setup(format!("return to {}: {e}", cwd.display())))?;
+        if let Err(e) = std::env::set_current_dir(&cwd) {
+            // SAFETY: fchdir on a directory fd we own.
+            let back = cwd_fd
+                .as_ref()
+                .is_some_and(|fd| unsafe { libc::fchdir(fd.as_raw_fd()) } == 0);
+            if !back {
+                return Err(setup(format!("return to {}: {e}", cwd.display())));
+            }
+        }
     }
     Ok(())
 }
