@@ -413,6 +413,9 @@ impl Check<'_> {
             &store.opts.limits,
             position,
             staging.folder(),
+            // Never linked to a layer being repaired: nothing before the
+            // lookups that know which are.
+            None,
         )
         .map_err(|source| Error::Unpack {
             layer: blob.to_string(),

@@ -602,6 +602,7 @@ fn extract_or_measure(
             &store.opts.limits,
             position,
             staging.folder(),
+            store.prelinker(),
         )
         .map_err(|source| layer_error(layer_name, source))?;
         // Nothing becomes visible before both digests are checked.

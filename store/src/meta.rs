@@ -383,6 +383,15 @@ impl Meta {
         Ok(out)
     }
 
+    /// Whether a family holds no record.
+    pub(crate) fn is_empty(&self, cf: &str) -> Result<bool> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf)?);
+        iter.seek_to_first();
+        let empty = !iter.valid();
+        iter.status()?;
+        Ok(empty)
+    }
+
     /// Every record of a family whose key starts with `prefix`, in key
     /// order.
     pub fn with_prefix<T: DeserializeOwned>(

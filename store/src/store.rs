@@ -207,6 +207,23 @@ impl Store {
         f(&meta)
     }
 
+    /// A read-only copy of the content index for an extraction to link
+    /// files to (`share::prelink`): opened under the shared root lock, so
+    /// no write session is half done, and kept after it (the database's
+    /// tables stay open). None when the store has no index to use yet or
+    /// it cannot be opened: files are then written and shared afterwards.
+    pub(crate) fn prelinker(&self) -> Option<std::sync::Arc<crate::share::Prelinker>> {
+        let db = self.root.join("db");
+        if !Meta::exists(&db) {
+            return None;
+        }
+        let meta = {
+            let _lock = RootLock::acquire_shared(&self.root, &*self.opts.on_wait).ok()?;
+            Meta::open_read_only(&db).ok()?
+        };
+        crate::share::Prelinker::new(meta, self.layers.clone()).map(std::sync::Arc::new)
+    }
+
     /// A value that changes whenever any process changes the metadata (None
     /// before the first change): what a reader that keeps what it read
     /// compares. Read it inside the session that reads the records, so the

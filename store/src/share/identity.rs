@@ -36,6 +36,10 @@ pub(crate) struct WrittenFile {
     pub ino: u64,
     pub size: u64,
     pub id: FileIdentity,
+    /// The layer file this one was linked to before it was written
+    /// (`prelink`): the link is confirmed, or undone, under the shared
+    /// root lock before the layer is committed.
+    pub holder: Option<super::index::Entry>,
 }
 
 /// Everything a layer's extraction wrote that sharing may use.
@@ -56,23 +60,59 @@ pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 /// other values of these are still one file to an image.
 const HOST_XATTRS: [&[u8]; 3] = [b"security.ima", b"security.evm", b"security.selinux"];
 
+/// What the metadata half of an identity is made of: a stat's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetaFields {
+    pub size: u64,
+    /// File type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u64,
+}
+
+impl MetaFields {
+    pub(crate) fn of(st: &rfs::Stat) -> MetaFields {
+        MetaFields {
+            size: st.st_size as u64,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+        }
+    }
+}
+
 /// The metadata half of an identity, from a stat and the sorted xattrs
 /// (the host's own, [`HOST_XATTRS`], left out).
 pub(crate) fn meta_hash(st: &rfs::Stat, xattrs: &Xattrs) -> [u8; 16] {
+    meta_hash_of(&MetaFields::of(st), xattrs)
+}
+
+/// Whether an xattr is the host's, not the image's ([`HOST_XATTRS`]).
+pub(crate) fn is_host_xattr(name: &[u8]) -> bool {
+    HOST_XATTRS.contains(&name)
+}
+
+/// [`meta_hash`] from the fields themselves: what a file about to be
+/// written will have (`prelink`) hashes as the file will once written.
+pub(crate) fn meta_hash_of(m: &MetaFields, xattrs: &Xattrs) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(b"lstore file meta 1");
     for v in [
-        st.st_size as u64,
-        u64::from(st.st_mode),
-        u64::from(st.st_uid),
-        u64::from(st.st_gid),
-        st.st_mtime as u64,
-        st.st_mtime_nsec,
+        m.size,
+        u64::from(m.mode),
+        u64::from(m.uid),
+        u64::from(m.gid),
+        m.mtime_sec as u64,
+        m.mtime_nsec,
     ] {
         h.update(&v.to_le_bytes());
     }
     for (name, value) in xattrs {
-        if HOST_XATTRS.contains(&name.as_slice()) {
+        if is_host_xattr(name) {
             continue;
         }
         h.update(&(name.len() as u64).to_le_bytes());

@@ -99,25 +99,29 @@ impl<'a> Lookup<'a> {
         Ok(Lookup(meta.prefix_reader(CF_SHARED_FILES)?))
     }
 
-    fn entries(&mut self, prefix: &[u8]) -> Result<Vec<Entry>> {
-        Ok(self
-            .0
-            .with_prefix::<Vec<u8>>(prefix)?
-            .into_iter()
-            .filter_map(|(k, path)| entry_of(&k, path))
-            .collect())
-    }
-
     /// Layers holding an inode of identity `key` (exact: content,
     /// metadata and names).
     pub(crate) fn holders(&mut self, key: &IndexKey) -> Result<Vec<Entry>> {
-        self.entries(&key.bytes())
+        holders_with(&mut self.0, key)
     }
 
     /// Layers holding a file of this content, whatever its metadata.
     pub(crate) fn same_content(&mut self, content: &[u8; 32]) -> Result<Vec<Entry>> {
-        self.entries(content)
+        entries_with(&mut self.0, content)
     }
+}
+
+fn entries_with(reader: &mut PrefixReader<'_>, prefix: &[u8]) -> Result<Vec<Entry>> {
+    Ok(reader
+        .with_prefix::<Vec<u8>>(prefix)?
+        .into_iter()
+        .filter_map(|(k, path)| entry_of(&k, path))
+        .collect())
+}
+
+/// [`Lookup::holders`] through a reader of `shared_files` made elsewhere.
+pub(crate) fn holders_with(reader: &mut PrefixReader<'_>, key: &IndexKey) -> Result<Vec<Entry>> {
+    entries_with(reader, &key.bytes())
 }
 
 /// Every entry of the index.

@@ -25,6 +25,7 @@
 
 pub(crate) mod identity;
 pub(crate) mod index;
+pub(crate) mod prelink;
 pub(crate) mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -43,6 +44,7 @@ use crate::unpack::{dir_open_flags as dir_flags, resolve_beneath};
 
 pub(crate) use identity::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
 use index::IndexKey;
+pub(crate) use prelink::Prelinker;
 
 /// What sharing did for one layer.
 #[derive(Debug, Default, Clone)]
@@ -160,6 +162,37 @@ pub(crate) fn share_layer(
     let io = |what: &str, e: Errno| Error::io(format!("{what} in {}", diff.display()), e.into());
     let root = rfs::openat(rfs::CWD, diff, dir_flags(), Mode::empty())
         .map_err(|e| io("open the staged layer", e))?;
+    let mut out = Shared::default();
+    // Sharing is an optimisation: an index that cannot be read (an error
+    // of the lookup, a value that does not decode) leaves the layer
+    // unshared, never fails it. Nothing has changed yet at this point.
+    let mut lookup = index::Lookup::new(meta).ok();
+    // Directory times are noted before any entry in them changes.
+    let mut touched = DirTimes::default();
+    let Written { files, links } = written;
+    let (prelinked, mut files): (Vec<WrittenFile>, Vec<WrittenFile>) =
+        files.into_iter().partition(|f| f.holder.is_some());
+    if !prelinked.is_empty() {
+        let checked = prelink::confirm(layers, root.as_fd(), prelinked, &links, &mut lookup, skip);
+        for (key, file) in checked.confirmed {
+            out.linked += 1;
+            out.bytes += file.size;
+            out.entries.push((key, file.path));
+        }
+        for (file, names) in checked.to_copy {
+            for name in &names {
+                let parent_path = split(name).0;
+                let dir =
+                    open_dir(root.as_fd(), parent_path).map_err(|e| io("open a directory", e))?;
+                touched
+                    .note(parent_path, dir.as_fd())
+                    .map_err(|e| io("inspect a directory", e))?;
+            }
+            // Its own inode now: shared below like any file written.
+            files.push(prelink::unshare(root.as_fd(), file, &names)?);
+        }
+    }
+    let written = Written { files, links };
     let mut groups: Vec<(IndexKey, Group)> = staged_groups(root.as_fd(), written)
         .into_iter()
         .map(|g| {
@@ -173,11 +206,6 @@ pub(crate) fn share_layer(
         .collect();
     // In key order, the lookups seek forward through the index.
     groups.sort_by_key(|g| g.0);
-    let mut out = Shared::default();
-    // Sharing is an optimisation: an index that cannot be read (an error
-    // of the lookup, a value that does not decode) leaves the layer
-    // unshared, never fails it. Nothing has changed yet at this point.
-    let mut lookup = index::Lookup::new(meta).ok();
     let mut candidates: Vec<(usize, Vec<index::Entry>)> = Vec::new();
     for (i, (key, g)) in groups.iter().enumerate() {
         let first = g.names.iter().min().cloned().unwrap_or_default();
@@ -197,8 +225,6 @@ pub(crate) fn share_layer(
             candidates.push((i, holders));
         }
     }
-    // Directory times are noted before any entry in them changes.
-    let mut touched = DirTimes::default();
     let parents: BTreeSet<&[u8]> = candidates
         .iter()
         .flat_map(|(i, _)| groups[*i].1.names.iter().map(|n| split(n).0))

@@ -25,6 +25,7 @@ fn note(diff: &Path, rel: &str) -> WrittenFile {
         ino: st.st_ino,
         size: st.st_size as u64,
         id,
+        holder: None,
     }
 }
 
@@ -335,4 +336,190 @@ fn an_unreadable_index_keeps_the_copy() {
     assert_eq!(shared.linked, 0);
     assert_eq!(shared.entries.len(), 1);
     assert_eq!(fs::read(f.staged.join("f")).unwrap(), b"bytes");
+}
+
+// ---- linking before writing (prelink) ----------------------------------
+
+use crate::oci::Compression;
+use crate::unpack::testtar::{self, RawEntry};
+use crate::unpack::{unpack_layer_recorded, LayerPosition, Limits};
+
+/// Extracts `tar` as an import does, into `diff` (whose parent is the
+/// layer folder), linking small files through the index as it stands now
+/// when `prelink`.
+fn extract(f: &Fixture, diff: &Path, tar: &[u8], prelink: bool) -> Written {
+    fs::create_dir_all(diff).unwrap();
+    let prelinker = prelink.then(|| {
+        let meta = Meta::open_read_only(&f._dir.path().join("db")).unwrap();
+        let p = super::Prelinker::new(meta, f.layers.clone()).expect("an index to use");
+        std::sync::Arc::new(p)
+    });
+    let (_, _, written) = unpack_layer_recorded(
+        &mut &tar[..],
+        Compression::None,
+        diff,
+        &Limits::default(),
+        LayerPosition::Upper,
+        diff.parent().unwrap(),
+        prelinker,
+    )
+    .unwrap();
+    written
+}
+
+/// A committed layer `chain` extracted from `tar` and indexed, as an
+/// import leaves it.
+fn extracted_layer(f: &Fixture, chain: &Digest, tar: &[u8]) {
+    let diff = f.layers.diff_dir(chain);
+    let written = extract(f, &diff, tar, false);
+    let shared = share(f, &diff, written, &HashSet::new());
+    let mut batch = f.meta.batch();
+    index::put(&mut batch, chain, &shared.entries).unwrap();
+    batch.commit().unwrap();
+}
+
+fn ino(path: &Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+fn held_tar() -> Vec<u8> {
+    testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/a", b"shared bytes"),
+        RawEntry::file("usr/b", b"held b"),
+    ])
+}
+
+/// A small file equal (content, metadata, path) to another layer's is
+/// that layer's inode as soon as it is extracted, and the sharing step
+/// confirms it and records it; files that differ are written.
+#[test]
+fn an_equal_file_is_linked_instead_of_written() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let mut newer = RawEntry::file("usr/c", b"shared bytes");
+    newer.mtime += 1;
+    let tar = testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/a", b"shared bytes"),
+        RawEntry::file("usr/b", b"other b"),
+        newer,
+    ]);
+    let written = extract(&f, &f.staged, &tar, true);
+    let prelinked: Vec<&[u8]> = written
+        .files
+        .iter()
+        .filter(|w| w.holder.is_some())
+        .map(|w| w.path.as_slice())
+        .collect();
+    assert_eq!(prelinked, vec![&b"usr/a"[..]]);
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    assert_eq!(
+        ino(&f.staged.join("usr/a")),
+        ino(&holder),
+        "linked while extracted"
+    );
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!((shared.linked, shared.bytes), (1, 12));
+    assert_eq!(shared.entries.len(), 3, "a, b and c recorded");
+    assert_eq!(ino(&f.staged.join("usr/a")), ino(&holder));
+    assert_eq!(fs::metadata(&holder).unwrap().nlink(), 2);
+    assert_ne!(ino(&f.staged.join("usr/c")), ino(&holder), "other mtime");
+    assert_eq!(fs::read(f.staged.join("usr/b")).unwrap(), b"other b");
+}
+
+/// A later hardlink entry naming a linked file again would make the
+/// holder's inode carry a name its own layer lacks: the file gets an
+/// inode of its own (both names), the holder keeps one link.
+#[test]
+fn a_linked_file_named_again_by_a_hardlink_gets_its_own_inode() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let tar = testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/a", b"shared bytes"),
+        RawEntry::hardlink("usr/a2", "usr/a"),
+    ]);
+    let written = extract(&f, &f.staged, &tar, true);
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    assert_eq!(fs::metadata(&holder).unwrap().nlink(), 3);
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    let (a, a2) = (f.staged.join("usr/a"), f.staged.join("usr/a2"));
+    assert_eq!(ino(&a), ino(&a2));
+    assert_ne!(ino(&a), ino(&holder));
+    assert_eq!(fs::metadata(&holder).unwrap().nlink(), 1);
+    assert_eq!(fs::read(&a).unwrap(), b"shared bytes");
+    let (h, s) = (fs::metadata(&holder).unwrap(), fs::metadata(&a).unwrap());
+    assert_eq!(
+        (h.mode(), h.uid(), h.gid(), h.mtime(), h.mtime_nsec()),
+        (s.mode(), s.uid(), s.gid(), s.mtime(), s.mtime_nsec())
+    );
+    let names: Vec<_> = fs::read_dir(f.staged.join("usr"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary name left: {names:?}");
+    assert_eq!(shared.entries.len(), 1, "one inode, two names");
+}
+
+/// A holder that left the index meanwhile (gc, or fsck found it changed)
+/// is not kept as the file's inode: the file is copied, its content
+/// checked; a holder whose content changed fails the layer.
+#[test]
+fn a_linked_file_whose_holder_left_the_index_is_copied_or_refused() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let tar = testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/a", b"shared bytes"),
+    ]);
+    let written = extract(&f, &f.staged, &tar, true);
+    let mut batch = f.meta.batch();
+    index::drop_layer(&f.meta, &mut batch, &held).unwrap();
+    batch.commit().unwrap();
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_eq!(shared.linked, 0);
+    assert_ne!(ino(&f.staged.join("usr/a")), ino(&holder));
+    assert_eq!(fs::read(f.staged.join("usr/a")).unwrap(), b"shared bytes");
+    assert_eq!(shared.entries.len(), 1);
+
+    // Again, the holder's content changed behind the store's back (same
+    // size and times) before it left the index.
+    let again = f.layers.diff_dir(&Digest::of(b"again"));
+    let held = Digest::of(b"held again");
+    extracted_layer(&f, &held, &held_tar());
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    let written = extract(&f, &again, &tar, true);
+    assert_eq!(ino(&again.join("usr/a")), ino(&holder));
+    let before = fs::metadata(&holder).unwrap();
+    fs::write(&holder, b"SHARED BYTES").unwrap();
+    let t = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: before.atime(),
+            tv_nsec: before.atime_nsec() as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: before.mtime(),
+            tv_nsec: before.mtime_nsec() as _,
+        },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, &holder, &t, rustix::fs::AtFlags::empty()).unwrap();
+    let mut batch = f.meta.batch();
+    index::drop_layer(&f.meta, &mut batch, &held).unwrap();
+    batch.commit().unwrap();
+    let err = share_layer(
+        &f.layers,
+        &f.meta,
+        &again,
+        written,
+        &HashSet::new(),
+        &Reflink::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("fsck"), "{err}");
 }

@@ -77,6 +77,7 @@ pub(super) fn extract(blob: &[u8], compression: Compression, position: LayerPosi
         &Limits::default(),
         position,
         dir.path(),
+        None,
     )
     .unwrap();
     Layer {

@@ -43,8 +43,9 @@ use rustix::io::Errno;
 use super::files::{self, FileJob, FilePool};
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
-use super::{writeback, LayerPosition, Limits, UnpackError};
-use crate::share::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
+use super::{writeback, LayerPosition, Limits, Sharing, UnpackError};
+use crate::share::identity::{meta_hash_of, MetaFields};
+use crate::share::{identify, Prelinker, Written, WrittenFile, MIN_SHARED_SIZE};
 
 /// A directory's default ACL: files created in it take their mode from it
 /// rather than from the umask.
@@ -103,6 +104,8 @@ struct State {
     /// Files written and hardlink names made, for file sharing (None: not
     /// collected).
     written: Option<WrittenLog>,
+    /// The content index, to link small files to instead of writing them.
+    prelink: Option<Arc<Prelinker>>,
 }
 
 /// Where the files an extraction writes are noted for file sharing, by the
@@ -123,6 +126,7 @@ pub(super) fn note_written(
         ino: st.st_ino,
         size: st.st_size as u64,
         id,
+        holder: None,
     };
     log.lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -307,13 +311,13 @@ impl Ctx<'_> {
 impl Applier {
     /// `root` is the layer directory, opened with `O_DIRECTORY | O_NOFOLLOW`.
     /// `workers` threads create small files (0: none, all on this thread).
-    /// `share`: note every file written for file sharing ([`Applier::finish`]
+    /// `sharing`: note every file written for file sharing ([`Applier::finish`]
     /// gives them back).
     pub(crate) fn new(
         root: OwnedFd,
         position: LayerPosition,
         workers: usize,
-        share: bool,
+        sharing: Sharing,
         limits: &Limits,
     ) -> io::Result<Applier> {
         let st = rfs::fstat(&root)?;
@@ -348,7 +352,11 @@ impl Applier {
                 opaque_xattr: limits.overlay_xattrs.opaque(),
                 default_owner,
                 umask: if inherits_acl { None } else { process_umask() },
-                written: share.then(WrittenLog::default),
+                written: (!matches!(sharing, Sharing::Off)).then(WrittenLog::default),
+                prelink: match sharing {
+                    Sharing::Prelink(p) => Some(p),
+                    Sharing::Off | Sharing::Note => None,
+                },
             },
         })
     }
@@ -546,7 +554,7 @@ impl Applier {
         let written = data.len() as u64;
         let policy = file_policy(&self.state, &entry);
         if self.parallel.pool.is_none() {
-            match FilePool::new(self.parallel.workers) {
+            match FilePool::new(self.parallel.workers, self.state.prelink.clone()) {
                 Ok(pool) => self.parallel.pool = Some(pool),
                 // No threads to be had (a process or memory limit): the
                 // layer goes on with this one.
@@ -559,6 +567,12 @@ impl Applier {
             .as_ref()
             .filter(|_| written >= MIN_SHARED_SIZE)
             .map(|log| (log.clone(), path.to_vec()));
+        // Only when the file's metadata follows from its entry alone: no
+        // default ACL adds to it, no owner goes to an xattr instead.
+        let predictable = self.state.umask.is_some() && !self.state.ignore_chown_errors;
+        let predicted = (noted.is_some() && self.state.prelink.is_some() && predictable)
+            .then(|| predicted_meta(&entry, written))
+            .flatten();
         let job = FileJob {
             parent,
             name: name.to_vec(),
@@ -566,9 +580,11 @@ impl Applier {
             data,
             policy,
             noted,
+            predicted,
         };
         let Some(pool) = &mut self.parallel.pool else {
-            files::write_job(&job)?;
+            let mut cursor = self.state.prelink.as_deref().map(Prelinker::cursor);
+            files::write_job(&job, cursor.as_mut())?;
             return Ok(written);
         };
         self.parallel.pending.insert(hash);
@@ -1411,6 +1427,44 @@ fn remove_deferred_within(deferred: &mut BTreeMap<Vec<u8>, DirAttrs>, removed: &
     }
 }
 
+/// Whether an image may set this xattr (see [`set_xattrs`]).
+fn from_image(name: &[u8]) -> bool {
+    !(name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name == crate::userns::OVERRIDE_STAT_XATTR.as_bytes())
+}
+
+/// The metadata hash (`share::identity`) a regular file of `size` bytes
+/// written for `entry` will have: type and permission bits, owner, mtime
+/// and the xattrs [`set_xattrs`] sets (the last value of a name repeated).
+/// None when the entry cannot be written as is (a NUL in an xattr name).
+/// Only for a file whose metadata nothing but its entry decides (no
+/// default ACL, owners set with chown): `share::prelink` checks the file
+/// linked against it all the same.
+pub(super) fn predicted_meta(entry: &Entry, size: u64) -> Option<[u8; 16]> {
+    let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(entry.xattrs.len());
+    for (name, value) in &entry.xattrs {
+        if !from_image(name) {
+            continue;
+        }
+        if name.contains(&0) {
+            return None;
+        }
+        xattrs.retain(|(n, _)| n != name);
+        xattrs.push((name.clone(), value.clone()));
+    }
+    xattrs.sort();
+    let fields = MetaFields {
+        size,
+        mode: FileType::RegularFile.as_raw_mode() | (entry.mode & 0o7777),
+        uid: entry.uid,
+        gid: entry.gid,
+        mtime_sec: entry.mtime.sec,
+        mtime_nsec: u64::from(entry.mtime.nsec),
+    };
+    Some(meta_hash_of(&fields, &xattrs))
+}
+
 /// Where extended attributes go: an fd open for reading or writing, or an
 /// `O_PATH` fd reached through `/proc/self/fd`.
 enum XattrTarget<'a> {
@@ -1425,10 +1479,7 @@ enum XattrTarget<'a> {
 /// An attribute the filesystem does not support (ENOTSUP) is skipped.
 fn set_xattrs(target: XattrTarget<'_>, entry: &Entry, ctx: &Ctx<'_>) -> Result<(), UnpackError> {
     for (name, value) in &entry.xattrs {
-        if name.starts_with(b"trusted.overlay.")
-            || name.starts_with(b"user.overlay.")
-            || name == crate::userns::OVERRIDE_STAT_XATTR.as_bytes()
-        {
+        if !from_image(name) {
             continue;
         }
         if name.contains(&0) {

@@ -25,6 +25,9 @@ use std::thread::JoinHandle;
 use super::apply::{create_file, file_metadata, note_written, Ctx, FilePolicy, WrittenLog};
 use super::tar_reader::Entry;
 use super::UnpackError;
+use crate::share::identity::{FileIdentity, WrittenFile};
+use crate::share::prelink::Cursor;
+use crate::share::Prelinker;
 
 /// Largest file handed to the pool: its data is held in memory until a
 /// worker writes it. Bigger files are streamed by the extraction thread.
@@ -52,6 +55,9 @@ pub(crate) struct FileJob {
     pub policy: FilePolicy,
     /// Where to note the file for sharing, and its path in the layer.
     pub noted: Option<(WrittenLog, Vec<u8>)>,
+    /// The metadata hash the file will have, when another layer's equal
+    /// file may be linked instead of writing it (`share::prelink`).
+    pub predicted: Option<[u8; 16]>,
 }
 
 impl FileJob {
@@ -145,8 +151,12 @@ pub(crate) struct FilePool {
 }
 
 impl FilePool {
-    /// Starts `workers` threads (at least one).
-    pub(crate) fn new(workers: usize) -> std::io::Result<FilePool> {
+    /// Starts `workers` threads (at least one), each linking files to
+    /// equal ones of other layers through `prelink` when given.
+    pub(crate) fn new(
+        workers: usize,
+        prelink: Option<Arc<Prelinker>>,
+    ) -> std::io::Result<FilePool> {
         let mut pool = FilePool {
             workers: Vec::new(),
             current: 0,
@@ -156,9 +166,10 @@ impl FilePool {
         for _ in 0..workers.max(1) {
             let shared = Arc::new(Shared::default());
             let for_thread = shared.clone();
+            let prelink = prelink.clone();
             let thread = std::thread::Builder::new()
                 .name("lstore-files".into())
-                .spawn(move || work(&for_thread))?;
+                .spawn(move || work(&for_thread, prelink.as_deref()))?;
             pool.workers.push(Worker {
                 shared,
                 thread: Some(thread),
@@ -315,7 +326,8 @@ impl Drop for FilePool {
     }
 }
 
-fn work(shared: &Shared) {
+fn work(shared: &Shared, prelink: Option<&Prelinker>) {
+    let mut cursor = prelink.map(Prelinker::cursor);
     loop {
         let ((batch, bytes), failed_before) = {
             let mut queue = shared.lock();
@@ -335,12 +347,16 @@ fn work(shared: &Shared) {
             Ok(())
         } else {
             // A panic must not leave the extraction waiting for this batch.
-            std::panic::catch_unwind(AssertUnwindSafe(|| batch.iter().try_for_each(write_job)))
-                .unwrap_or_else(|_| {
-                    Err(UnpackError::Io(io::Error::other(
-                        "a file writer thread failed unexpectedly",
-                    )))
-                })
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                batch
+                    .iter()
+                    .try_for_each(|job| write_job(job, cursor.as_mut()))
+            }))
+            .unwrap_or_else(|_| {
+                Err(UnpackError::Io(io::Error::other(
+                    "a file writer thread failed unexpectedly",
+                )))
+            })
         };
         drop(batch);
         let mut queue = shared.lock();
@@ -356,9 +372,37 @@ fn work(shared: &Shared) {
 
 /// Creates the file, writes its data and sets its metadata, as the
 /// extraction thread would (`apply`'s `Op::file`), except that the name
-/// cannot exist yet: a name that does is an error here.
-pub(crate) fn write_job(job: &FileJob) -> Result<(), UnpackError> {
+/// cannot exist yet: a name that does is an error here. A file another
+/// layer holds (found through `cursor`) is linked to instead.
+pub(crate) fn write_job(job: &FileJob, cursor: Option<&mut Cursor<'_>>) -> Result<(), UnpackError> {
     let ctx = Ctx { entry: &job.entry };
+    let mut content = None;
+    if let (Some(cursor), Some(meta), Some((log, path))) = (cursor, job.predicted, &job.noted) {
+        let hash = *blake3::hash(&job.data).as_bytes();
+        content = Some(hash);
+        let id = FileIdentity {
+            content: hash,
+            meta,
+        };
+        let size = job.data.len() as u64;
+        let linked = cursor
+            .link(job.parent.as_fd(), &job.name, path, size, id)
+            .map_err(|e| ctx.fs("taking back a link to an equal file", e))?;
+        if let Some(p) = linked {
+            let file = WrittenFile {
+                path: path.clone(),
+                ino: p.st.st_ino,
+                size,
+                id: p.id,
+                holder: Some(p.holder),
+            };
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .files
+                .push(file);
+            return Ok(());
+        }
+    }
     let fd = create_file(job.parent.as_fd(), &job.name, &job.entry)
         .map_err(|e| ctx.fs("creating the file", e))?;
     let mut file = File::from(fd);
@@ -366,7 +410,7 @@ pub(crate) fn write_job(job: &FileJob) -> Result<(), UnpackError> {
         .map_err(|e| ctx.fs("writing the file", e))?;
     file_metadata(file.as_fd(), &job.entry, job.policy, &ctx)?;
     if let Some((log, path)) = &job.noted {
-        let content = *blake3::hash(&job.data).as_bytes();
+        let content = content.unwrap_or_else(|| *blake3::hash(&job.data).as_bytes());
         note_written(log, file.as_fd(), path, content, &ctx)?;
     }
     Ok(())

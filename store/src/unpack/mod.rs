@@ -38,14 +38,28 @@ mod writeback;
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, CWD};
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::Compression;
-use crate::share::Written;
+use crate::share::{Prelinker, Written};
 use crate::tarsplit::{self, LayerSummary, Recorder, TarSplitError};
 use crate::userns::OverlayXattrs;
+
+/// What an extraction does for file sharing (`crate::share`).
+#[derive(Clone, Default)]
+pub(crate) enum Sharing {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Every file written is noted, hashed.
+    Note,
+    /// Noted, and a small file another layer holds is linked to instead
+    /// of written (`share::prelink`).
+    Prelink(Arc<Prelinker>),
+}
 
 pub(crate) use apply::{dir_open_flags, open_file_beneath, resolve_beneath, OpenError};
 pub(crate) use path::{normalize, WHITEOUT_PREFIX};
@@ -287,15 +301,25 @@ pub fn unpack_layer_at(
     position: LayerPosition,
 ) -> Result<Unpacked, UnpackError> {
     let workers = apply::file_workers();
-    unpack_with_workers(blob, declared, dest, limits, position, workers, None, false)
-        .map(|(unpacked, _, _)| unpacked)
+    unpack_with_workers(
+        blob,
+        declared,
+        dest,
+        limits,
+        position,
+        workers,
+        None,
+        Sharing::Off,
+    )
+    .map(|(unpacked, _, _)| unpacked)
 }
 
 /// [`unpack_layer_at`] that also writes the layer's tar-split record
 /// (`tar-split.gz`) and its summary into `folder`, the layer folder being
 /// staged (`dest` is its `diff/`). Nothing is synced here: the staged
 /// folder is synced whole before it is renamed into place. The files
-/// written are noted, hashed, for file sharing (`crate::share`).
+/// written are noted, hashed, for file sharing (`crate::share`); with
+/// `prelink`, small files other layers hold are linked instead of written.
 pub(crate) fn unpack_layer_recorded(
     blob: &mut dyn Read,
     declared: Compression,
@@ -303,6 +327,7 @@ pub(crate) fn unpack_layer_recorded(
     limits: &Limits,
     position: LayerPosition,
     folder: &Path,
+    prelink: Option<Arc<Prelinker>>,
 ) -> Result<(Unpacked, LayerSummary, Written), UnpackError> {
     let recorder = tarsplit::create_record(&folder.join(tarsplit::RECORD_FILE))?;
     let workers = apply::file_workers();
@@ -314,7 +339,7 @@ pub(crate) fn unpack_layer_recorded(
         position,
         workers,
         Some(recorder),
-        true,
+        prelink.map_or(Sharing::Note, Sharing::Prelink),
     )?;
     let recorder = recorder.ok_or_else(|| {
         UnpackError::Record(TarSplitError::Io {
@@ -408,7 +433,7 @@ pub(crate) fn scan_ids(tar: impl BufRead) -> Result<(Vec<u32>, Vec<u32>), Unpack
 }
 
 /// [`unpack_layer_at`] with `workers` threads creating small files (0: all
-/// on the extraction thread); `share`: note the files written.
+/// on the extraction thread); `sharing`: what to do for file sharing.
 #[allow(clippy::too_many_arguments)]
 fn unpack_with_workers(
     blob: &mut dyn Read,
@@ -418,7 +443,7 @@ fn unpack_with_workers(
     position: LayerPosition,
     workers: usize,
     record: Option<Recorder>,
-    share: bool,
+    sharing: Sharing,
 ) -> Result<(Unpacked, Option<Recorder>, Option<Written>), UnpackError> {
     let destination = |source: io::Error| UnpackError::Destination {
         path: dest.to_path_buf(),
@@ -435,7 +460,7 @@ fn unpack_with_workers(
     // write-back error of the extraction.
     let flush_fd = root.try_clone().map_err(destination)?;
     let applier =
-        apply::Applier::new(root, position, workers, share, limits).map_err(destination)?;
+        apply::Applier::new(root, position, workers, sharing, limits).map_err(destination)?;
     let mut stream = decompress::open(blob, declared, limits.max_layer_size)?;
 
     // The blob reader need not be Send, so this thread reads, hashes the

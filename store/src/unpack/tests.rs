@@ -16,8 +16,8 @@ use super::files::{FileJob, FilePool};
 use super::tar_reader::{Entry, Kind, Time};
 use super::testtar::{self, RawEntry};
 use super::{
-    unpack_layer, unpack_layer_at, unpack_with_workers, LayerPosition, Limits, UnpackError,
-    Unpacked,
+    unpack_layer, unpack_layer_at, unpack_with_workers, LayerPosition, Limits, Sharing,
+    UnpackError, Unpacked,
 };
 use crate::digest::Digest;
 use crate::oci::Compression;
@@ -154,7 +154,7 @@ impl Scene {
             LayerPosition::Upper,
             workers,
             None,
-            false,
+            Sharing::Off,
         )
         .map(|(unpacked, _, _)| unpacked);
         self.assert_outside_untouched();
@@ -1609,7 +1609,7 @@ fn the_file_pool_checks_deep_paths_in_linear_time() {
             LayerPosition::Upper,
             workers,
             None,
-            false,
+            Sharing::Off,
         )
         .unwrap()
         .0;
@@ -1662,7 +1662,7 @@ fn queued_by_held_pool(
 ) -> (usize, usize, usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir: Arc<OwnedFd> = Arc::new(fs::File::open(tmp.path()).unwrap().into());
-    let mut pool = FilePool::new(2).unwrap();
+    let mut pool = FilePool::new(2, None).unwrap();
     let gate = pool.hold();
     let submitter = std::thread::spawn(move || {
         for i in 0..jobs {
@@ -1710,6 +1710,7 @@ fn pool_job(dir: &Arc<OwnedFd>, name: String, entry_name: Vec<u8>, data: Vec<u8>
         data,
         policy: FilePolicy::default(),
         noted: None,
+        predicted: None,
     }
 }
 

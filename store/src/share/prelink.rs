@@ -1,0 +1,354 @@
+//! Linking a small file to an equal one of another layer *instead of*
+//! writing it (docs/space.md, "Speed").
+//!
+//! The file pool holds a small file's data in memory before it writes it,
+//! so its content hash is known first, and the metadata it will have is
+//! the entry's (`unpack::apply::predicted_meta`). Looked up in a read-only
+//! copy of the content index opened when the layer's extraction starts, a
+//! file another layer already holds becomes a hardlink to that inode: no
+//! inode made, no data written, nothing to replace later. Writing a file
+//! and then replacing it by a link cost file sharing most of its time.
+//!
+//! Extraction runs outside any session, so nothing here is final: the link
+//! is checked again after it is made (the inode's own stat and xattrs must
+//! give the predicted metadata, else the name is removed and the file
+//! written as usual), and [`super::share_layer`], under the shared root
+//! lock, confirms each one (the holder still indexed and still that inode,
+//! the file still one name in its layer) or copies it into an inode of its
+//! own. A holder gc removes meanwhile leaves the inode alive through this
+//! link, so nothing is lost by racing it.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::identity::{self, FileIdentity, WrittenFile};
+use super::index::{self, IndexKey};
+use super::{open_dir, split, times_of, Dirs, HolderDirs, MAX_LINKS};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layers::LayerStore;
+use crate::meta::{Meta, PrefixReader, CF_SHARED_FILES};
+
+/// A read-only copy of the content index, for one layer's extraction.
+pub(crate) struct Prelinker {
+    meta: Meta,
+    layers: LayerStore,
+}
+
+/// A file linked before it was written.
+#[derive(Debug)]
+pub(crate) struct Prelinked {
+    pub st: rfs::Stat,
+    pub id: FileIdentity,
+    pub holder: index::Entry,
+}
+
+impl Prelinker {
+    /// `meta` is a read-only open of the store's database; None when its
+    /// index holds nothing (no lookup would ever find a file).
+    pub(crate) fn new(meta: Meta, layers: LayerStore) -> Option<Prelinker> {
+        let empty = meta.is_empty(CF_SHARED_FILES).unwrap_or(true);
+        (!empty).then_some(Prelinker { meta, layers })
+    }
+
+    /// Lookups and links from one thread.
+    pub(crate) fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            layers: &self.layers,
+            reader: self.meta.prefix_reader(CF_SHARED_FILES).ok(),
+            holders: HolderDirs::default(),
+        }
+    }
+}
+
+/// One thread's lookups: an index iterator and the holders' directories
+/// last opened.
+pub(crate) struct Cursor<'a> {
+    layers: &'a LayerStore,
+    /// None once a lookup failed: the rest of the layer is written as usual.
+    reader: Option<PrefixReader<'a>>,
+    holders: HolderDirs,
+}
+
+impl Cursor<'_> {
+    /// Makes `name` in `parent` (the file at `path` in the layer, which
+    /// does not exist yet) a link to a file of identity `id` and `size`
+    /// bytes that another layer holds at the same path. Returns None when
+    /// no such file is found or linking it fails: the caller writes the
+    /// file. An error only when a link made could not be taken back.
+    pub(crate) fn link(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        size: u64,
+        id: FileIdentity,
+    ) -> std::result::Result<Option<Prelinked>, Errno> {
+        let key = IndexKey {
+            content: id.content,
+            meta: id.meta,
+            names: index::names_hash(&[path.to_vec()]),
+        };
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        let holders = match index::holders_with(reader, &key) {
+            Ok(h) => h,
+            Err(_) => {
+                self.reader = None;
+                return Ok(None);
+            }
+        };
+        for holder in holders {
+            let Some((dir, hst)) = self.holders.find(self.layers, &holder) else {
+                continue;
+            };
+            if hst.st_size as u64 != size || hst.st_nlink + 1 > MAX_LINKS {
+                continue;
+            }
+            let (_, holder_name) = split(&holder.path);
+            if rfs::linkat(dir, holder_name, parent, name, AtFlags::empty()).is_err() {
+                continue;
+            }
+            match linked_identity(parent, name, id.content) {
+                Some((st, got))
+                    if got == id && (st.st_dev, st.st_ino) == (hst.st_dev, hst.st_ino) =>
+                {
+                    return Ok(Some(Prelinked { st, id, holder }));
+                }
+                // Not what the entry says (the holder changed since it was
+                // indexed): the name goes, and the file is written.
+                _ => rfs::unlinkat(parent, name, AtFlags::empty())?,
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The stat and identity of the file `name` in `parent` just linked,
+/// read from the inode itself.
+fn linked_identity(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    content: [u8; 32],
+) -> Option<(rfs::Stat, FileIdentity)> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    // O_NOATIME needs the file's owner or CAP_FOWNER.
+    let fd = match rfs::openat(parent, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(parent, name, flags, Mode::empty()),
+        other => other,
+    }
+    .ok()?;
+    identity::identify(fd.as_fd(), content).ok()
+}
+
+/// What [`confirm`] found of a layer's prelinked files.
+#[derive(Default)]
+pub(super) struct Checked {
+    /// Still links to an indexed holder, each with the layer's entry key.
+    pub confirmed: Vec<(IndexKey, WrittenFile)>,
+    /// To be copied into an inode of their own, with every name the
+    /// inode has in the layer.
+    pub to_copy: Vec<(WrittenFile, Vec<Vec<u8>>)>,
+}
+
+/// Checks, under the shared root lock (no gc can remove a holder now),
+/// each file the extraction linked before writing: still at its path, the
+/// only name its inode has in the layer (a later hardlink entry may have
+/// named it again), its holder not in `skip`, still indexed with that
+/// identity and still that inode. A file whose path now names something
+/// else is left out: a later entry replaced it.
+pub(super) fn confirm(
+    layers: &LayerStore,
+    root: BorrowedFd<'_>,
+    files: Vec<WrittenFile>,
+    links: &[Vec<u8>],
+    lookup: &mut Option<index::Lookup<'_>>,
+    skip: &HashSet<Digest>,
+) -> Checked {
+    let mut dirs = Dirs::new(root);
+    let mut stat = |path: &[u8]| {
+        let (parent, name) = split(path);
+        let dir = dirs.get(parent).ok()?;
+        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    };
+    // Names hardlink entries gave the layer's inodes.
+    let mut link_names: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
+    for link in links {
+        if let Some(st) = stat(link) {
+            link_names
+                .entry((st.st_dev, st.st_ino))
+                .or_default()
+                .push(link.clone());
+        }
+    }
+    let mut holder_dirs = HolderDirs::default();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut out = Checked::default();
+    for file in files {
+        let Some(holder) = file.holder.clone() else {
+            continue;
+        };
+        let Some(st) = stat(&file.path) else {
+            continue;
+        };
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        if !regular || st.st_ino != file.ino || !seen.insert(file.path.clone()) {
+            continue;
+        }
+        let mut names = vec![file.path.clone()];
+        for name in link_names
+            .get(&(st.st_dev, st.st_ino))
+            .into_iter()
+            .flatten()
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let key = IndexKey {
+            content: file.id.content,
+            meta: file.id.meta,
+            names: index::names_hash(&names),
+        };
+        let indexed = match lookup.as_mut().map(|l| l.holders(&key)) {
+            Some(Ok(found)) => found
+                .iter()
+                .any(|h| h.chain == holder.chain && h.path == holder.path),
+            Some(Err(_)) | None => {
+                *lookup = None;
+                false
+            }
+        };
+        let mut same_inode = || {
+            holder_dirs
+                .find(layers, &holder)
+                .is_some_and(|(_, hst)| (hst.st_dev, hst.st_ino) == (st.st_dev, st.st_ino))
+        };
+        if names.len() == 1 && !skip.contains(&holder.chain) && indexed && same_inode() {
+            out.confirmed.push((key, file));
+        } else {
+            out.to_copy.push((file, names));
+        }
+    }
+    out
+}
+
+/// Gives a prelinked file an inode of its own with the same content
+/// (checked against its blake3 as it is copied) and metadata, under every
+/// name in `names` (all in the staged layer, the first its own path).
+pub(super) fn unshare(
+    root: BorrowedFd<'_>,
+    file: WrittenFile,
+    names: &[Vec<u8>],
+) -> Result<WrittenFile> {
+    let shown = String::from_utf8_lossy(&file.path).into_owned();
+    let fail = |what: &str, e: Errno| Error::io(format!("{what} {shown:?}"), e.into());
+    let (parent_path, base) = split(&file.path);
+    let parent = open_dir(root, parent_path).map_err(|e| fail("open the parent of", e))?;
+    let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let src = rfs::openat(&parent, base, read, Mode::empty()).map_err(|e| fail("open", e))?;
+    let st = rfs::fstat(&src).map_err(|e| fail("inspect", e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
+        return Err(Error::Invalid(format!(
+            "{shown:?} changed while the layer was being shared"
+        )));
+    }
+    let xattrs = identity::xattrs(src.as_fd()).map_err(|e| fail("read the xattrs of", e))?;
+    let temp = format!(".lstore-unshare-{}", file.ino).into_bytes();
+    let create =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dest = rfs::openat(&parent, temp.as_slice(), create, Mode::from_raw_mode(0o600))
+        .map_err(|e| fail("make a copy of", e))?;
+    let copied = copy_with_metadata(src, dest, &st, &xattrs);
+    let new = match copied {
+        Ok((nst, id)) if id == file.id => nst,
+        other => {
+            let _ = rfs::unlinkat(&parent, temp.as_slice(), AtFlags::empty());
+            return Err(match other {
+                Err(e) => fail("copy", e),
+                Ok(_) => Error::Invalid(format!(
+                    "{shown:?}: the file it was linked to no longer has the content or \
+                     metadata indexed (changed behind the store's back: run `lstore fsck`)"
+                )),
+            });
+        }
+    };
+    // Every other name first, each through a name of its own, then the
+    // file's path: each name always names a whole file.
+    for (i, name) in names.iter().enumerate().skip(1) {
+        let (name_parent_path, name_base) = split(name);
+        let name_parent =
+            open_dir(root, name_parent_path).map_err(|e| fail("open the parent of", e))?;
+        let link_temp = format!(".lstore-unshare-{}-{i}", file.ino).into_bytes();
+        rfs::linkat(
+            &parent,
+            temp.as_slice(),
+            &name_parent,
+            link_temp.as_slice(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| fail("link a copy of", e))?;
+        rfs::renameat(&name_parent, link_temp.as_slice(), &name_parent, name_base)
+            .map_err(|e| fail("replace a name of", e))?;
+    }
+    rfs::renameat(&parent, temp.as_slice(), &parent, base).map_err(|e| fail("replace", e))?;
+    Ok(WrittenFile {
+        ino: new.st_ino,
+        holder: None,
+        ..file
+    })
+}
+
+/// Copies `src` into `dest` (hashing, for the caller to compare), then
+/// gives `dest` the owner, mode, xattrs and times of `st` / `xattrs`.
+/// Returns the copy's stat and identity.
+fn copy_with_metadata(
+    src: OwnedFd,
+    dest: OwnedFd,
+    st: &rfs::Stat,
+    xattrs: &identity::Xattrs,
+) -> std::result::Result<(rfs::Stat, FileIdentity), Errno> {
+    let mut from = std::fs::File::from(src);
+    let mut to = std::fs::File::from(dest);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = from.read(&mut buf).map_err(errno)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(errno)?;
+    }
+    let content = *hasher.finalize().as_bytes();
+    let fd = to.as_fd();
+    // chown first (it clears setuid bits), xattrs after it (it drops
+    // file capabilities), times last.
+    rfs::fchown(
+        fd,
+        Some(rfs::Uid::from_raw(st.st_uid)),
+        Some(rfs::Gid::from_raw(st.st_gid)),
+    )?;
+    rfs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    for (name, value) in xattrs {
+        match rfs::fsetxattr(fd, name.as_slice(), value, rfs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // The host's own (an SELinux label) may be refused; they are
+            // no part of the identity.
+            Err(_) if identity::is_host_xattr(name) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rfs::futimens(fd, &times_of(st))?;
+    // The caller compares the identity, content hash included.
+    identity::identify(fd, content)
+}
+
+fn errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error)
+}
