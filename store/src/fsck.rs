@@ -444,6 +444,7 @@ impl Check<'_> {
             &staging.diff(),
             written,
             &damaged,
+            false,
             &store.reflink,
         )?;
         store

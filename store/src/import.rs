@@ -595,6 +595,9 @@ fn extract_or_measure(
         };
         // The tar-split record is made in the same pass, inside the staged
         // folder, so it appears with the layer.
+        // Small files other layers hold are linked while extracted
+        // (`share::prelink`), through a copy of the index opened now.
+        let prelinker = store.prelinker();
         let (u, _, written) = unpack::unpack_layer_recorded(
             &mut tee,
             declared,
@@ -602,7 +605,7 @@ fn extract_or_measure(
             &store.opts.limits,
             position,
             staging.folder(),
-            store.prelinker(),
+            prelinker.clone(),
         )
         .map_err(|source| layer_error(layer_name, source))?;
         // Nothing becomes visible before both digests are checked.
@@ -616,12 +619,17 @@ fn extract_or_measure(
         )?;
         // Under the shared root lock: no gc removes a layer linked to.
         let shared = store.read_session(|meta| {
+            let generation = store.generation();
+            let unchanged = prelinker
+                .as_ref()
+                .is_some_and(|p| p.unchanged_at(generation.as_deref()));
             crate::share::share_layer(
                 &store.layers,
                 meta,
                 &staging.diff(),
                 written,
                 &Default::default(),
+                unchanged,
                 &store.reflink,
             )
         })?;

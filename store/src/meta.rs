@@ -339,21 +339,27 @@ impl Meta {
         Ok(())
     }
 
-    /// Writes a family's memtable to a table when it holds more than
-    /// `MAX_LOGGED` bytes: every later open (each command opens the database
-    /// several times, read-only opens included) would otherwise replay that
-    /// much of the log again. The content index makes sessions that write
-    /// megabytes (an entry per file of each new layer).
+    /// Writes the memtables to tables once the log holds more than
+    /// `MAX_LOGGED` bytes of them: every later open (each command opens the
+    /// database several times, read-only opens included) would otherwise
+    /// replay that much of the log again. The content index makes sessions
+    /// that write megabytes (an entry per file of each new layer). Every
+    /// family is flushed, not only the large one: the log is kept, and
+    /// replayed whole, while any family still has records only there.
     pub fn flush_if_large(&self) -> Result<()> {
-        for name in FAMILIES {
+        let mut logged = 0;
+        let mut cfs = Vec::new();
+        for name in std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(FAMILIES) {
             let cf = self.cf(name)?;
-            let size = self
+            logged += self
                 .db
                 .property_int_value_cf(cf, "rocksdb.cur-size-active-mem-table")?
                 .unwrap_or(0);
-            if size > MAX_LOGGED {
-                self.db.flush_cf(cf)?;
-            }
+            cfs.push(cf);
+        }
+        if logged > MAX_LOGGED {
+            self.db
+                .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         }
         Ok(())
     }

@@ -217,11 +217,12 @@ impl Store {
         if !Meta::exists(&db) {
             return None;
         }
-        let meta = {
+        let (meta, generation) = {
             let _lock = RootLock::acquire_shared(&self.root, &*self.opts.on_wait).ok()?;
-            Meta::open_read_only(&db).ok()?
+            (Meta::open_read_only(&db).ok()?, self.generation())
         };
-        crate::share::Prelinker::new(meta, self.layers.clone()).map(std::sync::Arc::new)
+        let prelinker = crate::share::Prelinker::new(meta, self.layers.clone(), generation);
+        Some(std::sync::Arc::new(prelinker))
     }
 
     /// A value that changes whenever any process changes the metadata (None

@@ -34,12 +34,18 @@ pub(crate) struct WrittenFile {
     /// Its inode when written: a later entry of the layer that replaced
     /// the name leaves another inode there, and the record is then stale.
     pub ino: u64,
+    /// Its stat just after it was written, metadata set.
+    pub stat: StagedStat,
     pub size: u64,
     pub id: FileIdentity,
     /// The layer file this one was linked to before it was written
     /// (`prelink`): the link is confirmed, or undone, under the shared
     /// root lock before the layer is committed.
     pub holder: Option<super::index::Entry>,
+    /// The metadata hash this file was looked up with in the extraction's
+    /// copy of the index (and not found): with no batch since, looking it
+    /// up again under the same key would find nothing either.
+    pub looked_up: Option<[u8; 16]>,
 }
 
 /// Everything a layer's extraction wrote that sharing may use.
@@ -49,6 +55,31 @@ pub(crate) struct Written {
     pub files: Vec<WrittenFile>,
     /// Names made by hardlink entries (they may name a file above).
     pub links: Vec<Vec<u8>>,
+    /// The path each of `links` was linked to (same order).
+    pub link_targets: Vec<Vec<u8>>,
+    /// No name was removed or replaced during the extraction: every file
+    /// is still at its path and each link names its target's inode.
+    pub intact: bool,
+}
+
+/// What sharing uses of a staged file's stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StagedStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub meta: MetaFields,
+}
+
+impl StagedStat {
+    pub(crate) fn of(st: &rfs::Stat) -> StagedStat {
+        StagedStat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            meta: MetaFields::of(st),
+        }
+    }
 }
 
 /// Extended attributes: (name, value), sorted by name.

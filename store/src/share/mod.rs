@@ -42,6 +42,7 @@ use crate::layers::LayerStore;
 use crate::meta::Meta;
 use crate::unpack::{dir_open_flags as dir_flags, resolve_beneath};
 
+use identity::StagedStat;
 pub(crate) use identity::{identify, Written, WrittenFile, MIN_SHARED_SIZE};
 use index::IndexKey;
 pub(crate) use prelink::Prelinker;
@@ -145,18 +146,22 @@ impl<'a> Dirs<'a> {
 struct Group {
     file: WrittenFile,
     names: Vec<Vec<u8>>,
-    st: rfs::Stat,
+    st: StagedStat,
 }
 
 /// Shares the files of the layer staged at `diff`, as described in the
 /// module comment. Layers in `skip` are never linked to (fsck's damaged
-/// layers). Returns the layer's index entries and what was shared.
+/// layers). `index_unchanged`: no batch landed since the index copy the
+/// extraction linked through was opened (`prelink`), so its holders are
+/// still indexed and in place. Returns the layer's index entries and what
+/// was shared.
 pub(crate) fn share_layer(
     layers: &LayerStore,
     meta: &Meta,
     diff: &Path,
     written: Written,
     skip: &HashSet<Digest>,
+    index_unchanged: bool,
     reflink: &Reflink,
 ) -> Result<Shared> {
     let io = |what: &str, e: Errno| Error::io(format!("{what} in {}", diff.display()), e.into());
@@ -169,11 +174,22 @@ pub(crate) fn share_layer(
     let mut lookup = index::Lookup::new(meta).ok();
     // Directory times are noted before any entry in them changes.
     let mut touched = DirTimes::default();
-    let Written { files, links } = written;
+    let Written {
+        files,
+        links,
+        link_targets,
+        intact,
+    } = written;
     let (prelinked, mut files): (Vec<WrittenFile>, Vec<WrittenFile>) =
         files.into_iter().partition(|f| f.holder.is_some());
     if !prelinked.is_empty() {
-        let checked = prelink::confirm(layers, root.as_fd(), prelinked, &links, &mut lookup, skip);
+        let holders = prelink::Holders {
+            layers,
+            lookup: &mut lookup,
+            skip,
+            unchanged: index_unchanged,
+        };
+        let checked = prelink::confirm(root.as_fd(), prelinked, &links, holders);
         for (key, file) in checked.confirmed {
             out.linked += 1;
             out.bytes += file.size;
@@ -192,7 +208,12 @@ pub(crate) fn share_layer(
             files.push(prelink::unshare(root.as_fd(), file, &names)?);
         }
     }
-    let written = Written { files, links };
+    let written = Written {
+        files,
+        links,
+        link_targets,
+        intact,
+    };
     let mut groups: Vec<(IndexKey, Group)> = staged_groups(root.as_fd(), written)
         .into_iter()
         .map(|g| {
@@ -210,6 +231,13 @@ pub(crate) fn share_layer(
     for (i, (key, g)) in groups.iter().enumerate() {
         let first = g.names.iter().min().cloned().unwrap_or_default();
         out.entries.push((*key, first));
+        // Looked up under this very key while extracted, and no batch
+        // since: nothing to find.
+        let known_missing =
+            index_unchanged && g.names.len() == 1 && g.file.looked_up == Some(key.meta);
+        if known_missing {
+            continue;
+        }
         let found = match lookup.as_mut().map(|l| l.holders(key)) {
             Some(Ok(found)) => found,
             Some(Err(_)) | None => {
@@ -349,6 +377,9 @@ fn link_in_parallel(
 /// its names; an inode whose names are not all known (its link count says
 /// more) is left out.
 fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
+    if written.intact {
+        return intact_groups(written);
+    }
     let mut files = written.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut dirs = Dirs::new(root);
@@ -369,7 +400,8 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
             continue;
         }
         let names = vec![file.path.clone()];
-        groups.insert(st.st_ino, Group { file, names, st });
+        let st = StagedStat::of(&st);
+        groups.insert(st.ino, Group { file, names, st });
     }
     let mut links = written.links;
     links.sort();
@@ -386,8 +418,43 @@ fn staged_groups(root: BorrowedFd<'_>, written: Written) -> Vec<Group> {
     }
     groups
         .into_values()
-        .filter(|g| g.names.len() as u64 == g.st.st_nlink)
+        .filter(|g| g.names.len() as u64 == g.st.nlink)
         .collect()
+}
+
+/// [`staged_groups`] of a layer whose extraction removed or replaced no
+/// name: every file is still at its path, as written, and each hardlink
+/// entry's name is its target's inode, so the groups follow from what was
+/// noted without a stat.
+fn intact_groups(written: Written) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::with_capacity(written.files.len());
+    let mut by_path: HashMap<Vec<u8>, usize> = HashMap::with_capacity(written.files.len());
+    for file in written.files {
+        // A file noted twice at one path cannot be: that would have been
+        // a replacement. Whatever else, the first record stands.
+        if by_path.contains_key(&file.path) {
+            continue;
+        }
+        by_path.insert(file.path.clone(), groups.len());
+        groups.push(Group {
+            names: vec![file.path.clone()],
+            st: file.stat,
+            file,
+        });
+    }
+    for (name, target) in written.links.into_iter().zip(written.link_targets) {
+        let Some(&i) = by_path.get(&target) else {
+            continue;
+        };
+        if !groups[i].names.contains(&name) {
+            groups[i].names.push(name.clone());
+            by_path.insert(name, i);
+        }
+    }
+    for g in &mut groups {
+        g.st.nlink = g.names.len() as u64;
+    }
+    groups
 }
 
 /// A file's access and modification times, to set again.
@@ -514,25 +581,6 @@ pub(crate) fn find_holder(
     }))
 }
 
-/// Whether two stats agree on everything a link would share.
-fn same_metadata(a: &rfs::Stat, b: &rfs::Stat) -> bool {
-    (
-        a.st_size,
-        a.st_mode,
-        a.st_uid,
-        a.st_gid,
-        a.st_mtime,
-        a.st_mtime_nsec,
-    ) == (
-        b.st_size,
-        b.st_mode,
-        b.st_uid,
-        b.st_gid,
-        b.st_mtime,
-        b.st_mtime_nsec,
-    )
-}
-
 /// Name used for a link before it is renamed over a staged name: the
 /// staged folder is this process's own, and each linking thread (`thread`)
 /// names its links apart.
@@ -587,7 +635,9 @@ fn link_group(
     let Some((holder_dir, hst)) = holder_dirs.find(layers, holder) else {
         return Ok(false);
     };
-    if !same_metadata(&hst, &g.st) || (hst.st_dev, hst.st_ino) == (g.st.st_dev, g.st.st_ino) {
+    if identity::MetaFields::of(&hst) != g.st.meta
+        || (hst.st_dev, hst.st_ino) == (g.st.dev, g.st.ino)
+    {
         return Ok(false);
     }
     if hst.st_nlink + g.names.len() as u64 > MAX_LINKS {
@@ -597,12 +647,12 @@ fn link_group(
     if !holder_meta_is(holder_dir, holder_name, &hst, &key.meta) {
         return Ok(false);
     }
-    if let [name] = g.names.as_slice() {
-        return link_one(staged, holder_dir, holder_name, name, holder);
-    }
     let temp_of = |i: usize| temp_name(thread, i);
     // Every name gets its link under a temporary name first: should one
-    // fail, the others are taken back and the group stays as extracted.
+    // fail, the others are taken back and the group stays as extracted;
+    // then each is renamed over its name, so a name always names a whole
+    // file. (Most files are linked while extracted, `prelink`; the few
+    // left here can afford the third directory change.)
     let mut made: Vec<&[u8]> = Vec::new();
     let mut failed = false;
     for name in &g.names {
@@ -648,32 +698,6 @@ fn link_group(
 /// Most links any filesystem here allows an inode (ext4: 65,000).
 const MAX_LINKS: u64 = 60_000;
 
-/// A single name made the holder's inode: the staged file is unlinked,
-/// then the name linked to the holder (two directory changes rather than
-/// three with a temporary name: this is most of a layer's sharing time).
-/// The name is missing for a moment only inside the staged folder, which
-/// no one else sees and a crash discards; the link cannot fail for want
-/// of the holder (the shared root lock keeps gc away) or of room (the
-/// entry just freed), and the caller checked the link count.
-fn link_one(
-    staged: &mut Dirs<'_>,
-    holder_dir: BorrowedFd<'_>,
-    holder_name: &[u8],
-    name: &[u8],
-    holder: &index::Entry,
-) -> Result<bool> {
-    let (parent_path, base) = split(name);
-    let Ok(parent) = staged.get(parent_path) else {
-        return Ok(false);
-    };
-    if rfs::unlinkat(parent, base, AtFlags::empty()).is_err() {
-        return Ok(false);
-    }
-    rfs::linkat(holder_dir, holder_name, parent, base, AtFlags::empty())
-        .map_err(|e| replace_error(name, holder, e))?;
-    Ok(true)
-}
-
 /// A staged name could not be made the holder's inode.
 fn replace_error(name: &[u8], holder: &index::Entry, e: Errno) -> Error {
     Error::io(
@@ -707,7 +731,7 @@ fn clone_group(
     let Some(h) = open_holder(layers, holder) else {
         return Ok(Clone::NotHere);
     };
-    if h.st.st_size != g.st.st_size || (h.st.st_dev, h.st.st_ino) == (g.st.st_dev, g.st.st_ino) {
+    if h.st.st_size as u64 != g.st.meta.size || (h.st.st_dev, h.st.st_ino) == (g.st.dev, g.st.ino) {
         return Ok(Clone::NotHere);
     }
     let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -726,7 +750,7 @@ fn clone_group(
     let dest = rfs::openat(&parent, base, write, Mode::empty())
         .map_err(|e| staged_err("open for cloning", e))?;
     let before = rfs::fstat(&dest).map_err(|e| staged_err("inspect", e))?;
-    if before.st_ino != g.st.st_ino {
+    if before.st_ino != g.st.ino {
         return Ok(Clone::NotHere);
     }
     let xattrs = identity::xattrs(dest.as_fd()).map_err(|e| staged_err("read xattrs of", e))?;

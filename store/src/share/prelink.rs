@@ -37,6 +37,18 @@ use crate::meta::{Meta, PrefixReader, CF_SHARED_FILES};
 pub(crate) struct Prelinker {
     meta: Meta,
     layers: LayerStore,
+    /// The database's generation when the copy was opened.
+    generation: Option<String>,
+    /// The index held nothing: no lookup is made at all.
+    empty: bool,
+}
+
+/// What [`Cursor::link`] did.
+#[derive(Debug)]
+pub(crate) enum Linked {
+    Yes(Prelinked),
+    /// Not linked; true when the index has no file of that identity.
+    NotFound(bool),
 }
 
 /// A file linked before it was written.
@@ -48,18 +60,36 @@ pub(crate) struct Prelinked {
 }
 
 impl Prelinker {
-    /// `meta` is a read-only open of the store's database; None when its
-    /// index holds nothing (no lookup would ever find a file).
-    pub(crate) fn new(meta: Meta, layers: LayerStore) -> Option<Prelinker> {
-        let empty = meta.is_empty(CF_SHARED_FILES).unwrap_or(true);
-        (!empty).then_some(Prelinker { meta, layers })
+    /// `meta` is a read-only open of the store's database, made under the
+    /// shared root lock when its generation was `generation`.
+    pub(crate) fn new(meta: Meta, layers: LayerStore, generation: Option<String>) -> Prelinker {
+        let empty = meta.is_empty(CF_SHARED_FILES).unwrap_or(false);
+        Prelinker {
+            meta,
+            layers,
+            generation,
+            empty,
+        }
+    }
+
+    /// Whether no batch has landed since the copy was opened (`now` is the
+    /// generation read under the root lock): every holder linked to is then
+    /// still indexed and in place, since lstore removes or replaces a layer
+    /// folder only with a batch that drops its entries.
+    pub(crate) fn unchanged_at(&self, now: Option<&str>) -> bool {
+        self.generation.is_some() && self.generation.as_deref() == now
     }
 
     /// Lookups and links from one thread.
     pub(crate) fn cursor(&self) -> Cursor<'_> {
         Cursor {
             layers: &self.layers,
-            reader: self.meta.prefix_reader(CF_SHARED_FILES).ok(),
+            reader: if self.empty {
+                None
+            } else {
+                self.meta.prefix_reader(CF_SHARED_FILES).ok()
+            },
+            empty: self.empty,
             holders: HolderDirs::default(),
         }
     }
@@ -71,15 +101,19 @@ pub(crate) struct Cursor<'a> {
     layers: &'a LayerStore,
     /// None once a lookup failed: the rest of the layer is written as usual.
     reader: Option<PrefixReader<'a>>,
+    /// The index held nothing: every lookup misses.
+    empty: bool,
     holders: HolderDirs,
 }
 
 impl Cursor<'_> {
     /// Makes `name` in `parent` (the file at `path` in the layer, which
     /// does not exist yet) a link to a file of identity `id` and `size`
-    /// bytes that another layer holds at the same path. Returns None when
-    /// no such file is found or linking it fails: the caller writes the
-    /// file. An error only when a link made could not be taken back.
+    /// bytes that another layer holds at the same path. Returns
+    /// `NotFound(true)` when the index has no such file (the lookup was
+    /// made), `NotFound(false)` when it could not be looked up or linking
+    /// failed: the caller writes the file. An error only when a link made
+    /// could not be taken back.
     pub(crate) fn link(
         &mut self,
         parent: BorrowedFd<'_>,
@@ -87,22 +121,26 @@ impl Cursor<'_> {
         path: &[u8],
         size: u64,
         id: FileIdentity,
-    ) -> std::result::Result<Option<Prelinked>, Errno> {
+    ) -> std::result::Result<Linked, Errno> {
+        if self.empty {
+            return Ok(Linked::NotFound(true));
+        }
         let key = IndexKey {
             content: id.content,
             meta: id.meta,
             names: index::names_hash(&[path.to_vec()]),
         };
         let Some(reader) = &mut self.reader else {
-            return Ok(None);
+            return Ok(Linked::NotFound(false));
         };
         let holders = match index::holders_with(reader, &key) {
             Ok(h) => h,
             Err(_) => {
                 self.reader = None;
-                return Ok(None);
+                return Ok(Linked::NotFound(false));
             }
         };
+        let none_indexed = holders.is_empty();
         for holder in holders {
             let Some((dir, hst)) = self.holders.find(self.layers, &holder) else {
                 continue;
@@ -118,14 +156,14 @@ impl Cursor<'_> {
                 Some((st, got))
                     if got == id && (st.st_dev, st.st_ino) == (hst.st_dev, hst.st_ino) =>
                 {
-                    return Ok(Some(Prelinked { st, id, holder }));
+                    return Ok(Linked::Yes(Prelinked { st, id, holder }));
                 }
                 // Not what the entry says (the holder changed since it was
                 // indexed): the name goes, and the file is written.
                 _ => rfs::unlinkat(parent, name, AtFlags::empty())?,
             }
         }
-        Ok(None)
+        Ok(Linked::NotFound(none_indexed))
     }
 }
 
@@ -156,20 +194,38 @@ pub(super) struct Checked {
     pub to_copy: Vec<(WrittenFile, Vec<Vec<u8>>)>,
 }
 
+/// How [`confirm`] judges the holders.
+pub(super) struct Holders<'a, 'm> {
+    pub layers: &'a LayerStore,
+    pub lookup: &'a mut Option<index::Lookup<'m>>,
+    /// Never kept as a holder (fsck's damaged layers).
+    pub skip: &'a HashSet<Digest>,
+    /// No batch since the extraction's copy of the index: every holder is
+    /// as it was found, and is not looked up again.
+    pub unchanged: bool,
+}
+
 /// Checks, under the shared root lock (no gc can remove a holder now),
 /// each file the extraction linked before writing: still at its path, the
 /// only name its inode has in the layer (a later hardlink entry may have
-/// named it again), its holder not in `skip`, still indexed with that
-/// identity and still that inode. A file whose path now names something
-/// else is left out: a later entry replaced it.
+/// named it again), its holder not skipped and (unless the index is
+/// unchanged) still indexed with that identity and still that inode. A
+/// file whose path now names something else is left out: a later entry
+/// replaced it.
 pub(super) fn confirm(
-    layers: &LayerStore,
     root: BorrowedFd<'_>,
-    files: Vec<WrittenFile>,
+    mut files: Vec<WrittenFile>,
     links: &[Vec<u8>],
-    lookup: &mut Option<index::Lookup<'_>>,
-    skip: &HashSet<Digest>,
+    holders: Holders<'_, '_>,
 ) -> Checked {
+    let Holders {
+        layers,
+        lookup,
+        skip,
+        unchanged,
+    } = holders;
+    // In path order, a run of files in one directory opens it once.
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut dirs = Dirs::new(root);
     let mut stat = |path: &[u8]| {
         let (parent, name) = split(path);
@@ -215,7 +271,7 @@ pub(super) fn confirm(
             meta: file.id.meta,
             names: index::names_hash(&names),
         };
-        let indexed = match lookup.as_mut().map(|l| l.holders(&key)) {
+        let mut indexed = || match lookup.as_mut().map(|l| l.holders(&key)) {
             Some(Ok(found)) => found
                 .iter()
                 .any(|h| h.chain == holder.chain && h.path == holder.path),
@@ -229,7 +285,10 @@ pub(super) fn confirm(
                 .find(layers, &holder)
                 .is_some_and(|(_, hst)| (hst.st_dev, hst.st_ino) == (st.st_dev, st.st_ino))
         };
-        if names.len() == 1 && !skip.contains(&holder.chain) && indexed && same_inode() {
+        let kept = names.len() == 1
+            && !skip.contains(&holder.chain)
+            && (unchanged || (indexed() && same_inode()));
+        if kept {
             out.confirmed.push((key, file));
         } else {
             out.to_copy.push((file, names));
@@ -299,6 +358,7 @@ pub(super) fn unshare(
     rfs::renameat(&parent, temp.as_slice(), &parent, base).map_err(|e| fail("replace", e))?;
     Ok(WrittenFile {
         ino: new.st_ino,
+        stat: identity::StagedStat::of(&new),
         holder: None,
         ..file
     })

@@ -23,9 +23,11 @@ fn note(diff: &Path, rel: &str) -> WrittenFile {
     WrittenFile {
         path: rel.as_bytes().to_vec(),
         ino: st.st_ino,
+        stat: super::identity::StagedStat::of(&st),
         size: st.st_size as u64,
         id,
         holder: None,
+        looked_up: None,
     }
 }
 
@@ -72,7 +74,16 @@ fn fixture() -> Fixture {
 
 /// The sharing step on the layer at `diff`.
 fn share(f: &Fixture, diff: &Path, written: Written, skip: &HashSet<Digest>) -> super::Shared {
-    share_layer(&f.layers, &f.meta, diff, written, skip, &Reflink::default()).unwrap()
+    share_layer(
+        &f.layers,
+        &f.meta,
+        diff,
+        written,
+        skip,
+        false,
+        &Reflink::default(),
+    )
+    .unwrap()
 }
 
 /// Puts a committed layer `chain` holding `files` and indexes it, as an
@@ -86,6 +97,7 @@ fn committed_layer(f: &Fixture, chain: &Digest, files: &[(&str, &[u8])]) {
     let written = Written {
         files: files.iter().map(|(rel, _)| note(&diff, rel)).collect(),
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(f, &diff, written, &HashSet::new());
     let mut batch = f.meta.batch();
@@ -145,6 +157,7 @@ fn a_staged_file_becomes_the_holders_inode() {
     let written = Written {
         files: vec![note(&f.staged, "usr/lib/a.so"), note(&f.staged, "own")],
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 1);
@@ -210,6 +223,7 @@ fn skipped_and_vanished_holders_are_passed_over() {
     let written = Written {
         files: vec![note(&f.staged, "f")],
         links: Vec::new(),
+        ..Default::default()
     };
     let skip: HashSet<Digest> = [damaged].into();
     let shared = share_layer(
@@ -218,6 +232,7 @@ fn skipped_and_vanished_holders_are_passed_over() {
         &f.staged,
         written,
         &skip,
+        false,
         &Reflink::default(),
     )
     .unwrap();
@@ -237,6 +252,7 @@ fn an_inode_with_unknown_names_is_left_alone() {
     let written = Written {
         files: vec![note(&f.staged, "f")],
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
@@ -263,6 +279,7 @@ fn a_holder_whose_xattrs_differ_from_its_entry_is_not_linked() {
     let written = Written {
         files: vec![note(&f.staged, "f")],
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0, "linked to a file with other xattrs");
@@ -303,6 +320,7 @@ fn a_record_of_another_size_is_stale() {
     let written = Written {
         files: vec![record],
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
@@ -331,6 +349,7 @@ fn an_unreadable_index_keeps_the_copy() {
     let written = Written {
         files: vec![record],
         links: Vec::new(),
+        ..Default::default()
     };
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
@@ -351,7 +370,7 @@ fn extract(f: &Fixture, diff: &Path, tar: &[u8], prelink: bool) -> Written {
     fs::create_dir_all(diff).unwrap();
     let prelinker = prelink.then(|| {
         let meta = Meta::open_read_only(&f._dir.path().join("db")).unwrap();
-        let p = super::Prelinker::new(meta, f.layers.clone()).expect("an index to use");
+        let p = super::Prelinker::new(meta, f.layers.clone(), None);
         std::sync::Arc::new(p)
     });
     let (_, _, written) = unpack_layer_recorded(
@@ -518,8 +537,122 @@ fn a_linked_file_whose_holder_left_the_index_is_copied_or_refused() {
         &again,
         written,
         &HashSet::new(),
+        false,
         &Reflink::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("fsck"), "{err}");
+}
+
+/// With no batch since the extraction's copy of the index (the database's
+/// generation unchanged), a linked file is kept without looking its holder
+/// up again, and a file looked up and not found is not looked up again:
+/// an entry that appeared meanwhile is found only when the caller says the
+/// index changed.
+#[test]
+fn an_unchanged_index_is_not_searched_again() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let tar = testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/a", b"shared bytes"),
+        RawEntry::file("usr/new", b"new bytes"),
+    ]);
+    let first = f.layers.diff_dir(&Digest::of(b"first"));
+    let second = f.layers.diff_dir(&Digest::of(b"second"));
+    let written = [
+        extract(&f, &first, &tar, true),
+        extract(&f, &second, &tar, true),
+    ];
+    for w in &written {
+        let new = w.files.iter().find(|w| w.path == b"usr/new").unwrap();
+        assert_eq!(new.looked_up, Some(new.id.meta), "looked up, not found");
+        assert!(new.holder.is_none());
+    }
+    // Now another layer holding usr/new is indexed.
+    extracted_layer(&f, &Digest::of(b"other"), &tar);
+    let other = f.layers.diff_dir(&Digest::of(b"other")).join("usr/new");
+    let [w1, w2] = written;
+    let skip = HashSet::new();
+    let trusted = share_layer(
+        &f.layers,
+        &f.meta,
+        &first,
+        w1,
+        &skip,
+        true,
+        &Reflink::default(),
+    );
+    let trusted = trusted.unwrap();
+    assert_eq!(
+        trusted.linked, 1,
+        "usr/a kept as linked, usr/new not looked up"
+    );
+    assert_ne!(ino(&first.join("usr/new")), ino(&other));
+    let searched = share(&f, &second, w2, &skip);
+    assert_eq!(searched.linked, 2, "usr/a confirmed, usr/new found");
+    assert_eq!(ino(&second.join("usr/new")), ino(&other));
+}
+
+#[test]
+fn the_index_is_unchanged_only_at_the_same_generation() {
+    let f = fixture();
+    let open = || Meta::open_read_only(&f._dir.path().join("db")).unwrap();
+    let p = super::Prelinker::new(open(), f.layers.clone(), Some("a".into()));
+    assert!(p.unchanged_at(Some("a")));
+    assert!(!p.unchanged_at(Some("b")));
+    assert!(!p.unchanged_at(None));
+    let p = super::Prelinker::new(open(), f.layers.clone(), None);
+    assert!(
+        !p.unchanged_at(None),
+        "no generation known: looked up again"
+    );
+}
+
+/// An empty index is never searched: files are written, and noted as
+/// looked up.
+#[test]
+fn an_empty_index_links_nothing() {
+    let f = fixture();
+    let tar = testtar::archive(&[RawEntry::file("a", b"bytes")]);
+    let written = extract(&f, &f.staged, &tar, true);
+    assert_eq!(written.files.len(), 1);
+    assert!(written.files[0].holder.is_none());
+    assert_eq!(written.files[0].looked_up, Some(written.files[0].id.meta));
+}
+
+/// A file and a hardlink to it are one inode of two names, linked whole to
+/// a holder with the same two names: found from what extraction noted when
+/// no name was replaced, from the disk when one was, and after the copy a
+/// file linked while extracted needs once the hardlink names it.
+#[test]
+fn a_file_and_its_hardlink_are_linked_whole_however_found() {
+    let f = fixture();
+    let pair = [
+        RawEntry::dir("usr"),
+        RawEntry::file("usr/x", b"pair bytes"),
+        RawEntry::hardlink("usr/y", "usr/x"),
+    ];
+    let held = Digest::of(b"held pair");
+    extracted_layer(&f, &held, &testtar::archive(&pair));
+    let holder = f.layers.diff_dir(&held).join("usr/x");
+    let mut replaced = vec![RawEntry::dir("usr"), RawEntry::file("usr/x", b"old")];
+    replaced.extend_from_slice(&pair[1..]);
+    let cases = [
+        ("intact", testtar::archive(&pair), false, true),
+        ("replaced", testtar::archive(&replaced), false, false),
+        ("prelinked", testtar::archive(&pair), true, true),
+    ];
+    for (what, tar, prelink, intact) in cases {
+        let diff = f.layers.diff_dir(&Digest::of(what.as_bytes()));
+        let written = extract(&f, &diff, &tar, prelink);
+        assert_eq!(written.intact, intact, "{what}");
+        let shared = share(&f, &diff, written, &HashSet::new());
+        assert_eq!(shared.linked, 1, "{what}");
+        assert_eq!(ino(&diff.join("usr/x")), ino(&holder), "{what}");
+        assert_eq!(ino(&diff.join("usr/y")), ino(&holder), "{what}");
+        assert_eq!(fs::read(diff.join("usr/y")).unwrap(), b"pair bytes");
+    }
+    assert_eq!(fs::metadata(&holder).unwrap().nlink(), 2 + 2 * 3);
 }

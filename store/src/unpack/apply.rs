@@ -44,7 +44,7 @@ use super::files::{self, FileJob, FilePool};
 use super::path::{is_within, normalize, role, split_parent, PathError, Role};
 use super::tar_reader::{Entry, Kind, TarReader, Time};
 use super::{writeback, LayerPosition, Limits, Sharing, UnpackError};
-use crate::share::identity::{meta_hash_of, MetaFields};
+use crate::share::identity::{meta_hash_of, MetaFields, StagedStat};
 use crate::share::{identify, Prelinker, Written, WrittenFile, MIN_SHARED_SIZE};
 
 /// A directory's default ACL: files created in it take their mode from it
@@ -106,6 +106,9 @@ struct State {
     written: Option<WrittenLog>,
     /// The content index, to link small files to instead of writing them.
     prelink: Option<Arc<Prelinker>>,
+    /// A name was removed or replaced (a later entry won, a whiteout
+    /// removed a directory): what was written may no longer be there.
+    removed_any: bool,
 }
 
 /// Where the files an extraction writes are noted for file sharing, by the
@@ -118,15 +121,18 @@ pub(super) fn note_written(
     fd: BorrowedFd<'_>,
     path: &[u8],
     content: [u8; 32],
+    looked_up: Option<[u8; 16]>,
     ctx: &Ctx<'_>,
 ) -> Result<(), UnpackError> {
     let (st, id) = identify(fd, content).map_err(|e| ctx.fs("inspecting the file written", e))?;
     let file = WrittenFile {
         path: path.to_vec(),
         ino: st.st_ino,
+        stat: StagedStat::of(&st),
         size: st.st_size as u64,
         id,
         holder: None,
+        looked_up,
     };
     log.lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -357,6 +363,7 @@ impl Applier {
                     Sharing::Prelink(p) => Some(p),
                     Sharing::Off | Sharing::Note => None,
                 },
+                removed_any: false,
             },
         })
     }
@@ -409,6 +416,7 @@ impl Applier {
                     .clone();
                 let removed_dir =
                     whiteout(parent.as_fd(), target, &target_path, &self.state, &ctx)?;
+                self.state.removed_any |= removed_dir;
                 if removed_dir {
                     self.cache.forget_within(&target_path);
                 }
@@ -433,10 +441,11 @@ impl Applier {
                     Kind::Hardlink => {
                         op.hardlink(&mut self.state, root)?;
                         if let Some(log) = &self.state.written {
-                            log.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .links
-                                .push(path.clone());
+                            // Normalised as `hardlink` just did.
+                            let target = normalize(&entry.link).unwrap_or_default();
+                            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                            log.links.push(path.clone());
+                            log.link_targets.push(target);
                         }
                         0
                     }
@@ -624,11 +633,12 @@ impl Applier {
     pub(crate) fn finish(mut self) -> Result<Option<Written>, UnpackError> {
         self.parallel.drain()?;
         self.parallel.pool = None;
-        let written = self
-            .state
-            .written
-            .take()
-            .map(|log| std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())));
+        let intact = !self.state.removed_any;
+        let written = self.state.written.take().map(|log| {
+            let mut written = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+            written.intact = intact;
+            written
+        });
         let mut dirs: Vec<(Vec<u8>, DirAttrs)> = self.state.deferred.into_iter().collect();
         dirs.sort_by_key(|(path, _)| {
             Reverse(path.iter().filter(|&&b| b == b'/').count() + usize::from(!path.is_empty()))
@@ -1006,7 +1016,7 @@ impl Op<'_> {
         file_metadata(file.as_fd(), entry, file_policy(state, entry), self.ctx)?;
         if let (Some(log), Some(h)) = (&state.written, hasher) {
             let content = *h.finalize().as_bytes();
-            note_written(log, file.as_fd(), self.path, content, self.ctx)?;
+            note_written(log, file.as_fd(), self.path, content, None, self.ctx)?;
         }
         Ok(written)
     }
@@ -1225,6 +1235,7 @@ impl Op<'_> {
 
     /// Removes whatever exists at the entry's name: a later entry wins.
     fn remove_existing(&mut self, state: &mut State) -> Result<(), UnpackError> {
+        state.removed_any = true;
         let st = self.stat()?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             remove_tree(self.parent, self.name)

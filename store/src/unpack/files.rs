@@ -25,8 +25,8 @@ use std::thread::JoinHandle;
 use super::apply::{create_file, file_metadata, note_written, Ctx, FilePolicy, WrittenLog};
 use super::tar_reader::Entry;
 use super::UnpackError;
-use crate::share::identity::{FileIdentity, WrittenFile};
-use crate::share::prelink::Cursor;
+use crate::share::identity::{FileIdentity, StagedStat, WrittenFile};
+use crate::share::prelink::{Cursor, Linked};
 use crate::share::Prelinker;
 
 /// Largest file handed to the pool: its data is held in memory until a
@@ -377,6 +377,7 @@ fn work(shared: &Shared, prelink: Option<&Prelinker>) {
 pub(crate) fn write_job(job: &FileJob, cursor: Option<&mut Cursor<'_>>) -> Result<(), UnpackError> {
     let ctx = Ctx { entry: &job.entry };
     let mut content = None;
+    let mut looked_up = None;
     if let (Some(cursor), Some(meta), Some((log, path))) = (cursor, job.predicted, &job.noted) {
         let hash = *blake3::hash(&job.data).as_bytes();
         content = Some(hash);
@@ -388,19 +389,25 @@ pub(crate) fn write_job(job: &FileJob, cursor: Option<&mut Cursor<'_>>) -> Resul
         let linked = cursor
             .link(job.parent.as_fd(), &job.name, path, size, id)
             .map_err(|e| ctx.fs("taking back a link to an equal file", e))?;
-        if let Some(p) = linked {
-            let file = WrittenFile {
-                path: path.clone(),
-                ino: p.st.st_ino,
-                size,
-                id: p.id,
-                holder: Some(p.holder),
-            };
-            log.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .files
-                .push(file);
-            return Ok(());
+        match linked {
+            Linked::Yes(p) => {
+                let file = WrittenFile {
+                    path: path.clone(),
+                    ino: p.st.st_ino,
+                    stat: StagedStat::of(&p.st),
+                    size,
+                    id: p.id,
+                    holder: Some(p.holder),
+                    looked_up: None,
+                };
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .files
+                    .push(file);
+                return Ok(());
+            }
+            Linked::NotFound(true) => looked_up = Some(meta),
+            Linked::NotFound(false) => {}
         }
     }
     let fd = create_file(job.parent.as_fd(), &job.name, &job.entry)
@@ -411,7 +418,7 @@ pub(crate) fn write_job(job: &FileJob, cursor: Option<&mut Cursor<'_>>) -> Resul
     file_metadata(file.as_fd(), &job.entry, job.policy, &ctx)?;
     if let Some((log, path)) = &job.noted {
         let content = content.unwrap_or_else(|| *blake3::hash(&job.data).as_bytes());
-        note_written(log, file.as_fd(), path, content, &ctx)?;
+        note_written(log, file.as_fd(), path, content, looked_up, &ctx)?;
     }
     Ok(())
 }
