@@ -24,7 +24,9 @@ status=0
 # tests/examples.rs runs the example programs at target/debug/examples/NAME,
 # where `cargo build --examples` puts them (cargo test leaves only hashed names).
 cargo build --locked --examples 2>&1 | tee "$log" || status=$?
-cargo test --locked --workspace --all-targets 2>&1 | tee -a "$log" || status=$?
+# --no-fail-fast: a failing test binary must not hide the results of the
+# binaries after it.
+cargo test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=$?
 # --all-targets leaves doc tests out: the library's documented example.
 cargo test --locked --workspace --doc 2>&1 | tee -a "$log" || status=$?
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

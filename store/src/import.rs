@@ -148,6 +148,10 @@ struct LayerRead {
 struct Created {
     blobs: Mutex<Vec<Digest>>,
     layers: Mutex<Vec<Digest>>,
+    /// The copy of the content index the import's layers link through
+    /// (`share::prelink`): opened by the first layer extracted, one for
+    /// the import (it holds a file per table of the database open).
+    index_copy: std::sync::OnceLock<Option<Arc<crate::share::Prelinker>>>,
 }
 
 fn now_secs() -> u64 {
@@ -597,7 +601,7 @@ fn extract_or_measure(
         // folder, so it appears with the layer.
         // Small files other layers hold are linked while extracted
         // (`share::prelink`), through a copy of the index opened now.
-        let prelinker = store.prelinker();
+        let prelinker = created.index_copy.get_or_init(|| store.prelinker()).clone();
         let (u, _, written) = unpack::unpack_layer_recorded(
             &mut tee,
             declared,

@@ -180,8 +180,7 @@ pub(crate) fn share_layer(
         link_targets,
         intact,
     } = written;
-    let (prelinked, mut files): (Vec<WrittenFile>, Vec<WrittenFile>) =
-        files.into_iter().partition(|f| f.holder.is_some());
+    let (prelinked, mut files) = split_prelinked(files);
     if !prelinked.is_empty() {
         let holders = prelink::Holders {
             layers,
@@ -189,7 +188,7 @@ pub(crate) fn share_layer(
             skip,
             unchanged: index_unchanged,
         };
-        let checked = prelink::confirm(root.as_fd(), prelinked, &links, holders);
+        let checked = prelink::confirm(root.as_fd(), prelinked, &links, holders)?;
         for (key, file) in checked.confirmed {
             out.linked += 1;
             out.bytes += file.size;
@@ -310,6 +309,30 @@ pub(crate) fn share_layer(
         .restore(root.as_fd())
         .map_err(|e| io("restore directory times", e))?;
     Ok(out)
+}
+
+/// The files extraction linked before writing (each with whether it is the
+/// last record at its path: records of one path come in entry order, as a
+/// repeated path waits for the file pool), and the others.
+fn split_prelinked(files: Vec<WrittenFile>) -> (Vec<(WrittenFile, bool)>, Vec<WrittenFile>) {
+    if files.iter().all(|f| f.holder.is_none()) {
+        return (Vec::new(), files);
+    }
+    let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        last.insert(f.path.clone(), i);
+    }
+    let mut prelinked = Vec::new();
+    let mut others = Vec::with_capacity(files.len());
+    for (i, f) in files.into_iter().enumerate() {
+        if f.holder.is_some() {
+            let is_last = last.get(&f.path) == Some(&i);
+            prelinked.push((f, is_last));
+        } else {
+            others.push(f);
+        }
+    }
+    (prelinked, others)
 }
 
 /// Links the groups that have holders, on a few threads (each its own
@@ -513,8 +536,9 @@ impl HolderDirs {
             Some((c, p, _)) if *c == holder.chain && p.as_slice() == parent_path);
         if !cached {
             if !self.roots.contains_key(&holder.chain) {
-                // Bounded: a store of many layers must not run out of fds.
-                if self.roots.len() >= 64 {
+                // Bounded: a store of many layers must not run out of fds
+                // (several of these are open at once, one per thread).
+                if self.roots.len() >= 16 {
                     self.roots.clear();
                 }
                 let diff = layers.diff_dir(&holder.chain);

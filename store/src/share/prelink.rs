@@ -25,9 +25,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::identity::{self, FileIdentity, WrittenFile};
+use super::identity::{self, FileIdentity, MetaFields, WrittenFile};
 use super::index::{self, IndexKey};
-use super::{open_dir, split, times_of, Dirs, HolderDirs, MAX_LINKS};
+use super::{means_missing, open_dir, split, times_of, Dirs, HolderDirs, MAX_LINKS};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layers::LayerStore;
@@ -46,7 +46,7 @@ pub(crate) struct Prelinker {
 /// What [`Cursor::link`] did.
 #[derive(Debug)]
 pub(crate) enum Linked {
-    Yes(Prelinked),
+    Yes(Box<Prelinked>),
     /// Not linked; true when the index has no file of that identity.
     NotFound(bool),
 }
@@ -156,7 +156,7 @@ impl Cursor<'_> {
                 Some((st, got))
                     if got == id && (st.st_dev, st.st_ino) == (hst.st_dev, hst.st_ino) =>
                 {
-                    return Ok(Linked::Yes(Prelinked { st, id, holder }));
+                    return Ok(Linked::Yes(Box::new(Prelinked { st, id, holder })));
                 }
                 // Not what the entry says (the holder changed since it was
                 // indexed): the name goes, and the file is written.
@@ -174,7 +174,10 @@ fn linked_identity(
     name: &[u8],
     content: [u8; 32],
 ) -> Option<(rfs::Stat, FileIdentity)> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    // Non-blocking: a fifo put there behind the store's back must not
+    // hang the extraction.
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     // O_NOATIME needs the file's owner or CAP_FOWNER.
     let fd = match rfs::openat(parent, name, flags | OFlags::NOATIME, Mode::empty()) {
         Err(Errno::PERM) => rfs::openat(parent, name, flags, Mode::empty()),
@@ -194,6 +197,9 @@ pub(super) struct Checked {
     pub to_copy: Vec<(WrittenFile, Vec<Vec<u8>>)>,
 }
 
+/// A name a hardlink entry made, and the metadata of what it names.
+type LinkName = (Vec<u8>, MetaFields);
+
 /// How [`confirm`] judges the holders.
 pub(super) struct Holders<'a, 'm> {
     pub layers: &'a LayerStore,
@@ -206,18 +212,20 @@ pub(super) struct Holders<'a, 'm> {
 }
 
 /// Checks, under the shared root lock (no gc can remove a holder now),
-/// each file the extraction linked before writing: still at its path, the
-/// only name its inode has in the layer (a later hardlink entry may have
-/// named it again), its holder not skipped and (unless the index is
-/// unchanged) still indexed with that identity and still that inode. A
-/// file whose path now names something else is left out: a later entry
-/// replaced it.
+/// each file the extraction linked before writing (with whether its record
+/// is the last at its path: a later entry may have replaced it). Every name
+/// the linked inode has in the layer counts: its path (when not replaced)
+/// and the names hardlink entries gave it, wherever they are. A file kept
+/// as linked has its path as its only name, its holder not skipped and
+/// (unless the index is unchanged) still indexed with that identity and
+/// still that inode; any other inode with names left is copied. A stat
+/// that fails for another reason than a missing name fails the layer.
 pub(super) fn confirm(
     root: BorrowedFd<'_>,
-    mut files: Vec<WrittenFile>,
+    mut files: Vec<(WrittenFile, bool)>,
     links: &[Vec<u8>],
     holders: Holders<'_, '_>,
-) -> Checked {
+) -> Result<Checked> {
     let Holders {
         layers,
         lookup,
@@ -225,46 +233,65 @@ pub(super) fn confirm(
         unchanged,
     } = holders;
     // In path order, a run of files in one directory opens it once.
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let mut dirs = Dirs::new(root);
-    let mut stat = |path: &[u8]| {
+    let mut stat = |path: &[u8]| -> Result<Option<rfs::Stat>> {
         let (parent, name) = split(path);
-        let dir = dirs.get(parent).ok()?;
-        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+        let fail = |e: Errno| {
+            let shown = String::from_utf8_lossy(path);
+            Error::io(format!("inspect {shown:?} of the staged layer"), e.into())
+        };
+        let dir = match dirs.get(parent) {
+            Ok(dir) => dir,
+            Err(e) if means_missing(e) => return Ok(None),
+            Err(e) => return Err(fail(e)),
+        };
+        match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if means_missing(e) => Ok(None),
+            Err(e) => Err(fail(e)),
+        }
     };
-    // Names hardlink entries gave the layer's inodes.
-    let mut link_names: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
+    // Names hardlink entries gave the layer's inodes, with what they are.
+    let mut link_names: HashMap<(u64, u64), Vec<LinkName>> = HashMap::new();
     for link in links {
-        if let Some(st) = stat(link) {
+        if let Some(st) = stat(link)? {
             link_names
                 .entry((st.st_dev, st.st_ino))
                 .or_default()
-                .push(link.clone());
+                .push((link.clone(), MetaFields::of(&st)));
         }
     }
     let mut holder_dirs = HolderDirs::default();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut out = Checked::default();
-    for file in files {
+    for (file, last_at_path) in files {
         let Some(holder) = file.holder.clone() else {
             continue;
         };
-        let Some(st) = stat(&file.path) else {
-            continue;
-        };
-        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-        if !regular || st.st_ino != file.ino || !seen.insert(file.path.clone()) {
+        let inode = (file.stat.dev, file.stat.ino);
+        if !seen.insert(inode) {
             continue;
         }
-        let mut names = vec![file.path.clone()];
-        for name in link_names
-            .get(&(st.st_dev, st.st_ino))
-            .into_iter()
-            .flatten()
-        {
-            if !names.contains(name) {
+        // The same inode, with what it was linked as: an inode number
+        // handed out again would differ in its metadata at least.
+        let same = |st: &rfs::Stat| {
+            (st.st_dev, st.st_ino) == inode
+                && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && MetaFields::of(st) == file.stat.meta
+        };
+        let mut names = Vec::new();
+        if last_at_path && stat(&file.path)?.is_some_and(|st| same(&st)) {
+            names.push(file.path.clone());
+        }
+        for (name, meta) in link_names.get(&inode).into_iter().flatten() {
+            if *meta == file.stat.meta && !names.contains(name) {
                 names.push(name.clone());
             }
+        }
+        if names.is_empty() {
+            // No name of the layer holds it any more.
+            continue;
         }
         let key = IndexKey {
             content: file.id.content,
@@ -283,9 +310,9 @@ pub(super) fn confirm(
         let mut same_inode = || {
             holder_dirs
                 .find(layers, &holder)
-                .is_some_and(|(_, hst)| (hst.st_dev, hst.st_ino) == (st.st_dev, st.st_ino))
+                .is_some_and(|(_, hst)| (hst.st_dev, hst.st_ino) == inode)
         };
-        let kept = names.len() == 1
+        let kept = names == [file.path.as_slice()]
             && !skip.contains(&holder.chain)
             && (unchanged || (indexed() && same_inode()));
         if kept {
@@ -294,35 +321,49 @@ pub(super) fn confirm(
             out.to_copy.push((file, names));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Gives a prelinked file an inode of its own with the same content
 /// (checked against its blake3 as it is copied) and metadata, under every
-/// name in `names` (all in the staged layer, the first its own path).
+/// name in `names` (all in the staged layer; the copy is made beside the
+/// first, whose path the returned record has).
 pub(super) fn unshare(
     root: BorrowedFd<'_>,
     file: WrittenFile,
     names: &[Vec<u8>],
 ) -> Result<WrittenFile> {
-    let shown = String::from_utf8_lossy(&file.path).into_owned();
+    let Some(first) = names.first() else {
+        return Ok(file);
+    };
+    let shown = String::from_utf8_lossy(first).into_owned();
     let fail = |what: &str, e: Errno| Error::io(format!("{what} {shown:?}"), e.into());
-    let (parent_path, base) = split(&file.path);
+    let (parent_path, base) = split(first);
     let parent = open_dir(root, parent_path).map_err(|e| fail("open the parent of", e))?;
-    let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let src = rfs::openat(&parent, base, read, Mode::empty()).map_err(|e| fail("open", e))?;
+    let read =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    // The inode is another layer's too: its access time is left alone
+    // (O_NOATIME needs the file's owner or CAP_FOWNER).
+    let src = match rfs::openat(&parent, base, read | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(&parent, base, read, Mode::empty()),
+        other => other,
+    }
+    .map_err(|e| fail("open", e))?;
     let st = rfs::fstat(&src).map_err(|e| fail("inspect", e))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != file.ino {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || (st.st_dev, st.st_ino) != (file.stat.dev, file.stat.ino)
+    {
         return Err(Error::Invalid(format!(
             "{shown:?} changed while the layer was being shared"
         )));
     }
     let xattrs = identity::xattrs(src.as_fd()).map_err(|e| fail("read the xattrs of", e))?;
-    let temp = format!(".lstore-unshare-{}", file.ino).into_bytes();
     let create =
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let dest = rfs::openat(&parent, temp.as_slice(), create, Mode::from_raw_mode(0o600))
-        .map_err(|e| fail("make a copy of", e))?;
+    let (temp, dest) = with_free_name(&format!(".lstore-unshare-{}", file.stat.ino), |name| {
+        rfs::openat(&parent, name, create, Mode::from_raw_mode(0o600))
+    })
+    .map_err(|e| fail("make a copy of", e))?;
     let copied = copy_with_metadata(src, dest, &st, &xattrs);
     let new = match copied {
         Ok((nst, id)) if id == file.id => nst,
@@ -338,30 +379,50 @@ pub(super) fn unshare(
         }
     };
     // Every other name first, each through a name of its own, then the
-    // file's path: each name always names a whole file.
-    for (i, name) in names.iter().enumerate().skip(1) {
+    // first: each name always names a whole file.
+    for name in names.iter().skip(1) {
         let (name_parent_path, name_base) = split(name);
         let name_parent =
             open_dir(root, name_parent_path).map_err(|e| fail("open the parent of", e))?;
-        let link_temp = format!(".lstore-unshare-{}-{i}", file.ino).into_bytes();
-        rfs::linkat(
-            &parent,
-            temp.as_slice(),
-            &name_parent,
-            link_temp.as_slice(),
-            AtFlags::empty(),
-        )
+        let prefix = format!(".lstore-unshare-{}-link", file.stat.ino);
+        let (link_temp, ()) = with_free_name(&prefix, |link_temp| {
+            rfs::linkat(
+                &parent,
+                temp.as_slice(),
+                &name_parent,
+                link_temp,
+                AtFlags::empty(),
+            )
+        })
         .map_err(|e| fail("link a copy of", e))?;
         rfs::renameat(&name_parent, link_temp.as_slice(), &name_parent, name_base)
             .map_err(|e| fail("replace a name of", e))?;
     }
     rfs::renameat(&parent, temp.as_slice(), &parent, base).map_err(|e| fail("replace", e))?;
     Ok(WrittenFile {
+        path: first.clone(),
         ino: new.st_ino,
         stat: identity::StagedStat::of(&new),
         holder: None,
         ..file
     })
+}
+
+/// Calls `make` with `PREFIX-0`, `PREFIX-1`, … until a name is free (an
+/// image may hold any name, these too). Returns the name and the result.
+fn with_free_name<T>(
+    prefix: &str,
+    mut make: impl FnMut(&[u8]) -> std::result::Result<T, Errno>,
+) -> std::result::Result<(Vec<u8>, T), Errno> {
+    for n in 0..1000u32 {
+        let name = format!("{prefix}-{n}").into_bytes();
+        match make(&name) {
+            Ok(made) => return Ok((name, made)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EXIST)
 }
 
 /// Copies `src` into `dest` (hashing, for the caller to compare), then

@@ -656,3 +656,36 @@ fn a_file_and_its_hardlink_are_linked_whole_however_found() {
     }
     assert_eq!(fs::metadata(&holder).unwrap().nlink(), 2 + 2 * 3);
 }
+
+/// A linked file named again by a hardlink elsewhere, then replaced at its
+/// own path by a later entry: the hardlink's name still holds the other
+/// layer's inode, and gets a copy of its own (the holder keeps one link).
+#[test]
+fn a_linked_inode_left_only_under_a_hardlink_name_is_copied() {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    let tar = testtar::archive(&[
+        RawEntry::dir("usr"),
+        RawEntry::dir("etc"),
+        RawEntry::file("usr/a", b"shared bytes"),
+        RawEntry::hardlink("etc/y", "usr/a"),
+        RawEntry::file("usr/a", b"replaced"),
+    ]);
+    let written = extract(&f, &f.staged, &tar, true);
+    assert!(!written.intact);
+    assert_eq!(
+        ino(&f.staged.join("etc/y")),
+        ino(&holder),
+        "linked while extracted"
+    );
+    let shared = share(&f, &f.staged, written, &HashSet::new());
+    assert_ne!(ino(&f.staged.join("etc/y")), ino(&holder));
+    assert_eq!(fs::read(f.staged.join("etc/y")).unwrap(), b"shared bytes");
+    assert_eq!(fs::read(f.staged.join("usr/a")).unwrap(), b"replaced");
+    assert_eq!(fs::metadata(&holder).unwrap().nlink(), 1);
+    let paths: HashSet<&[u8]> = shared.entries.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(paths, [&b"etc/y"[..], &b"usr/a"[..]].into(), "both indexed");
+    assert_eq!(shared.linked, 0);
+}
