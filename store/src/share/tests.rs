@@ -401,6 +401,16 @@ fn ino(path: &Path) -> u64 {
     fs::symlink_metadata(path).unwrap().ino()
 }
 
+/// A store with layer `held` extracted from [`held_tar`] and indexed;
+/// returns it with that layer's chain id and the path of its `usr/a`.
+fn with_held_layer() -> (Fixture, Digest, std::path::PathBuf) {
+    let f = fixture();
+    let held = Digest::of(b"held");
+    extracted_layer(&f, &held, &held_tar());
+    let holder = f.layers.diff_dir(&held).join("usr/a");
+    (f, held, holder)
+}
+
 fn held_tar() -> Vec<u8> {
     testtar::archive(&[
         RawEntry::dir("usr"),
@@ -414,9 +424,7 @@ fn held_tar() -> Vec<u8> {
 /// confirms it and records it; files that differ are written.
 #[test]
 fn an_equal_file_is_linked_instead_of_written() {
-    let f = fixture();
-    let held = Digest::of(b"held");
-    extracted_layer(&f, &held, &held_tar());
+    let (f, _, holder) = with_held_layer();
     let mut newer = RawEntry::file("usr/c", b"shared bytes");
     newer.mtime += 1;
     let tar = testtar::archive(&[
@@ -433,7 +441,6 @@ fn an_equal_file_is_linked_instead_of_written() {
         .map(|w| w.path.as_slice())
         .collect();
     assert_eq!(prelinked, vec![&b"usr/a"[..]]);
-    let holder = f.layers.diff_dir(&held).join("usr/a");
     assert_eq!(
         ino(&f.staged.join("usr/a")),
         ino(&holder),
@@ -453,16 +460,13 @@ fn an_equal_file_is_linked_instead_of_written() {
 /// inode of its own (both names), the holder keeps one link.
 #[test]
 fn a_linked_file_named_again_by_a_hardlink_gets_its_own_inode() {
-    let f = fixture();
-    let held = Digest::of(b"held");
-    extracted_layer(&f, &held, &held_tar());
+    let (f, _, holder) = with_held_layer();
     let tar = testtar::archive(&[
         RawEntry::dir("usr"),
         RawEntry::file("usr/a", b"shared bytes"),
         RawEntry::hardlink("usr/a2", "usr/a"),
     ]);
     let written = extract(&f, &f.staged, &tar, true);
-    let holder = f.layers.diff_dir(&held).join("usr/a");
     assert_eq!(fs::metadata(&holder).unwrap().nlink(), 3);
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
@@ -489,9 +493,7 @@ fn a_linked_file_named_again_by_a_hardlink_gets_its_own_inode() {
 /// checked; a holder whose content changed fails the layer.
 #[test]
 fn a_linked_file_whose_holder_left_the_index_is_copied_or_refused() {
-    let f = fixture();
-    let held = Digest::of(b"held");
-    extracted_layer(&f, &held, &held_tar());
+    let (f, held, holder) = with_held_layer();
     let tar = testtar::archive(&[
         RawEntry::dir("usr"),
         RawEntry::file("usr/a", b"shared bytes"),
@@ -500,7 +502,6 @@ fn a_linked_file_whose_holder_left_the_index_is_copied_or_refused() {
     let mut batch = f.meta.batch();
     index::drop_layer(&f.meta, &mut batch, &held).unwrap();
     batch.commit().unwrap();
-    let holder = f.layers.diff_dir(&held).join("usr/a");
     let shared = share(&f, &f.staged, written, &HashSet::new());
     assert_eq!(shared.linked, 0);
     assert_ne!(ino(&f.staged.join("usr/a")), ino(&holder));
@@ -551,9 +552,7 @@ fn a_linked_file_whose_holder_left_the_index_is_copied_or_refused() {
 /// index changed.
 #[test]
 fn an_unchanged_index_is_not_searched_again() {
-    let f = fixture();
-    let held = Digest::of(b"held");
-    extracted_layer(&f, &held, &held_tar());
+    let (f, _, _) = with_held_layer();
     let tar = testtar::archive(&[
         RawEntry::dir("usr"),
         RawEntry::file("usr/a", b"shared bytes"),
@@ -662,10 +661,7 @@ fn a_file_and_its_hardlink_are_linked_whole_however_found() {
 /// layer's inode, and gets a copy of its own (the holder keeps one link).
 #[test]
 fn a_linked_inode_left_only_under_a_hardlink_name_is_copied() {
-    let f = fixture();
-    let held = Digest::of(b"held");
-    extracted_layer(&f, &held, &held_tar());
-    let holder = f.layers.diff_dir(&held).join("usr/a");
+    let (f, _, holder) = with_held_layer();
     let tar = testtar::archive(&[
         RawEntry::dir("usr"),
         RawEntry::dir("etc"),
