@@ -1479,7 +1479,7 @@ impl Store {
                 report: FsckReport::default(),
                 leased_blobs,
                 leased_layers,
-                containerd_layers: crate::snapshotter::held_layers(meta)?,
+                containerd_layers: meta.layers_held_by_snapshots()?,
                 mounted_images,
                 mounted_layers,
                 good_blobs: BTreeMap::new(),

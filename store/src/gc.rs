@@ -153,7 +153,7 @@ pub(crate) fn plan_sweep(
     let (blob_before, layer_before) = mark(&everyone);
     let (leased_blobs, mut leased_layers, _) = leased(store)?;
     // Layers containerd holds snapshots of (`lstore snapshotter`) stay.
-    leased_layers.extend(crate::snapshotter::held_layers(meta)?);
+    leased_layers.extend(meta.layers_held_by_snapshots()?);
     let in_use = mounted_layers(store);
 
     let mut plan = SweepPlan {
@@ -260,7 +260,7 @@ pub(crate) fn plan_removal(
         }
     }
     let (leased_blobs, mut leased_layers, _) = leased(store)?;
-    leased_layers.extend(crate::snapshotter::held_layers(meta)?);
+    leased_layers.extend(meta.layers_held_by_snapshots()?);
     let in_use = mounted_layers(store);
     let mut plan = SweepPlan {
         drop_tags: drop_tags.iter().cloned().collect(),

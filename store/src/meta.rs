@@ -7,7 +7,7 @@
 //! | layers  | chain id (32 bytes)         | `LayerRecord`  |
 //! | images  | manifest digest (32 bytes)  | `ImageRecord`  |
 //! | tags    | normalised reference (utf8) | `TagRecord`    |
-//! | snapshots | containerd's snapshot key (utf8) | `snapshotter::SnapshotRecord` |
+//! | snapshots | containerd's snapshot key (utf8) | `SnapshotRecord` (read by `snapshotter`) |
 //! | dropped_blobs | layer blob digest (32 bytes) | `DroppedBlob` |
 //! | shared_files | content, metadata, names hashes + chain id | path in the layer (`share::index`) |
 //! | layer_files | chain id + content, metadata, names hashes | `()` |
@@ -15,6 +15,7 @@
 //! `refs` counts the images that use a blob or layer. A database is only
 //! opened while the process holds the root lock (`lock::RootLock`).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use rocksdb::{
@@ -65,6 +66,36 @@ pub struct BlobRecord {
     pub media_type: String,
     /// Images that hold it.
     pub refs: u64,
+}
+
+/// A snapshot's kind, as containerd names them (`crate::snapshotter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotKind {
+    /// Read-only, over a committed parent.
+    View,
+    /// Writable: a layer being applied, or a container's root.
+    Active,
+    /// An lstore layer.
+    Committed,
+}
+
+/// A snapshot containerd holds (`crate::snapshotter`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Its kind.
+    pub kind: SnapshotKind,
+    /// The key of its parent (a committed snapshot), empty for none.
+    pub parent: String,
+    /// containerd's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Nanoseconds since the epoch.
+    pub created: u64,
+    /// Nanoseconds since the epoch.
+    pub updated: u64,
+    /// A committed snapshot's layer (chain id).
+    pub layer: Option<Digest>,
+    /// An active or view snapshot's folder under `containers/snapshotter/`.
+    pub dir: Option<String>,
 }
 
 /// An extracted layer folder.
@@ -434,12 +465,31 @@ impl Meta {
     pub fn layer(&self, d: &Digest) -> Result<Option<LayerRecord>> {
         self.get(CF_LAYERS, d.as_bytes())
     }
+    /// The layers containerd's snapshots hold, with every layer below
+    /// them: roots for `gc` and `rmi`, which never remove them.
+    pub(crate) fn layers_held_by_snapshots(&self) -> Result<HashSet<Digest>> {
+        let mut held = HashSet::new();
+        let mut todo: Vec<Digest> = self
+            .all::<SnapshotRecord>(CF_SNAPSHOTS)?
+            .into_iter()
+            .filter_map(|(_, r)| r.layer)
+            .collect();
+        while let Some(c) = todo.pop() {
+            if held.insert(c) {
+                if let Some(parent) = self.layer(&c)?.and_then(|r| r.parent) {
+                    todo.push(parent);
+                }
+            }
+        }
+        Ok(held)
+    }
+
     /// The record of layer blob `d` when it was dropped.
     pub fn dropped(&self, d: &Digest) -> Result<Option<DroppedBlob>> {
         self.get(CF_DROPPED, d.as_bytes())
     }
     /// Every dropped layer blob.
-    pub fn dropped_blobs(&self) -> Result<std::collections::BTreeMap<Digest, DroppedBlob>> {
+    pub fn dropped_blobs(&self) -> Result<BTreeMap<Digest, DroppedBlob>> {
         Ok(self
             .all::<DroppedBlob>(CF_DROPPED)?
             .into_iter()

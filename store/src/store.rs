@@ -654,7 +654,7 @@ impl Store {
                 du.blob_bytes += b.size;
                 classify(&mut du, b.refs, b.size);
             }
-            let held = crate::snapshotter::held_layers(meta)?;
+            let held = meta.layers_held_by_snapshots()?;
             for (key, l) in meta.all::<crate::meta::LayerRecord>(CF_LAYERS)? {
                 du.layers += 1;
                 du.layer_bytes += l.file_bytes;

@@ -23,7 +23,6 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-pub(crate) use snapshots::held_layers;
 pub use snapshots::{Info, Kind, Mount, SnapshotError, SnapshotRecord, Snapshots};
 
 /// The socket used without `--socket`.

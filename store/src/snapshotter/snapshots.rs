@@ -11,8 +11,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::digest::Digest;
 use crate::error::{Error, IoContext};
 use crate::layers::{remove_tree, short_id, tree_size};
@@ -29,35 +27,9 @@ pub const TARGET_LABEL: &str = "containerd.io/snapshot.ref";
 /// Where active and view snapshots live, under the root.
 const SNAPSHOT_DIRS: &str = "containers/snapshotter";
 
-/// A snapshot's kind, as containerd names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    /// Read-only, over a committed parent.
-    View,
-    /// Writable: a layer being applied, or a container's root.
-    Active,
-    /// An lstore layer.
-    Committed,
-}
-
-/// A snapshot containerd holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
-    /// Its kind.
-    pub kind: Kind,
-    /// The key of its parent (a committed snapshot), empty for none.
-    pub parent: String,
-    /// containerd's labels.
-    pub labels: BTreeMap<String, String>,
-    /// Nanoseconds since the epoch.
-    pub created: u64,
-    /// Nanoseconds since the epoch.
-    pub updated: u64,
-    /// A committed snapshot's layer (chain id).
-    pub layer: Option<Digest>,
-    /// An active or view snapshot's folder under `containers/snapshotter/`.
-    pub dir: Option<String>,
-}
+// The records are the store's (`crate::meta`): gc, fsck and df read them
+// too, and never call into this front-end.
+pub use crate::meta::{SnapshotKind as Kind, SnapshotRecord};
 
 /// A snapshot by key, as the API reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,25 +121,6 @@ fn layers_of(meta: &Meta, key: &str) -> Result<Vec<Digest>> {
         key = rec.parent;
     }
     Ok(out)
-}
-
-/// The layers containerd's snapshots hold, with every layer below them:
-/// roots for `gc` and `rmi`, which never remove them.
-pub(crate) fn held_layers(meta: &Meta) -> crate::error::Result<HashSet<Digest>> {
-    let mut held = HashSet::new();
-    let mut todo: Vec<Digest> = meta
-        .all::<SnapshotRecord>(CF_SNAPSHOTS)?
-        .into_iter()
-        .filter_map(|(_, r)| r.layer)
-        .collect();
-    while let Some(c) = todo.pop() {
-        if held.insert(c) {
-            if let Some(parent) = meta.layer(&c)?.and_then(|r| r.parent) {
-                todo.push(parent);
-            }
-        }
-    }
-    Ok(held)
 }
 
 /// The chain id a commit names: containerd's unpack commits a layer as
