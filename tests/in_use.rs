@@ -231,3 +231,73 @@ fn a_mount_in_another_mount_namespace_keeps_its_layers() {
     child.wait().expect("reap it");
     assert_freed_after_unmount(&store);
 }
+
+/// An lstore `--rw` mount made in another mount namespace (an `unshare -m`
+/// shell, a user's second pause process) is judged by that namespace's
+/// mount table: `lstore mounts` here lists it and keeps its upper dir,
+/// `umount` here refuses, gc keeps its layers; once the namespace is gone,
+/// `mounts` drops the record and the upper dir, and gc frees the image.
+#[test]
+fn an_lstore_mount_in_another_namespace_is_judged_by_that_namespace() {
+    let store = Lstore::new();
+    store.load_image(&image(), NAME);
+    let target = tempfile::Builder::new()
+        .prefix("lstore-mnt-")
+        .tempdir()
+        .expect("mount point");
+    let t = path_str(target.path());
+    let script = format!(
+        "{bin} --root {root} mount --rw {NAME} {t} >/dev/null && echo new > {t}/written \
+         && cat {t}/app/name && exec sleep 600",
+        bin = env!("CARGO_BIN_EXE_lstore"),
+        root = path_str(store.root()),
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("LSTORE_ROOT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run unshare");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read the namespace's output");
+    assert_eq!(line, "held\n", "mounted and written in the namespace");
+
+    let mounts = store.json(&["mounts", "--format", "json"]);
+    let listed = mounts.as_array().expect("mounts array");
+    assert_eq!(listed.len(), 1, "{mounts}");
+    let container = listed[0]["container"]
+        .as_str()
+        .expect("a rw mount's container");
+    let written = store
+        .path("containers")
+        .join(container)
+        .join("upper/written");
+    assert_eq!(
+        fs::read_to_string(&written).expect("upper dir kept"),
+        "new\n"
+    );
+    let refused = store.run(&["umount", t]);
+    assert!(!refused.status.success());
+    let stderr = &refused.stderr;
+    assert!(stderr.contains("another mount namespace"), "{stderr}");
+    let gc = store.json(&["gc", "--format", "json"]);
+    assert_eq!(gc["deleted_layers"], 0, "{gc}");
+    assert!(written.exists(), "gc kept the upper dir");
+    assert_eq!(store.layer_dirs().len(), 2);
+
+    child.kill().expect("end the namespace");
+    child.wait().expect("reap it");
+    assert_eq!(
+        store.json(&["mounts", "--format", "json"]),
+        serde_json::json!([])
+    );
+    assert!(!store.path("containers").join(container).exists());
+    // Nothing holds the image now: rmi frees it all.
+    store.ok(&["rmi", NAME]);
+    assert!(store.images().is_empty());
+    assert_eq!(store.layer_dirs(), Vec::<String>::new(), "layer folders");
+    assert_eq!(store.blobs(), Vec::<String>::new(), "blobs");
+}

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fd::AsFd;
@@ -42,6 +42,12 @@ pub struct MountRecord {
     pub container: Option<String>,
     /// The image's layers, base first (chain ids).
     pub layers: Vec<Digest>,
+    /// The mount namespace it was made in (the inode of `/proc/self/ns/mnt`):
+    /// a command in another namespace (a user's second pause process, an
+    /// `unshare -m` shell) judges it by that namespace's mount table, not
+    /// its own. None in records made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_ns: Option<u64>,
 }
 
 fn record_name(target: &Path) -> String {
@@ -51,9 +57,11 @@ fn record_name(target: &Path) -> String {
 /// Whether `target` is a mount point now (per /proc/self/mountinfo; read
 /// as bytes, for a mount point elsewhere may not be UTF-8).
 fn is_mount_point(target: &Path) -> bool {
-    let Ok(info) = fs::read("/proc/self/mountinfo") else {
-        return false;
-    };
+    fs::read("/proc/self/mountinfo").is_ok_and(|info| table_has(&info, target))
+}
+
+/// Whether a `mountinfo` table has a mount at `target`.
+fn table_has(info: &[u8], target: &Path) -> bool {
     let want = target.as_os_str().as_bytes();
     info.split(|b| *b == b'\n').any(|line| {
         line.split(|b| *b == b' ')
@@ -62,8 +70,44 @@ fn is_mount_point(target: &Path) -> bool {
     })
 }
 
-/// Records of the mounts that are live now (a record whose target is no
-/// longer a mount point protects nothing).
+/// The caller's mount namespace.
+fn own_mount_ns() -> Option<u64> {
+    fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
+}
+
+/// Where a recorded mount is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Mounted, in the caller's namespace.
+    Here,
+    /// Mounted, in the other namespace it was made in.
+    Elsewhere,
+    /// Not mounted any more (its namespace may be gone with it).
+    Gone,
+}
+
+/// Where the mount of record `r` is now. A mount made in another namespace
+/// is looked for in the table of a process still in that namespace; none
+/// left means the namespace, and the mount, are gone.
+fn seen(r: &MountRecord) -> Seen {
+    let target = Path::new(&r.target);
+    match r.mount_ns {
+        Some(ns) if Some(ns) != own_mount_ns() => {
+            let mounted = crate::mounts_in_use::namespace_table(Path::new("/proc"), ns)
+                .is_some_and(|table| table_has(&table, target));
+            if mounted {
+                Seen::Elsewhere
+            } else {
+                Seen::Gone
+            }
+        }
+        _ if is_mount_point(target) => Seen::Here,
+        _ => Seen::Gone,
+    }
+}
+
+/// Records of the mounts that are live now, in any namespace (a record
+/// whose mount is gone protects nothing).
 pub(crate) fn live_mount_records(store: &Store) -> Vec<MountRecord> {
     let Ok(entries) = fs::read_dir(store.root().join("mounts")) else {
         return Vec::new();
@@ -72,7 +116,7 @@ pub(crate) fn live_mount_records(store: &Store) -> Vec<MountRecord> {
         .flatten()
         .filter_map(|e| fs::read(e.path()).ok())
         .filter_map(|b| serde_json::from_slice::<MountRecord>(&b).ok())
-        .filter(|m| is_mount_point(Path::new(&m.target)))
+        .filter(|m| seen(m) != Seen::Gone)
         .collect()
 }
 
@@ -132,6 +176,7 @@ impl Store {
                 rw,
                 container,
                 layers: img.layers.iter().map(|l| l.chain_id).collect(),
+                mount_ns: own_mount_ns(),
             };
             let json =
                 serde_json::to_vec_pretty(&record).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -261,9 +306,18 @@ impl Store {
             .ok_or_else(|| {
                 Error::Invalid(format!("{} is not mounted by lstore", target.display()))
             })?;
-        if is_mount_point(&target) {
-            rustix::mount::unmount(&target, UnmountFlags::empty())
-                .map_err(|e| Error::io(format!("unmount {}", target.display()), e.into()))?;
+        match seen(&record) {
+            Seen::Here => rustix::mount::unmount(&target, UnmountFlags::empty())
+                .map_err(|e| Error::io(format!("unmount {}", target.display()), e.into()))?,
+            // Its upper dir is in use there: dropping the record would
+            // discard it under the mount.
+            Seen::Elsewhere => {
+                return Err(Error::Invalid(format!(
+                    "{} is mounted in another mount namespace; unmount it from there",
+                    target.display()
+                )))
+            }
+            Seen::Gone => {}
         }
         self.locked(|| {
             fs::remove_file(&record_path).ctx(|| format!("remove {}", record_path.display()))?;
@@ -285,7 +339,7 @@ impl Store {
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 match rec {
-                    Some(r) if is_mount_point(Path::new(&r.target)) => out.push(r),
+                    Some(r) if seen(&r) != Seen::Gone => out.push(r),
                     stale => {
                         let _ = fs::remove_file(entry.path());
                         if let Some(c) = stale.and_then(|r| r.container) {

@@ -95,6 +95,20 @@ fn mount_tables(proc: &Path) -> Vec<Vec<u8>> {
     tables
 }
 
+/// The mount table of mount namespace `ns` (its `ns/mnt` inode), read
+/// through a process under `proc` that is in it; None when no process is.
+pub(crate) fn namespace_table(proc: &Path, ns: u64) -> Option<Vec<u8>> {
+    fs::read_dir(proc)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.as_bytes().iter().all(u8::is_ascii_digit))
+        .map(|pid| proc.join(pid))
+        .filter(|dir| fs::metadata(dir.join("ns/mnt")).is_ok_and(|m| m.ino() == ns))
+        // A process that has just gone leaves the namespace to its peers.
+        .find_map(|dir| fs::read(dir.join("mountinfo")).ok())
+}
+
 /// One overlay mount of a mount table.
 #[derive(Debug, PartialEq)]
 struct OverlayMount {
@@ -487,6 +501,30 @@ mod tests {
             used,
             BTreeMap::from([(a, p("/mnt/host")), (b, p("/mnt/other"))])
         );
+    }
+
+    #[test]
+    fn a_namespace_table_is_read_through_a_process_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = fake_proc(
+            dir.path(),
+            &[("7", "host", "host table"), ("42", "other", "other table")],
+        );
+        let ino = |name: &str| {
+            fs::metadata(dir.path().join("ns").join(name))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(
+            namespace_table(&proc, ino("other")),
+            Some(b"other table".to_vec())
+        );
+        assert_eq!(
+            namespace_table(&proc, ino("host")),
+            Some(b"host table".to_vec())
+        );
+        let gone = fs::metadata(dir.path()).unwrap().ino();
+        assert_eq!(namespace_table(&proc, gone), None, "no process in it");
     }
 
     #[test]
