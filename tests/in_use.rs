@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 const NAME: &str = "example.com/lstore/in-use:1";
 
@@ -162,6 +162,23 @@ fn assert_kept_until_unmounted(store: &Lstore, lowerdir: &str) {
     assert_freed_after_unmount(store);
 }
 
+/// Starts `sh -c script` in a mount namespace of its own (private
+/// propagation) and returns it with the first line it printed.
+fn in_new_mount_namespace(script: &str) -> (Child, String) {
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env_remove("LSTORE_ROOT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run unshare");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the namespace's output");
+    (child, line)
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -204,16 +221,7 @@ fn a_mount_in_another_mount_namespace_keeps_its_layers() {
         "mount -t overlay overlay -o ro,lowerdir={lowerdir} {t} && cat {t}/app/name && exec sleep 600",
         t = path_str(&target_path)
     );
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run unshare");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the namespace's output");
+    let (mut child, line) = in_new_mount_namespace(&script);
     assert_eq!(line, "held\n", "the overlay is mounted in the namespace");
     assert!(
         !target_path.join("app").exists(),
@@ -252,17 +260,7 @@ fn an_lstore_mount_in_another_namespace_is_judged_by_that_namespace() {
         bin = env!("CARGO_BIN_EXE_lstore"),
         root = path_str(store.root()),
     );
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env_remove("LSTORE_ROOT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run unshare");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the namespace's output");
+    let (mut child, line) = in_new_mount_namespace(&script);
     assert_eq!(line, "held\n", "mounted and written in the namespace");
 
     let mounts = store.json(&["mounts", "--format", "json"]);

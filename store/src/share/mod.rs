@@ -618,13 +618,7 @@ fn temp_name(thread: usize, i: usize) -> Vec<u8> {
 /// indexed, a relabel), and a link must never give a staged file another
 /// file's xattrs (capabilities, ACLs).
 fn holder_meta_is(dir: BorrowedFd<'_>, name: &[u8], hst: &rfs::Stat, meta: &[u8; 16]) -> bool {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
-    // O_NOATIME needs the file's owner or CAP_FOWNER.
-    let fd = match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
-        other => other,
-    };
-    let Ok(fd) = fd else {
+    let Ok(fd) = open_layer_file(dir, name) else {
         return false;
     };
     let Ok(st) = rfs::fstat(&fd) else {
@@ -634,6 +628,20 @@ fn holder_meta_is(dir: BorrowedFd<'_>, name: &[u8], hst: &rfs::Stat, meta: &[u8;
         return false;
     }
     identity::xattrs(fd.as_fd()).is_ok_and(|x| identity::meta_hash(&st, &x) == *meta)
+}
+
+/// Opens a layer file to read its content or metadata, the way sharing
+/// must: never through a symlink, never blocking (a fifo put there behind
+/// the store's back), and without changing its access time when allowed
+/// (O_NOATIME needs the file's owner or CAP_FOWNER): the inode may be
+/// other layers' too.
+fn open_layer_file(dir: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<OwnedFd, Errno> {
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    }
 }
 
 /// A staged inode, its index key, and the holder it may become.

@@ -27,7 +27,9 @@ use rustix::io::Errno;
 
 use super::identity::{self, FileIdentity, MetaFields, WrittenFile};
 use super::index::{self, IndexKey};
-use super::{means_missing, open_dir, split, times_of, Dirs, HolderDirs, MAX_LINKS};
+use super::{
+    means_missing, open_dir, open_layer_file, split, times_of, Dirs, HolderDirs, MAX_LINKS,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layers::LayerStore;
@@ -174,16 +176,7 @@ fn linked_identity(
     name: &[u8],
     content: [u8; 32],
 ) -> Option<(rfs::Stat, FileIdentity)> {
-    // Non-blocking: a fifo put there behind the store's back must not
-    // hang the extraction.
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    // O_NOATIME needs the file's owner or CAP_FOWNER.
-    let fd = match rfs::openat(parent, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rfs::openat(parent, name, flags, Mode::empty()),
-        other => other,
-    }
-    .ok()?;
+    let fd = open_layer_file(parent, name).ok()?;
     identity::identify(fd.as_fd(), content).ok()
 }
 
@@ -340,15 +333,7 @@ pub(super) fn unshare(
     let fail = |what: &str, e: Errno| Error::io(format!("{what} {shown:?}"), e.into());
     let (parent_path, base) = split(first);
     let parent = open_dir(root, parent_path).map_err(|e| fail("open the parent of", e))?;
-    let read =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    // The inode is another layer's too: its access time is left alone
-    // (O_NOATIME needs the file's owner or CAP_FOWNER).
-    let src = match rfs::openat(&parent, base, read | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rfs::openat(&parent, base, read, Mode::empty()),
-        other => other,
-    }
-    .map_err(|e| fail("open", e))?;
+    let src = open_layer_file(parent.as_fd(), base).map_err(|e| fail("open", e))?;
     let st = rfs::fstat(&src).map_err(|e| fail("inspect", e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
         || (st.st_dev, st.st_ino) != (file.stat.dev, file.stat.ino)
